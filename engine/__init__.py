@@ -1,0 +1,1 @@
+"""isrt.engine: video decoding, model adapters, data, generation, DPO training, distributed, checkpoints."""
