@@ -17,7 +17,7 @@ setup(
         "isrt.engine.adapters": "engine/adapters",
         "isrt.kernels": "kernels",
     },
-    package_data={"isrt": ["presets/*.yaml", "prompts/*.txt"]},
+    package_data={"isrt": ["presets/*.yaml", "templates/*.txt"]},
     # Ranges admit both the CPU development set and the GPU machine's set (../shared/STACK.md).
     # torch is capped so pip never swaps a working install for a newer multi-GB CUDA build.
     install_requires=[

@@ -1,0 +1,79 @@
+"""Files a run writes appear whole or not at all: write to a temp name in the same folder,
+then rename (atomic on POSIX). JSONL readers count bad lines instead of dying on them."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class JsonlError(ValueError):
+    """A JSONL line that is not a JSON object; one line naming file and line number."""
+
+
+def read_jsonl(path: str | Path, *, strict: bool = True, bad: list | None = None) -> list[dict]:
+    """Records of a JSONL file. strict: the first bad line raises JsonlError; otherwise bad
+    lines are appended to `bad` as "file:line: why" strings and skipped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                msg = f"{path}:{n}: bad JSONL line ({str(e).splitlines()[0]})"
+                if strict:
+                    raise JsonlError(msg) from None
+                if bad is not None:
+                    bad.append(msg)
+                continue
+            records.append(obj)
+    return records
+
+
+def atomic_dir(final: str | Path):
+    """A temp folder beside `final`; call `commit_dir(tmp, final)` when it is complete."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+
+
+def commit_dir(tmp: str | Path, final: str | Path) -> None:
+    final = Path(final)
+    if final.exists():  # a previous attempt finished the folder but not its stage: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)

@@ -1,0 +1,58 @@
+"""The prompt pool: JSONL records {id, video, prompt, answer?, caption?}, checked and resolved.
+
+Bad lines and bad records are counted and skipped, never fatal: a long run reports them.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from isrt.engine.io import read_jsonl
+
+REQUIRED = ("id", "video", "prompt")
+
+
+@dataclass
+class PromptPool:
+    records: list[dict]  # each with "video_path": the resolved absolute path
+    bad: list[str] = field(default_factory=list)  # "where: why", one per skipped line/record
+
+
+def load_pool(path: str | Path, video_root: str | Path | None = None) -> PromptPool:
+    path = Path(path)
+    root = Path(video_root) if video_root else path.parent
+    bad: list[str] = []
+    records, seen = [], set()
+    for rec in read_jsonl(path, strict=False, bad=bad):
+        missing = [k for k in REQUIRED if not isinstance(rec.get(k), str) or not rec[k].strip()]
+        if missing:
+            bad.append(f"{path}: record {rec.get('id', '?')!r}: missing or empty {', '.join(missing)}")
+            continue
+        if rec["id"] in seen:
+            bad.append(f"{path}: record {rec['id']!r}: duplicate id")
+            continue
+        seen.add(rec["id"])
+        rec = dict(rec, video_path=str((root / rec["video"]).resolve()))
+        records.append(rec)
+    return PromptPool(records, bad)
+
+
+def iteration_prompts(pool: PromptPool, iteration: int, per_iteration: int, seed: int) -> list[dict]:
+    """The prompts of iteration t: the whole pool, or `per_iteration` fresh prompts taken in a
+    seeded shuffled order (wrapping around when the pool is exhausted)."""
+    if per_iteration <= 0:
+        return list(pool.records)
+    order = list(range(len(pool.records)))
+    random.Random(seed).shuffle(order)
+    start = iteration * per_iteration
+    return [pool.records[order[(start + i) % len(order)]] for i in range(min(per_iteration, len(order)))]
+
+
+def shard_by_video(records: list[dict], rank: int, world_size: int) -> list[dict]:
+    """Rank r's records: all prompts of every video whose first-appearance index is r mod W.
+    A video never spans ranks, so its context c_t is written exactly once."""
+    videos: dict[str, int] = {}
+    for rec in records:
+        videos.setdefault(rec["video_path"], len(videos))
+    return [rec for rec in records if videos[rec["video_path"]] % world_size == rank]

@@ -1,0 +1,244 @@
+"""The i-SRT loop: T iterations of generate -> judge -> DPO, resumable at stage granularity.
+
+Run directory:
+    config.yaml                 the resolved configuration (a rerun must match it)
+    data/                       the synthetic prompt pool, when no pool is configured
+    init_model/                 pi_0 (for model.source=tiny: the random model, saved once)
+    iter_XX/stage1.shard{r}of{W}.json, stage2.shard...   one rank's work, written whole
+    iter_XX/contexts.jsonl      {video, context, previous_context}
+    iter_XX/responses.jsonl     {id, video, prompt, context, responses: [y1, y2], ...}
+    iter_XX/judgments.jsonl     {id, verdicts, kept, reason, ...}
+    iter_XX/preferences.jsonl   {id, video, prompt, chosen, rejected, ref_*_logp, ...}
+    iter_XX/checkpoint/         pi_{t+1}, save_pretrained (safetensors)
+    iter_XX/stageN.json         the stage's metrics; written last, so it marks the stage done
+    metrics.jsonl               one row per finished stage, rebuilt from the stageN.json files
+
+Every file appears by rename; a stage without its marker is redone from its inputs with the
+same seeds, so a killed run continues where it stopped and a finished run does nothing.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from isrt import prompts, stages
+from isrt.config import RunConfig, to_yaml
+from isrt.data import iteration_prompts, load_pool, shard_by_video
+from isrt.engine import distributed
+from isrt.engine.adapters import load_adapter
+from isrt.engine.features import FeatureCache
+from isrt.engine.io import atomic_dir, atomic_write_text, commit_dir, read_json, read_jsonl, write_json, write_jsonl
+from isrt.engine.training import Pair, train_dpo
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class RunDirMismatch(ValueError):
+    pass
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: ISRT_CRASH_AT=iter_00/stage2 kills this process (SIGKILL, no cleanup)
+    in the middle of that stage, as a preempted job would die."""
+    if os.environ.get("ISRT_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Run:
+    def __init__(self, cfg: RunConfig, output_dir: str | Path, d: distributed.Dist):
+        self.cfg, self.out, self.d = cfg, Path(output_dir), d
+        self.cache = FeatureCache(cfg.model.num_frames)
+        self.log = print if d.is_main else (lambda *a, **k: None)
+
+    # ---- set-up -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg, out = self.cfg, self.out
+        text = to_yaml(cfg)
+        # Every rank checks (the file is written atomically, so it is whole or absent), so
+        # every rank stops on a mismatch instead of waiting for rank 0 at a barrier.
+        if (out / "config.yaml").exists() and (out / "config.yaml").read_text() != text:
+            raise RunDirMismatch(f"{out}: holds a run with another configuration "
+                                 f"(see {out / 'config.yaml'}); use a new --output_dir")
+        if self.d.is_main:
+            atomic_write_text(out / "config.yaml", text)
+            if not cfg.data.prompts and not (out / "data" / "prompts.jsonl").exists():
+                self._make_synthetic_data()
+            if cfg.model.source == "tiny" and not (out / "init_model").exists():
+                tmp = atomic_dir(out / "init_model")
+                load_adapter(cfg.model.family, "tiny", dtype=DTYPES[cfg.model.dtype], num_frames=cfg.model.num_frames,
+                             seed=cfg.seed).save_pretrained(tmp)
+                commit_dir(tmp, out / "init_model")
+        distributed.barrier(self.d)
+        self.pool = load_pool(cfg.data.prompts or out / "data" / "prompts.jsonl", cfg.data.video_root or None)
+        if self.pool.bad:
+            self.log(f"prompt pool: {len(self.pool.bad)} bad records skipped (first: {self.pool.bad[0]})")
+
+    def _make_synthetic_data(self) -> None:
+        from isrt.engine.synthetic import make_dataset
+        c = self.cfg.data
+        tmp = atomic_dir(self.out / "data")
+        make_dataset(tmp, c.synthetic_videos, seed=self.cfg.seed, container=c.synthetic_container,
+                     questions_per_video=c.synthetic_questions_per_video)
+        commit_dir(tmp, self.out / "data")
+
+    def policy_source(self, t: int) -> str:
+        if t > 0:
+            return str(self.out / f"iter_{t - 1:02d}" / "checkpoint")
+        return str(self.out / "init_model") if self.cfg.model.source == "tiny" else self.cfg.model.source
+
+    def load_policy(self, t: int):
+        m = self.cfg.model
+        adapter = load_adapter(m.family, self.policy_source(t), device=self.d.device, dtype=DTYPES[m.dtype],
+                               num_frames=m.num_frames, seed=self.cfg.seed, attn_implementation=m.attn_implementation)
+        adapter.freeze_vision()
+        return adapter
+
+    # ---- the loop -----------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        self.prepare()
+        for t in range(self.cfg.iterations):
+            it = self.out / f"iter_{t:02d}"
+            if (it / "stage3.json").exists():
+                continue
+            self.log(f"== iteration {t} ==")
+            it.mkdir(exist_ok=True)
+            adapter = self.load_policy(t)
+            for n, stage in ((1, self.stage1), (2, self.stage2), (3, self.stage3)):
+                if not (it / f"stage{n}.json").exists():
+                    start = time.time()
+                    metrics = stage(t, it, adapter)
+                    if self.d.is_main:
+                        write_json(it / f"stage{n}.json", dict(metrics, iteration=t, stage=n,
+                                                               seconds=round(time.time() - start, 3)))
+                        self.write_metrics()
+                    distributed.barrier(self.d)
+        return self.write_metrics() if self.d.is_main else []
+
+    def _shard_path(self, it: Path, n: int, rank: int) -> Path:
+        return it / f"stage{n}.shard{rank}of{self.d.world_size}.json"
+
+    def _gather_shards(self, it: Path, n: int) -> list[dict]:
+        distributed.barrier(self.d)
+        return [read_json(self._shard_path(it, n, r)) for r in range(self.d.world_size)]
+
+    def stage1(self, t: int, it: Path, adapter) -> dict:
+        shard = self._shard_path(it, 1, self.d.rank)
+        records = iteration_prompts(self.pool, t, self.cfg.data.prompts_per_iteration, self.cfg.seed)
+        if not shard.exists():
+            mine = shard_by_video(records, self.d.rank, self.d.world_size)
+            good, bad = stages.load_features(adapter, self.cache, mine, show=self.d.is_main)
+            videos = list(dict.fromkeys(r["video_path"] for r in good))
+            previous = {v: self.previous_context(t, v) for v in videos}
+            contexts = stages.generate_contexts(adapter, self.cache, videos, previous, self.cfg,
+                                                seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
+            _crash_point(f"iter_{t:02d}/stage1")
+            pairs = stages.generate_responses(adapter, self.cache, good, self.cfg,
+                                              seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
+            write_json(shard, {
+                "contexts": [{"video_path": v, "context": contexts[v], "previous_context": previous[v]} for v in videos],
+                "responses": [dict(_public(r), context=contexts[r["video_path"]], responses=pairs[r["id"]]) for r in good],
+                "bad": bad})
+        shards = self._gather_shards(it, 1)
+        if not self.d.is_main:
+            return {}
+        video_of = {r["video_path"]: r["video"] for r in records}
+        contexts = sorted((c for s in shards for c in s["contexts"]), key=lambda c: c["video_path"])
+        write_jsonl(it / "contexts.jsonl", [dict(video=video_of[c["video_path"]], **c) for c in contexts])
+        responses = sorted((r for s in shards for r in s["responses"]), key=lambda r: r["id"])
+        write_jsonl(it / "responses.jsonl", responses)
+        bad = [b for s in shards for b in s["bad"]]
+        lengths = [len(y.split()) for r in responses for y in r["responses"]]
+        return {"prompts": len(records), "responses": len(responses), "videos": len(contexts),
+                "bad_videos": len(bad), "bad_records": bad, "bad_pool_records": len(self.pool.bad),
+                "identical_pairs": sum(r["responses"][0] == r["responses"][1] for r in responses),
+                "response_words_mean": statistics.fmean(lengths) if lengths else 0.0,
+                "response_words_median": statistics.median(lengths) if lengths else 0.0,
+                "context_words_mean": statistics.fmean([len(c["context"].split()) for c in contexts]) if contexts else 0.0}
+
+    def previous_context(self, t: int, video_path: str) -> str | None:
+        """c_{t-1} of a video: from the latest earlier iteration that wrote one (with fresh
+        prompts per iteration a video may skip iterations), else None (the first context)."""
+        for s in range(t - 1, -1, -1):
+            path = self.out / f"iter_{s:02d}" / "contexts.jsonl"
+            for c in read_jsonl(path):
+                if c["video_path"] == video_path:
+                    return c["context"]
+        return None
+
+    def stage2(self, t: int, it: Path, adapter) -> dict:
+        shard = self._shard_path(it, 2, self.d.rank)
+        records = read_jsonl(it / "responses.jsonl")
+        if not shard.exists():
+            mine = shard_by_video(records, self.d.rank, self.d.world_size)
+            judgments = stages.judge_pairs(adapter, self.cache, mine, self.cfg, show=self.d.is_main)
+            _crash_point(f"iter_{t:02d}/stage2")
+            prefs = []
+            for rec, j in zip(mine, judgments):
+                if j["kept"]:
+                    win = 0 if j["verdicts"][0] == "y1" else 1
+                    prefs.append(dict(_public(rec), chosen=rec["responses"][win], rejected=rec["responses"][1 - win],
+                                      iteration=t, context=rec["context"], verdicts=j["verdicts"],
+                                      video_path=rec["video_path"]))
+            stages.reference_logps(adapter, self.cache, prefs, self.cfg)
+            write_json(shard, {"judgments": judgments, "preferences": prefs})
+        shards = self._gather_shards(it, 2)
+        if not self.d.is_main:
+            return {}
+        judgments = sorted((j for s in shards for j in s["judgments"]), key=lambda j: j["id"])
+        prefs = sorted((p for s in shards for p in s["preferences"]), key=lambda p: p["id"])
+        write_jsonl(it / "judgments.jsonl", judgments)
+        write_jsonl(it / "preferences.jsonl", prefs)
+        reasons = {}
+        for j in judgments:
+            reasons[j["reason"]] = reasons.get(j["reason"], 0) + 1
+        parsed = [j for j in judgments if None not in j["raw_verdicts"]]
+        agree = sum(j["verdicts"][0] == j["verdicts"][1] and j["verdicts"][0] is not None for j in parsed)
+        return {"judged": len(judgments), "kept": len(prefs), "dropped": reasons,
+                "swap_agreement": agree / len(parsed) if parsed else 0.0}
+
+    def stage3(self, t: int, it: Path, adapter) -> dict:
+        prefs = read_jsonl(it / "preferences.jsonl")
+        pairs = [Pair(adapter.chat_prompt(prompts.response_prompt(p["prompt"])), p["chosen"], p["rejected"],
+                      self.cache.get(adapter, p["video_path"]), p["ref_chosen_logp"], p["ref_rejected_logp"])
+                 for p in prefs]
+        first = [True]
+
+        def on_step(row):
+            if first[0]:
+                first[0] = False
+                _crash_point(f"iter_{t:02d}/stage3")
+
+        metrics = train_dpo(adapter, pairs, self.cfg.dpo, self.d, seed=stages._seed(self.cfg.seed, t, "dpo"),
+                            on_step=on_step)
+        if self.d.is_main:
+            tmp = atomic_dir(it / "checkpoint")
+            adapter.save_pretrained(tmp)
+            commit_dir(tmp, it / "checkpoint")
+        distributed.barrier(self.d)
+        return metrics
+
+    # ---- reporting ----------------------------------------------------------------------
+    def write_metrics(self) -> list[dict]:
+        rows = []
+        for t in range(self.cfg.iterations):
+            for n in (1, 2, 3):
+                path = self.out / f"iter_{t:02d}" / f"stage{n}.json"
+                if path.exists():
+                    row = read_json(path)
+                    row.pop("history", None)
+                    row.pop("bad_records", None)
+                    rows.append(row)
+        write_jsonl(self.out / "metrics.jsonl", rows)
+        return rows
+
+
+def _public(rec: dict) -> dict:
+    """A prompt record as written to the run's JSONL files (the resolved path stays internal,
+    except where a later stage of this run needs it)."""
+    keep = ("id", "video", "prompt", "answer", "caption", "video_path")
+    return {k: rec[k] for k in keep if k in rec}

@@ -1,0 +1,38 @@
+"""Prompt templates of the method (package data in isrt/templates/, editable).
+
+response.txt       the question as the policy sees it (stage 1 responses, DPO prompts)
+context_first.txt  c_0: describe the video, no previous context
+context_retro.txt  c_t for t > 0: revisit c_{t-1} against the video (self-retrospection)
+judge.txt          pairwise judgment of two responses given the context c_t
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+# What the assistant's turn starts with in the judge's score mode: the model's next token after
+# it is read as the verdict, so the score judge and the generate judge share one prompt.
+VERDICT_PREFIX = "Verdict:"
+VERDICT_CHOICES = (" A", " B")
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> str:
+    return (TEMPLATE_DIR / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+def response_prompt(question: str) -> str:
+    return template("response").format(question=question.strip())
+
+
+def context_prompt(previous_context: str | None) -> str:
+    if previous_context is None:
+        return template("context_first")
+    return template("context_retro").format(previous_context=previous_context.strip())
+
+
+def judge_prompt(question: str, context: str, response_a: str, response_b: str) -> str:
+    return template("judge").format(question=question.strip(), context=context.strip(),
+                                    response_a=response_a.strip(), response_b=response_b.strip())

@@ -1,0 +1,65 @@
+"""Entry point: `torchrun --nproc_per_node=N -m isrt.run --preset NAME --output_dir DIR [key=value ...]`.
+
+Also runs without torchrun (one process). Rerunning the same command continues a killed run
+and does nothing after a finished one.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from isrt.config import ConfigError, load_config, preset_names
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m isrt.run", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="default", help=f"one of: {', '.join(preset_names())}")
+    p.add_argument("--config", default=None, help="a YAML file merged over the preset")
+    p.add_argument("--output_dir", default=None, help="run directory (default: runs/<preset>)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.2 iterations=5")
+    return p.parse_args(argv)
+
+
+def summary_table(rows: list[dict]) -> str:
+    by_iter: dict[int, dict] = {}
+    for r in rows:
+        by_iter.setdefault(r["iteration"], {}).update({f"s{r['stage']}.{k}": v for k, v in r.items()})
+    cols = [("iter", None), ("prompts", "s1.responses"), ("bad videos", "s1.bad_videos"),
+            ("resp words", "s1.response_words_mean"), ("kept", "s2.kept"), ("judged", "s2.judged"),
+            ("swap agree", "s2.swap_agreement"), ("dpo loss", "s3.loss"), ("reward acc", "s3.reward_accuracy"),
+            ("margin", "s3.reward_margin")]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    lines = [" | ".join(name for name, _ in cols)]
+    for t, row in sorted(by_iter.items()):
+        lines.append(" | ".join(str(t) if key is None else fmt(row.get(key)) for _, key in cols))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.preset, args.overrides, args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    output_dir = args.output_dir or f"runs/{cfg.preset}"
+
+    from isrt.engine import distributed  # heavy imports only after the config is known good
+    from isrt.loop import Run, RunDirMismatch
+
+    d = distributed.init()
+    try:
+        rows = Run(cfg, output_dir, d).run()
+    except RunDirMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.shutdown(d)
+    if d.is_main:
+        print(summary_table(rows))
+        print(f"run directory: {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The work of stages 1 and 2 on one rank's shard; `isrt.loop` handles files, merging, resume.
+
+Stage 1 (generate): per video, the visual context c_t ~ pi_t(V, c_{t-1}); per prompt, two
+sampled responses y1, y2 (re-sampled when identical).
+Stage 2 (judge): each pair judged in both A/B orders with c_t in the prompt; kept pairs get
+reference log-probs under pi_t through the same kernel path as training.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from isrt import judge, prompts
+from isrt.engine.generation import choice_logprobs, generate
+from isrt.engine.logprobs import sequence_logps
+from isrt.engine.video import VideoDecodeError
+
+
+def _seed(*parts) -> int:
+    """A stable per-call seed (Python's hash() of str is salted per process)."""
+    h = 0
+    for p in parts:
+        for ch in str(p):
+            h = (h * 1000003 + ord(ch)) % (2**31 - 1)
+        h = (h * 7919 + 17) % (2**31 - 1)
+    return h
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield i // size, items[i:i + size]
+
+
+def load_features(adapter, cache, records: list[dict], *, show: bool) -> tuple[list[dict], list[str]]:
+    """Encode each video once; records whose video fails to decode are returned as bad."""
+    good, bad = [], []
+    for rec in tqdm(records, desc="videos", unit="rec", disable=not show, leave=False):
+        try:
+            cache.get(adapter, rec["video_path"])
+            good.append(rec)
+        except VideoDecodeError as e:
+            bad.append(f"{rec['id']}: {e}")
+    return good, bad
+
+
+def generate_contexts(adapter, cache, videos: list[str], previous: dict[str, str | None], cfg, *,
+                      seed_key, show: bool) -> dict[str, str]:
+    """c_t for each video, conditioned on its c_{t-1} (None: the first-context prompt)."""
+    s = cfg.sampling
+    out = {}
+    for b, chunk in _batches(videos, s.batch_size):
+        texts = generate(adapter, [adapter.chat_prompt(prompts.context_prompt(previous.get(v))) for v in chunk],
+                         [cache.get(adapter, v) for v in chunk], max_new_tokens=s.context_max_new_tokens,
+                         do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=1,
+                         seed=_seed(seed_key, "context", b), batch_size=s.batch_size)
+        out.update({v: t[0].strip() for v, t in zip(chunk, texts)})
+    return out
+
+
+def generate_responses(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool) -> dict[str, list[str]]:
+    """Two sampled responses per prompt id; pairs that come out identical are re-sampled."""
+    s = cfg.sampling
+    pairs: dict[str, list[str]] = {}
+    todo = records
+    for attempt in range(1 + s.resample_identical):
+        bar = tqdm(total=len(todo), desc="stage 1 responses", unit="prompt", disable=not show, leave=False)
+        for b, chunk in _batches(todo, s.batch_size):
+            texts = generate(adapter, [adapter.chat_prompt(prompts.response_prompt(r["prompt"])) for r in chunk],
+                             [cache.get(adapter, r["video_path"]) for r in chunk], max_new_tokens=s.max_new_tokens,
+                             do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=2,
+                             seed=_seed(seed_key, "responses", attempt, b), batch_size=s.batch_size)
+            pairs.update({r["id"]: [y.strip() for y in t] for r, t in zip(chunk, texts)})
+            bar.update(len(chunk))
+        bar.close()
+        todo = [r for r in todo if pairs[r["id"]][0] == pairs[r["id"]][1]]
+        if not todo:
+            break
+    return pairs
+
+
+def judge_pairs(adapter, cache, records: list[dict], cfg, *, show: bool) -> list[dict]:
+    """One judgment per record (record has prompt, context, responses=[y1, y2]):
+    {id, verdicts, kept, reason, raw_verdicts, judge_outputs}."""
+    j, s = cfg.judge, cfg.sampling
+    jobs = []  # (record index, order, prompt)
+    for i, rec in enumerate(records):
+        y1, y2 = rec["responses"]
+        for order in judge.ORDERS:
+            a, b = (y1, y2) if order == "AB" else (y2, y1)
+            jobs.append((i, order, adapter.chat_prompt(prompts.judge_prompt(rec["prompt"], rec["context"], a, b))))
+    raw: dict[tuple[int, str], str | None] = {}
+    outputs: dict[tuple[int, str], str] = {}
+    bar = tqdm(total=len(jobs), desc="stage 2 judge", unit="verdict", disable=not show, leave=False)
+    for _, chunk in _batches(jobs, s.batch_size):
+        feats = [cache.get(adapter, records[i]["video_path"]) for i, _, _ in chunk]
+        if j.mode == "score":
+            lp = choice_logprobs(adapter, [p + prompts.VERDICT_PREFIX for _, _, p in chunk], feats,
+                                 list(prompts.VERDICT_CHOICES))
+            for (i, order, _), (la, lb) in zip(chunk, lp.tolist()):
+                raw[i, order] = judge.score_verdict(la, lb, j.tie_margin)
+                outputs[i, order] = f"logp(A)={la:.4f} logp(B)={lb:.4f}"
+        else:
+            texts = generate(adapter, [p for _, _, p in chunk], feats, max_new_tokens=j.max_new_tokens,
+                             do_sample=False, num_return_sequences=1, seed=0, batch_size=s.batch_size)
+            for (i, order, _), t in zip(chunk, texts):
+                raw[i, order] = judge.parse_verdict(t[0])
+                outputs[i, order] = t[0]
+        bar.update(len(chunk))
+    bar.close()
+    judgments = []
+    for i, rec in enumerate(records):
+        rv = [raw[i, o] for o in judge.ORDERS]
+        verdicts, kept, reason = judge.decide(*rec["responses"], rv)
+        judgments.append({"id": rec["id"], "verdicts": verdicts, "kept": kept, "reason": reason,
+                          "raw_verdicts": rv, "judge_outputs": [outputs[i, o] for o in judge.ORDERS]})
+    return judgments
+
+
+@torch.no_grad()
+def reference_logps(adapter, cache, prefs: list[dict], cfg) -> None:
+    """Fill ref_chosen_logp / ref_rejected_logp in place: pi_t's summed log-probs of each
+    response, through the same `sequence_logps` path that training uses."""
+    adapter.model.eval()
+    for _, chunk in _batches(prefs, cfg.dpo.batch_size):
+        chat = [adapter.chat_prompt(prompts.response_prompt(p["prompt"])) for p in chunk]
+        feats = [cache.get(adapter, p["video_path"]) for p in chunk]
+        lp = sequence_logps(adapter, chat * 2, [p["chosen"] for p in chunk] + [p["rejected"] for p in chunk],
+                            feats * 2, backend=cfg.dpo.backend).tolist()
+        for k, p in enumerate(chunk):
+            p["ref_chosen_logp"], p["ref_rejected_logp"] = lp[k], lp[len(chunk) + k]

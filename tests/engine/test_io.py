@@ -1,0 +1,49 @@
+import json
+import os
+
+import pytest
+
+from isrt.engine.io import JsonlError, atomic_dir, atomic_write_text, commit_dir, read_jsonl, write_jsonl
+
+
+def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
+    p = tmp_path / "a" / "f.jsonl"
+    write_jsonl(p, [{"x": 1}, {"y": "é"}])
+    assert read_jsonl(p) == [{"x": 1}, {"y": "é"}]
+    write_jsonl(p, [{"x": 2}])
+    assert read_jsonl(p) == [{"x": 2}]
+    assert os.listdir(p.parent) == ["f.jsonl"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    p = tmp_path / "f.txt"
+    atomic_write_text(p, "old")
+
+    class Boom:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(TypeError):
+        atomic_write_text(p, Boom())
+    assert p.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_read_jsonl_strict_and_lenient(tmp_path):
+    p = tmp_path / "f.jsonl"
+    p.write_text(json.dumps({"a": 1}) + "\n\n{broken\n" + json.dumps({"b": 2}) + "\n")
+    with pytest.raises(JsonlError, match=r"f.jsonl:3: bad JSONL line"):
+        read_jsonl(p)
+    bad = []
+    assert read_jsonl(p, strict=False, bad=bad) == [{"a": 1}, {"b": 2}]
+    assert len(bad) == 1 and ":3:" in bad[0]
+
+
+def test_commit_dir_replaces_a_stale_folder(tmp_path):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "stale").write_text("x")
+    tmp = atomic_dir(final)
+    (tmp / "model.safetensors").write_text("new")
+    commit_dir(tmp, final)
+    assert sorted(os.listdir(final)) == ["model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]

@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from isrt.config import ConfigError, load_config, preset_names
+
+
+def test_presets_load_and_overrides_apply():
+    assert {"default", "smoke"} <= set(preset_names())
+    cfg = load_config("smoke", ["dpo.beta=0.25", "iterations=4", "judge.mode=generate"])
+    assert cfg.dpo.beta == 0.25 and cfg.iterations == 4 and cfg.judge.mode == "generate"
+    assert cfg.preset == "smoke"
+    assert load_config("smoke").dpo.beta == 0.1  # the override did not leak into the preset
+
+
+@pytest.mark.parametrize("override, key", [
+    (["dpo.beta=-1"], "dpo.beta"),
+    (["dpo.beta=abc"], "dpo.beta"),
+    (["dpo.loss_type=kto"], "dpo.loss_type"),
+    (["iterations=0"], "iterations"),
+    (["iterations=1.5"], "iterations"),
+    (["sampling.top_p=1.5"], "sampling.top_p"),
+    (["no_such_key=1"], "no_such_key"),
+    (["model.dtype=float8"], "model.dtype"),
+    (["data.prompts=/no/such/file.jsonl"], "data.prompts"),
+    (["dpo.beta"], "dpo.beta"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config("smoke", override)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(key)
+
+
+def test_user_yaml_layer(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("dpo:\n  beta: 0.5\n")
+    assert load_config("smoke", [], str(f)).dpo.beta == 0.5
+    f.write_text("dpo: [unclosed\n")
+    with pytest.raises(ConfigError):
+        load_config("smoke", [], str(f))
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "isrt.run", "--preset", "smoke", "--output_dir", str(tmp_path / "r"),
+                        "dpo.beta=-3"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: dpo.beta: must be > 0, got -3.0"
+    assert not (tmp_path / "r").exists()
