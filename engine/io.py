@@ -74,6 +74,7 @@ def atomic_dir(final: str | Path):
 
 def commit_dir(tmp: str | Path, final: str | Path) -> None:
     final = Path(final)
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; checkpoints are shared with other users
     if final.exists():  # a previous attempt finished the folder but not its stage: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -91,8 +91,10 @@ def train_dpo(adapter, pairs: list[Pair], cfg, d: distributed.Dist, *, seed: int
             row = {"epoch": epoch, "step": step, "pairs": n_global,
                    "loss": distributed.all_reduce_sum(d, loss.item() * n_real) / n_global,
                    "grad_norm": float(grad_norm)}
-            for key in ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"):
-                row[key] = distributed.all_reduce_sum(d, float(metrics[key]) * n_real) / n_global
+            for key, name in (("reward_accuracy", "rewards/accuracies"), ("reward_margin", "rewards/margins"),
+                              ("chosen_reward", "rewards/chosen"), ("rejected_reward", "rewards/rejected")):
+                local = float(metrics[name].sum()) if n_real else 0.0
+                row[key] = distributed.all_reduce_sum(d, local) / n_global
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")

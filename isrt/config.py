@@ -90,12 +90,18 @@ class JudgeConfig:
     # generate: the judge writes a short reason and a verdict line, parsed by isrt.judge.
     mode: str = "score"
     max_new_tokens: int = 64  # generate mode
-    tie_margin: float = 0.0  # score mode: |logp(A) - logp(B)| <= margin is a tie
+    tie_margin: float = 0.0  # score mode, greedy: |logp(A) - logp(B)| <= margin is a tie
+    # 0: greedy verdicts (the likelier letter / greedy decoding). > 0: verdicts sampled at this
+    # temperature, seeded per (seed, iteration, pair, order) so reruns and any world size agree.
+    # A random model's greedy verdict is pure position bias (it names the same letter in both
+    # orders, so nothing is kept); the smoke preset samples to exercise every stage anyway.
+    temperature: float = 0.0
 
     def __post_init__(self):
         _one_of(self.mode, "judge.mode", ("score", "generate"))
         _check(self.tie_margin >= 0, "judge.tie_margin", "must be >= 0")
         _check(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")
+        _check(self.temperature >= 0, "judge.temperature", f"must be >= 0, got {self.temperature}")
 
 
 @dataclass

@@ -7,6 +7,7 @@ unparseable). The pair is kept only when both verdicts name the same response: p
 """
 from __future__ import annotations
 
+import math
 import re
 
 ORDERS = ("AB", "BA")
@@ -42,8 +43,14 @@ def to_response(verdict: str | None, order: str) -> str | None:
     return first if verdict == "A" else second
 
 
-def score_verdict(logp_a: float, logp_b: float, tie_margin: float) -> str:
-    """Score-mode verdict from the log-probs of the two choice tokens."""
+def score_verdict(logp_a: float, logp_b: float, tie_margin: float, *, temperature: float = 0.0,
+                  u: float = 0.0) -> str:
+    """Score-mode verdict from the log-probs of the two choice tokens. Greedy (temperature 0):
+    the likelier letter, a tie within `tie_margin`. Sampled: "A" with probability
+    softmax(logp / temperature)[A], decided by the uniform draw `u` in [0, 1)."""
+    if temperature > 0:
+        p_a = 1.0 / (1.0 + math.exp(min(60.0, (logp_b - logp_a) / temperature)))
+        return "A" if u < p_a else "B"
     if abs(logp_a - logp_b) <= tie_margin:
         return "tie"
     return "A" if logp_a > logp_b else "B"

@@ -7,6 +7,8 @@ reference log-probs under pi_t through the same kernel path as training.
 """
 from __future__ import annotations
 
+import random
+
 import torch
 from tqdm import tqdm
 
@@ -78,7 +80,11 @@ def generate_responses(adapter, cache, records: list[dict], cfg, *, seed_key, sh
     return pairs
 
 
-def judge_pairs(adapter, cache, records: list[dict], cfg, *, show: bool) -> list[dict]:
+def _uniform(*key) -> float:
+    return random.Random(_seed(*key)).random()
+
+
+def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool) -> list[dict]:
     """One judgment per record (record has prompt, context, responses=[y1, y2]):
     {id, verdicts, kept, reason, raw_verdicts, judge_outputs}."""
     j, s = cfg.judge, cfg.sampling
@@ -91,17 +97,19 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, show: bool) -> list
     raw: dict[tuple[int, str], str | None] = {}
     outputs: dict[tuple[int, str], str] = {}
     bar = tqdm(total=len(jobs), desc="stage 2 judge", unit="verdict", disable=not show, leave=False)
-    for _, chunk in _batches(jobs, s.batch_size):
+    for b, chunk in _batches(jobs, s.batch_size):
         feats = [cache.get(adapter, records[i]["video_path"]) for i, _, _ in chunk]
         if j.mode == "score":
             lp = choice_logprobs(adapter, [p + prompts.VERDICT_PREFIX for _, _, p in chunk], feats,
                                  list(prompts.VERDICT_CHOICES))
             for (i, order, _), (la, lb) in zip(chunk, lp.tolist()):
-                raw[i, order] = judge.score_verdict(la, lb, j.tie_margin)
+                raw[i, order] = judge.score_verdict(la, lb, j.tie_margin, temperature=j.temperature,
+                                                    u=_uniform(seed_key, records[i]["id"], order))
                 outputs[i, order] = f"logp(A)={la:.4f} logp(B)={lb:.4f}"
         else:
             texts = generate(adapter, [p for _, _, p in chunk], feats, max_new_tokens=j.max_new_tokens,
-                             do_sample=False, num_return_sequences=1, seed=0, batch_size=s.batch_size)
+                             do_sample=j.temperature > 0, temperature=j.temperature or 1.0, top_p=1.0,
+                             num_return_sequences=1, seed=_seed(seed_key, "judge", b), batch_size=s.batch_size)
             for (i, order, _), t in zip(chunk, texts):
                 raw[i, order] = judge.parse_verdict(t[0])
                 outputs[i, order] = t[0]

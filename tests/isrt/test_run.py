@@ -1,0 +1,181 @@
+"""End to end: the smoke preset through `python -m isrt.run` and `torchrun`, in subprocesses.
+
+One uninterrupted run is the reference; a second run is killed (SIGKILL) inside stage 1,
+stage 2 and stage 3 in turn and rerun each time; a third runs on 2 ranks. The prompt pool has
+one truncated video, which every run must count and skip.
+"""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    env.pop("TRITON_INTERPRET", None)  # the CPU path of the loop is the chunked torch path
+    return env
+
+
+def run_isrt(out: Path, pool: Path, *overrides, nproc=None, crash_at=None, check=True):
+    args = ["--preset", "smoke", "--output_dir", str(out), f"data.prompts={pool}", *overrides]
+    if nproc:
+        torchrun = Path(sys.executable).parent / "torchrun"
+        cmd = [str(torchrun), f"--nproc_per_node={nproc}", "--master_port=0", "-m", "isrt.run", *args]
+    else:
+        cmd = [sys.executable, "-m", "isrt.run", *args]
+    env = _env(**({"ISRT_CRASH_AT": crash_at} if crash_at else {}))
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def pair_ids(out: Path, iterations=2):
+    return [sorted(p["id"] for p in read_jsonl(out / f"iter_{t:02d}" / "preferences.jsonl")) for t in range(iterations)]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    from isrt.engine.synthetic import make_dataset
+    d = tmp_path_factory.mktemp("pool")
+    path = make_dataset(d, 6, seed=0, questions_per_video=1)
+    records = read_jsonl(path)
+    good = d / records[0]["video"]
+    (d / "broken.mp4").write_bytes(good.read_bytes()[:200])  # truncated: header only
+    records.append({"id": "zz_broken_q0", "video": "broken.mp4", "prompt": "What color is the circle?",
+                    "answer": "red", "caption": "A red circle."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, pool):
+    out = tmp_path_factory.mktemp("full") / "run"
+    p = run_isrt(out, pool)
+    return out, p
+
+
+def test_run_writes_every_file_and_the_method_holds(full_run):
+    out, p = full_run
+    assert "run directory" in p.stdout
+    for t in range(2):
+        it = out / f"iter_{t:02d}"
+        contexts = read_jsonl(it / "contexts.jsonl")
+        judgments = read_jsonl(it / "judgments.jsonl")
+        prefs = read_jsonl(it / "preferences.jsonl")
+        assert len(contexts) == 6 and all(c["context"] for c in contexts)
+        assert len(judgments) == 6
+        kept = [j for j in judgments if j["kept"]]
+        # kept pairs always have two agreeing verdicts, and each became one preference pair
+        assert all(j["verdicts"][0] == j["verdicts"][1] is not None for j in kept)
+        assert all(not j["kept"] for j in judgments if j["verdicts"][0] != j["verdicts"][1])
+        assert sorted(j["id"] for j in kept) == sorted(pr["id"] for pr in prefs)
+        for pr in prefs:
+            assert {"id", "video", "prompt", "chosen", "rejected", "ref_chosen_logp", "ref_rejected_logp"} <= set(pr)
+            assert pr["chosen"] != pr["rejected"]
+            assert math.isfinite(pr["ref_chosen_logp"]) and pr["ref_chosen_logp"] < 0
+        assert (it / "checkpoint" / "model.safetensors").exists() or list((it / "checkpoint").glob("*.safetensors"))
+    # self-retrospection: each context of iteration 1 revisited that video's context of iteration 0
+    first = {c["video"]: c["context"] for c in read_jsonl(out / "iter_00" / "contexts.jsonl")}
+    for c in read_jsonl(out / "iter_01" / "contexts.jsonl"):
+        assert c["previous_context"] == first[c["video"]]
+    assert all(c["previous_context"] is None for c in read_jsonl(out / "iter_00" / "contexts.jsonl"))
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [(m["iteration"], m["stage"]) for m in metrics] == [(t, s) for t in range(2) for s in (1, 2, 3)]
+
+
+def test_some_pairs_are_kept_and_first_dpo_step_is_ln2(full_run):
+    out, _ = full_run
+    stage3 = [json.loads((out / f"iter_{t:02d}" / "stage3.json").read_text()) for t in range(2)]
+    trained = [s for s in stage3 if s["steps"] > 0]
+    assert trained, "no iteration kept a pair: the smoke preset no longer exercises DPO"
+    for s in trained:  # policy == reference at the first step of every iteration
+        assert s["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_bad_video_is_counted_and_skipped(full_run):
+    out, _ = full_run
+    for t in range(2):
+        s1 = json.loads((out / f"iter_{t:02d}" / "stage1.json").read_text())
+        assert s1["bad_videos"] == 1 and "broken.mp4" in s1["bad_records"][0]
+        ids = {r["id"] for r in read_jsonl(out / f"iter_{t:02d}" / "responses.jsonl")}
+        assert "zz_broken_q0" not in ids and len(ids) == 6
+
+
+def test_checkpoint_loads_with_plain_transformers(full_run):
+    import torch
+    from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration
+    from safetensors.torch import load_file
+
+    out, _ = full_run
+    ckpt = out / "iter_01" / "checkpoint"
+    model = VideoLlavaForConditionalGeneration.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert tok("What color").input_ids
+    # it is the trained policy, not the initial model
+    init = VideoLlavaForConditionalGeneration.from_pretrained(out / "init_model")
+    trained = dict(model.named_parameters())
+    changed = [n for n, p in init.named_parameters() if not torch.equal(p, trained[n])]
+    assert changed and not any("vision_tower" in n or "projector" in n for n in changed)
+    assert load_file(next(ckpt.glob("*.safetensors")))
+
+
+def test_finished_run_reruns_as_a_no_op(full_run, pool):
+    out, _ = full_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    run_isrt(out, pool)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    changed = [p for p in after if before.get(p) != after[p] and p.name not in ("metrics.jsonl", "config.yaml")]
+    assert not changed
+
+
+def test_a_different_config_into_the_same_dir_is_refused(full_run, pool):
+    out, _ = full_run
+    p = run_isrt(out, pool, "dpo.beta=0.5", check=False)
+    assert p.returncode == 2 and "another configuration" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_killed_in_each_stage_and_rerun_gives_the_same_pairs(full_run, pool, tmp_path):
+    out = tmp_path / "killed"
+    for crash in ("iter_00/stage1", "iter_00/stage2", "iter_00/stage3", "iter_01/stage2"):
+        p = run_isrt(out, pool, crash_at=crash, check=False)
+        assert p.returncode != 0, f"the crash hook at {crash} did not fire"
+        assert not (out / f"{crash}.json").exists()  # the killed stage is not marked done
+    run_isrt(out, pool)
+    ref, _ = full_run
+    assert pair_ids(out) == pair_ids(ref)
+    for t in range(2):
+        ids = [r["id"] for r in read_jsonl(out / f"iter_{t:02d}" / "preferences.jsonl")]
+        assert len(ids) == len(set(ids))
+    leftovers = [p for p in out.rglob("*.tmp")]
+    assert not leftovers
+
+
+def test_two_ranks_cover_every_prompt_exactly_once(pool, tmp_path):
+    out = tmp_path / "ddp"
+    run_isrt(out, pool, nproc=2)
+    for t in range(2):
+        it = out / f"iter_{t:02d}"
+        assert (it / "stage1.shard0of2.json").exists() and (it / "stage1.shard1of2.json").exists()
+        shard_ids = [[r["id"] for r in json.loads((it / f"stage1.shard{r}of2.json").read_text())["responses"]]
+                     for r in range(2)]
+        assert shard_ids[0] and shard_ids[1] and not set(shard_ids[0]) & set(shard_ids[1])
+        ids = [r["id"] for r in read_jsonl(it / "responses.jsonl")]
+        assert len(ids) == len(set(ids)) == 6
+        assert len(read_jsonl(it / "judgments.jsonl")) == 6
+        s1 = json.loads((it / "stage1.json").read_text())
+        assert s1["bad_videos"] == 1
+    assert (out / "iter_01" / "checkpoint").is_dir()
