@@ -13,18 +13,18 @@ class FeatureCache:
         self.num_frames = num_frames
         self.backend = backend
         self._features: dict[str, torch.Tensor] = {}
-        self._errors: dict[str, str] = {}
+        self._errors: dict[str, VideoDecodeError] = {}
 
     def get(self, adapter, video_path: str) -> torch.Tensor:
         """[n_video_tokens, D] on the adapter's device; VideoDecodeError for a bad video
         (remembered, so a bad file is decoded once)."""
         if video_path in self._errors:
-            raise VideoDecodeError(self._errors[video_path])
+            raise self._errors[video_path]
         if video_path not in self._features:
             try:
                 frames = read_frames(video_path, self.num_frames, backend=self.backend)
             except VideoDecodeError as e:
-                self._errors[video_path] = str(e)
+                self._errors[video_path] = e
                 raise
             with torch.no_grad():
                 self._features[video_path] = adapter.video_features(adapter.pixels(frames))

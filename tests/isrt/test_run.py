@@ -29,7 +29,7 @@ def run_isrt(out: Path, pool: Path, *overrides, nproc=None, crash_at=None, check
     args = ["--preset", "smoke", "--output_dir", str(out), f"data.prompts={pool}", *overrides]
     if nproc:
         torchrun = Path(sys.executable).parent / "torchrun"
-        cmd = [str(torchrun), f"--nproc_per_node={nproc}", "--master_port=0", "-m", "isrt.run", *args]
+        cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "isrt.run", *args]
     else:
         cmd = [sys.executable, "-m", "isrt.run", *args]
     env = _env(**({"ISRT_CRASH_AT": crash_at} if crash_at else {}))

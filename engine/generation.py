@@ -1,0 +1,95 @@
+"""Batched generation and next-token scoring through an adapter, from cached video features.
+
+Nothing here encodes video: callers pass `features[i]` = adapter.video_features(...) of prompt
+i's video ([n_video_tokens, D]); prompts are adapter.chat_prompt(...) strings. Prompts are
+left-padded so every row's last prompt token sits at the same position (what generate() and a
+next-token read need); position ids count valid tokens only, so padding does not shift them.
+"""
+from __future__ import annotations
+
+import torch
+
+from isrt.engine.adapters.base import unwrap
+
+
+def prompt_batch(adapter, prompts: list[str], features: list[torch.Tensor], *, model=None) -> dict:
+    """Left-padded prompt inputs: {"inputs_embeds" [B,T,H] model dtype, "attention_mask" long [B,T],
+    "input_ids" long [B,T] (placeholders expanded, pad id at padding)}."""
+    if len(prompts) != len(features):
+        raise ValueError(f"{len(prompts)} prompts but {len(features)} feature tensors")
+    ids = [adapter.encode_prompt(p, f.shape[0]) for p, f in zip(prompts, features)]
+    t = max(len(x) for x in ids)
+    pad = adapter.tokenizer.pad_token_id
+    input_ids = torch.full((len(ids), t), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), t), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, t - len(x):] = torch.tensor(x, dtype=torch.long)
+        mask[i, t - len(x):] = 1
+    input_ids, mask = input_ids.to(adapter.device), mask.to(adapter.device)
+    return {"inputs_embeds": adapter.embed(input_ids, features, model=model), "attention_mask": mask,
+            "input_ids": input_ids}
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+@torch.no_grad()
+def generate(adapter, prompts: list[str], features: list[torch.Tensor], *, max_new_tokens: int = 64,
+             do_sample: bool = True, temperature: float = 0.8, top_p: float = 0.9, num_return_sequences: int = 1,
+             seed: int = 0, batch_size: int = 8) -> list[list[str]]:
+    """-> out[i][k]: the k-th of `num_return_sequences` answers to prompts[i] (decoded, cut at
+    EOS, stripped).
+
+    HF generate() on the VLM with inputs_embeds built from the cached features (no pixels, so
+    the vision tower never runs), KV cache on. Deterministic given `seed` and the inputs: the
+    RNG is seeded once per call inside torch.random.fork_rng, so the caller's global RNG state
+    is neither used nor changed. Chunks of `batch_size` prompts run in order from that seed, so
+    a prompt's samples depend on its chunk-mates (not on anything outside the call). Greedy
+    (do_sample=False) results do not depend on batching. top_k is disabled (0) so top_p and
+    temperature alone shape sampling; other generation settings come from the model's
+    generation_config (e.g. a checkpoint's repetition penalty).
+    """
+    if len(prompts) != len(features):
+        raise ValueError(f"{len(prompts)} prompts but {len(features)} feature tensors")
+    model = unwrap(adapter.model)
+    tok = adapter.tokenizer
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_return_sequences,
+              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
+    if do_sample:
+        # top_k=0: a checkpoint's top_k default must not narrow our top-p sampling.
+        kw.update(temperature=temperature, top_p=top_p, top_k=0)
+    out: list[list[str]] = []
+    with torch.random.fork_rng(devices=_rng_devices(adapter.device)):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompt_batch(adapter, prompts[start:start + batch_size], features[start:start + batch_size])
+            seqs = model.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"], **kw)
+            # With inputs_embeds and no input_ids, HF returns only the new tokens.
+            texts = [adapter.decode(row.tolist()) for row in seqs]
+            out.extend(texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
+    return out
+
+
+@torch.no_grad()
+def choice_logprobs(adapter, prompts: list[str], features: list[torch.Tensor], choices: list[str], *,
+                    batch_size: int = 8, backend: str = "auto") -> torch.Tensor:
+    """fp32 [B, len(choices)]: log p(first token of choice c | prompt b, video b), the choice's
+    first token taken as `choice` tokenizes right after the prompt (so " A" after "Verdict:" is
+    the token the model would emit). Full-vocabulary normalization; computed through
+    isrt.kernels.linear_logprobs on the last prompt position only (no [B,T,V] logits)."""
+    from isrt.engine.logprobs import _kernel
+
+    linear_logprobs = _kernel()
+    head = adapter.lm_head
+    rows = []
+    for start in range(0, len(prompts), batch_size):
+        ps, fs = prompts[start:start + batch_size], features[start:start + batch_size]
+        batch = prompt_batch(adapter, ps, fs)
+        hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"])[:, -1]  # [b,H]
+        labels = torch.tensor([[adapter.next_token_id(p, c) for c in choices] for p in ps],
+                              dtype=torch.long, device=hidden.device)  # [b,C]
+        h = hidden.unsqueeze(1).expand(-1, len(choices), -1).reshape(-1, hidden.shape[-1])
+        lp = linear_logprobs(h, head.weight, labels.reshape(-1), bias=head.bias, backend=backend)
+        rows.append(lp.float().reshape(len(ps), len(choices)))
+    return torch.cat(rows) if rows else torch.zeros(0, len(choices))

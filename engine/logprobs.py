@@ -1,0 +1,88 @@
+"""Sequence log-probabilities of responses, through isrt.kernels on response rows only.
+
+    logp[b] = sum_t log p(y_t | video_b, prompt_b, y_<t)    over the response tokens y of row b
+              (its EOS included; prompt, video and padding positions excluded)
+
+The decoder runs to its final hidden states [B,T,H]; the LM head is never applied to every
+position. Only rows whose label is a response token are gathered ([N,H], N = total response
+tokens) and handed to `isrt.kernels.linear_logprobs(hidden, lm_head.weight, labels, bias=...)`,
+which never materializes more than a bounded chunk of the [N,V] logits. The same function
+serves the reference log-probs (under torch.no_grad) and DPO training (with autograd), so
+the two agree bit for bit on identical inputs.
+
+DDP: wrap a small nn.Module whose forward calls `sequence_logps(..., model=self.model)` with
+the plain (or PEFT) model; DDP's forward then brackets everything the loss touches. Passing a
+DDP-wrapped VLM itself as `model=` also works: the decoder then runs through the wrapper's own
+forward (see VideoLMAdapter.hidden_states).
+"""
+from __future__ import annotations
+
+import torch
+
+from isrt.engine.adapters.base import IGNORE_INDEX
+
+
+def _kernel():
+    """isrt.kernels.linear_logprobs (imported late: kernels/ may be rebuilt independently)."""
+    from isrt.kernels import linear_logprobs
+
+    return linear_logprobs
+
+
+def response_batch(adapter, prompts: list[str], responses: list[str], features: list[torch.Tensor], *,
+                   model=None) -> dict:
+    """Right-padded prompt+response inputs.
+
+    Row b = [prompt_b ids with its video placeholder expanded to features[b].shape[0] tokens]
+    + [response_b ids] + [EOS], then padding. Returns
+      inputs_embeds  [B,T,H] model dtype (features scattered in; differentiable w.r.t. the embedding table)
+      attention_mask long [B,T] (1 = real token)
+      labels         long [B,T], ALREADY SHIFTED: labels[b,t] is the token at t+1 when that token
+                     belongs to the response (or its EOS), else -100; so hidden[:, t] predicts
+                     labels[:, t]. Do not pass these labels to an HF forward (it would shift again).
+    """
+    if not (len(prompts) == len(responses) == len(features)):
+        raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses, {len(features)} feature tensors")
+    rows = []
+    for p, r, f in zip(prompts, responses, features):
+        pi = adapter.encode_prompt(p, f.shape[0])
+        rows.append((pi, adapter.encode_response(r)))
+    t = max(len(pi) + len(ri) for pi, ri in rows)
+    pad = adapter.tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    labels = torch.full((len(rows), t), IGNORE_INDEX, dtype=torch.long)
+    for b, (pi, ri) in enumerate(rows):
+        n = len(pi) + len(ri)
+        input_ids[b, :n] = torch.tensor(pi + ri, dtype=torch.long)
+        mask[b, :n] = 1
+        # position len(pi)-1 (last prompt token) predicts the first response token.
+        labels[b, len(pi) - 1:n - 1] = torch.tensor(ri, dtype=torch.long)
+    input_ids, mask, labels = (x.to(adapter.device) for x in (input_ids, mask, labels))
+    return {"inputs_embeds": adapter.embed(input_ids, features, model=model), "attention_mask": mask,
+            "labels": labels}
+
+
+def sequence_logps(adapter, prompts: list[str], responses: list[str], features: list[torch.Tensor], *,
+                   model=None, backend: str = "auto") -> torch.Tensor:
+    """fp32 [B]: summed log-probs of each response (+EOS) given its video and prompt.
+
+    Differentiable w.r.t. the LM parameters (embedding table, decoder, LM head: whatever
+    requires grad); video features are constants. `model`: the module to run (default
+    adapter.model): the HF model, a PEFT model, or a DDP wrapper of either. Under torch.no_grad
+    it is the reference log-prob computation. `backend` is passed to isrt.kernels.
+    """
+    batch = response_batch(adapter, prompts, responses, features, model=model)
+    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [B,T,H]
+    labels = batch["labels"]
+    keep = labels != IGNORE_INDEX
+    b_idx = keep.nonzero(as_tuple=True)[0]  # batch row of each response token, [N]
+    head = adapter.head(model)
+    if hasattr(head, "base_layer"):
+        # A PEFT-wrapped head: weight is only the base weight; its adapter delta would be lost.
+        raise ValueError("sequence_logps: LoRA on the LM head is not supported by the fused head path; "
+                         "leave lm_head out of target_modules")
+    lp = _kernel()(hidden[keep], head.weight, labels[keep], bias=head.bias, ignore_index=IGNORE_INDEX,
+                   backend=backend)  # fp32 [N]
+    out = torch.zeros(labels.shape[0], dtype=torch.float32, device=lp.device)
+    return out.index_add(0, b_idx, lp.float())

@@ -1,0 +1,199 @@
+"""Tiny random video LMMs and an offline tokenizer, for tests and smoke runs.
+
+Nothing here touches a hub: the tokenizer is a byte-level BPE trained on a small built-in
+English corpus (words of our synthetic videos and prompt templates), and the model is a real
+`VideoLlavaForConditionalGeneration` built from a tiny config with random weights.
+
+Determinism: the same seed (and the same torch/tokenizers versions) gives byte-identical
+tokenizer files and weights. Weights are drawn inside `torch.random.fork_rng`, so building a
+tiny model neither depends on nor changes the caller's global RNG state.
+
+    model, tokenizer = tiny_video_llava(seed=0)
+"""
+from __future__ import annotations
+
+import torch
+
+# Special tokens, in id order (ids 0..5). "<image>" exists because VideoLlavaConfig has an
+# image_token_index and HF's VideoLlavaProcessor looks both tokens up.
+UNK, BOS, EOS, PAD, IMAGE, VIDEO = "<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"
+SPECIAL_TOKENS = [UNK, BOS, EOS, PAD, IMAGE, VIDEO]
+
+# Video-LLaVA's conversation format ("USER: <video>\n... ASSISTANT:"), as a chat template. The
+# generation prompt ends right after "ASSISTANT:"; the tokenizer prefixes every pre-token with a
+# space (ByteLevel add_prefix_space), so an answer encoded on its own starts with " word", the
+# same tokens the model emits after the prompt.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }} "
+    "{% elif message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'video' %}<video>\n{% elif c['type'] == 'image' %}<image>\n"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+_COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "pink", "gray", "brown", "cyan"]
+_SHAPES = ["circle", "square", "triangle", "rectangle", "star", "dot", "ball", "box", "line", "ring"]
+_DIRECTIONS = ["left", "right", "up", "down", "diagonally", "in a circle", "towards the centre", "away"]
+_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+_SENTENCES = [
+    "Describe this video in detail: every object, its colour and shape, how many objects there are, "
+    "and which way each one moves.",
+    "Here is an earlier description of this video:",
+    "Watch the video again and write a corrected, more complete description: keep what is right, "
+    "fix what is wrong, and add what is missing.",
+    "You are judging two answers to a question about this video.",
+    "Description of the video:",
+    "Question: What colour is the object? What shape is it? Where does it move? How many are there?",
+    "Response A: Response B: Verdict: A Verdict: B",
+    "Which response is more accurate and better grounded in the video? Give a short reason, "
+    "then end with a line \"Verdict: A\" or \"Verdict: B\".",
+    "The judge prefers response A. The judge prefers response B. The answer is A. The answer is B.",
+    "USER: ASSISTANT: The video shows a scene with moving objects on a plain background.",
+    "Yes. No. It is not clear. The object stays still. The objects move fast and then slow down.",
+    "first second third last frame frames time start end before after while then",
+    "describe the video, describe each object; the judge reads each response and picks the better response.",
+]
+
+
+def tiny_corpus() -> list[str]:
+    """The built-in English corpus the tiny tokenizer is trained on (deterministic order)."""
+    lines = list(_SENTENCES) * 4
+    for i, colour in enumerate(_COLOURS):
+        for j, shape in enumerate(_SHAPES):
+            d = _DIRECTIONS[(i + j) % len(_DIRECTIONS)]
+            n = _NUMBERS[(i * 3 + j) % len(_NUMBERS)]
+            lines.append(f"A {colour} {shape} moves {d}. There are {n} {colour} {shape}s in the video.")
+            lines.append(f"Response {'A' if (i + j) % 2 else 'B'}: the {shape} is {colour} and it goes {d}.")
+    lines.extend(f"{k} {w}" for k, w in enumerate(_NUMBERS))
+    lines.extend(f"{k}" for k in range(0, 101))
+    return lines
+
+
+def tiny_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE `PreTrainedTokenizerFast`, trained offline and deterministically.
+
+    Specials: <unk>=0, <s>=1 (bos), </s>=2 (eos), <pad>=3, <image>=4, <video>=5; a Video-LLaVA
+    chat template; " A" and " B" are single tokens (checked). Saves and reloads with
+    save_pretrained / AutoTokenizer.from_pretrained, offline.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # Byte level: every string encodes (no unknowns); add_prefix_space: see CHAT_TEMPLATE.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(tiny_corpus(), trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        extra_special_tokens=[IMAGE, VIDEO], chat_template=CHAT_TEMPLATE,
+        model_max_length=4096, padding_side="right",
+    )
+    for i, t in enumerate(SPECIAL_TOKENS):
+        assert wrapped.convert_tokens_to_ids(t) == i, (t, wrapped.convert_tokens_to_ids(t))
+    for choice in (" A", " B", "A", "B"):
+        ids = wrapped(choice, add_special_tokens=False).input_ids
+        assert len(ids) == 1, f"tiny tokenizer: {choice!r} is not a single token: {ids}"
+    return wrapped
+
+
+def _tiny_text_config(vocab_size: int, hidden_size: int, num_layers: int):
+    """Llama LM: hidden 64, 2 layers, 4 heads / 2 KV heads (GQA, like real checkpoints), no dropout."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+    )
+
+
+def _tiny_vision_config(image_size: int, patch_size: int):
+    """CLIP vision tower: hidden 32, 2 layers, 2 heads; (image_size/patch_size)^2 patches + CLS."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=patch_size, projection_dim=32, attention_dropout=0.0,
+    )
+
+
+def tiny_video_llava_config(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2,
+                            image_size: int = 32, patch_size: int = 8):
+    """A tiny VideoLlavaConfig: 32x32 frames, 8x8 patches: 16 patches + CLS = 17 tokens per
+    frame. Dropout 0 everywhere, so train() and eval() give the same numbers."""
+    from transformers import VideoLlavaConfig
+
+    return VideoLlavaConfig(
+        vision_config=_tiny_vision_config(image_size, patch_size),
+        text_config=_tiny_text_config(vocab_size, hidden_size, num_layers),
+        image_token_index=4, video_token_index=5, vision_feature_layer=-2,
+        vision_feature_select_strategy="default", image_seq_length=(image_size // patch_size) ** 2,
+        video_seq_length=0, tie_word_embeddings=False,
+    )
+
+
+def tiny_llava_next_video_config(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2,
+                                 image_size: int = 32, patch_size: int = 8):
+    """A tiny LlavaNextVideoConfig: 4x4 patch grid (CLS dropped) average-pooled by 2 -> 4 tokens
+    per frame; one image grid pinpoint (images are not used by the engine)."""
+    from transformers import LlavaNextVideoConfig
+
+    side = image_size // patch_size
+    return LlavaNextVideoConfig(
+        vision_config=_tiny_vision_config(image_size, patch_size),
+        text_config=_tiny_text_config(vocab_size, hidden_size, num_layers),
+        image_token_index=4, video_token_index=5, vision_feature_layer=-2,
+        vision_feature_select_strategy="default", image_grid_pinpoints=[[image_size, image_size]],
+        spatial_pool_mode="average", spatial_pool_stride=2, image_seq_length=side * side,
+        video_seq_length=(side // 2) ** 2, tie_word_embeddings=False,
+    )
+
+
+def _build(model_cls, config, seed: int, attn_implementation: str):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model.set_attn_implementation(attn_implementation)
+    gc = model.generation_config
+    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = 1, 2, 3
+    model.eval()
+    return model
+
+
+def tiny_video_llava(seed: int = 0, vocab_size: int = 1024, *, attn_implementation: str = "sdpa"):
+    """(VideoLlavaForConditionalGeneration fp32 on CPU in eval mode, PreTrainedTokenizerFast).
+
+    `vocab_size` is the BPE target; the model's vocabulary is exactly len(tokenizer).
+    """
+    from transformers import VideoLlavaForConditionalGeneration
+
+    tokenizer = tiny_tokenizer(vocab_size)
+    model = _build(VideoLlavaForConditionalGeneration, tiny_video_llava_config(len(tokenizer)), seed,
+                   attn_implementation)
+    return model, tokenizer
+
+
+def tiny_llava_next_video(seed: int = 0, vocab_size: int = 1024, *, attn_implementation: str = "sdpa"):
+    """(LlavaNextVideoForConditionalGeneration fp32 on CPU in eval mode, the tiny tokenizer)."""
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    tokenizer = tiny_tokenizer(vocab_size)
+    model = _build(LlavaNextVideoForConditionalGeneration, tiny_llava_next_video_config(len(tokenizer)), seed,
+                   attn_implementation)
+    return model, tokenizer
