@@ -10,7 +10,7 @@ PRESET ?= default
 $(STAMP): requirements-cpu.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-cpu.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --use-pep517 -e .
 	touch $(STAMP)
 
 test: $(STAMP)
