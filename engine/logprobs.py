@@ -75,14 +75,40 @@ def sequence_logps(adapter, prompts: list[str], responses: list[str], features: 
     batch = response_batch(adapter, prompts, responses, features, model=model)
     hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [B,T,H]
     labels = batch["labels"]
-    keep = labels != IGNORE_INDEX
-    b_idx = keep.nonzero(as_tuple=True)[0]  # batch row of each response token, [N]
+    head = _plain_head(adapter, model)
+    # [B,T] in, the kernel drops ignored rows before any matmul; summing the [B,T] grid (zeros at
+    # ignored rows) is exactly what fused_linear_dpo's two-pass schedule does, so reference and
+    # policy log-probs agree bit for bit on the CPU path (first DPO loss exactly ln 2).
+    lp = _kernel()(hidden, head.weight, labels, bias=head.bias, ignore_index=IGNORE_INDEX,
+                   backend=backend)  # fp32 [B,T]
+    return lp.float().sum(-1)
+
+
+def _plain_head(adapter, model):
     head = adapter.head(model)
     if hasattr(head, "base_layer"):
         # A PEFT-wrapped head: weight is only the base weight; its adapter delta would be lost.
-        raise ValueError("sequence_logps: LoRA on the LM head is not supported by the fused head path; "
+        raise ValueError("LoRA on the LM head is not supported by the fused head path; "
                          "leave lm_head out of target_modules")
-    lp = _kernel()(hidden[keep], head.weight, labels[keep], bias=head.bias, ignore_index=IGNORE_INDEX,
-                   backend=backend)  # fp32 [N]
-    out = torch.zeros(labels.shape[0], dtype=torch.float32, device=lp.device)
-    return out.index_add(0, b_idx, lp.float())
+    return head
+
+
+def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: list[str],
+                    features: list[torch.Tensor], ref_chosen_logps: torch.Tensor,
+                    ref_rejected_logps: torch.Tensor, *, beta: float, loss_type: str,
+                    label_smoothing: float = 0.0, model=None, backend: str = "auto"):
+    """(loss, metrics) of B preference pairs through `isrt.kernels.fused_linear_dpo`.
+
+    The decoder runs once on the 2B sequences (chosen first, then rejected: TRL's order) to
+    hidden [2B,T,H]; the fused head kernel drops prompt/video/padding rows and, on CUDA, computes
+    log-probs, loss and head gradients in one pass over the vocabulary (6NHV, 4NHV frozen head).
+    Same log-probs as `sequence_logps` (the reference path) up to summation order.
+    """
+    from isrt.kernels import fused_linear_dpo
+
+    batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model)
+    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [2B,T,H]
+    head = _plain_head(adapter, model)
+    return fused_linear_dpo(hidden, head.weight, batch["labels"], ref_chosen_logps, ref_rejected_logps,
+                            beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, bias=head.bias,
+                            ignore_index=IGNORE_INDEX, backend=backend)

@@ -1,9 +1,10 @@
 """DPO on a list of preference pairs, data-parallel (DDP) across ranks.
 
-Per step, each rank takes `batch_size` pairs; the policy's sequence log-probs of the chosen and
-rejected responses come from `isrt.engine.logprobs.sequence_logps` (the fused head kernels, on
-response rows only) and the loss from `isrt.kernels.preference_loss`, the same numerics the
-reference log-probs were computed with, so the first step's sigmoid loss is ln 2.
+Per step, each rank takes `batch_size` pairs; the loss comes from
+`isrt.engine.logprobs.preference_step`, i.e. `isrt.kernels.fused_linear_dpo` on the decoder's
+hidden states (response rows only; on CUDA one pass computes log-probs, loss and head gradients).
+Its log-probs are those of the reference pass (`sequence_logps`) up to summation order, so the
+first step's sigmoid loss is ln 2.
 
 Ranks can hold different numbers of pairs: every rank runs the same number of steps (DDP needs
 matching collectives), a rank with no pair left runs a zero-weight step, and each rank's loss is
@@ -19,8 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from isrt.engine import distributed
-from isrt.engine.logprobs import sequence_logps
-from isrt.kernels import preference_loss
+from isrt.engine.logprobs import preference_step
 
 
 @dataclass
@@ -34,18 +34,21 @@ class Pair:
     ref_rejected_logp: float
 
 
-class _PolicyLogps(torch.nn.Module):
-    """The module DDP wraps: its forward is the policy's sequence log-probs, so DDP's
+class _PolicyLoss(torch.nn.Module):
+    """The module DDP wraps: its forward is the DPO loss of a batch of pairs, so DDP's
     gradient hooks see every parameter the loss touches."""
 
-    def __init__(self, adapter, backend: str):
+    def __init__(self, adapter, cfg):
         super().__init__()
         self.model = adapter.model
         self._adapter = adapter  # not a Module: kept out of the parameter tree
-        self._backend = backend
+        self._cfg = cfg
 
-    def forward(self, prompts, responses, features):
-        return sequence_logps(self._adapter, prompts, responses, features, model=self.model, backend=self._backend)
+    def forward(self, prompts, chosen, rejected, features, ref_chosen, ref_rejected):
+        c = self._cfg
+        return preference_step(self._adapter, prompts, chosen, rejected, features, ref_chosen, ref_rejected,
+                               beta=c.beta, loss_type=c.loss_type, label_smoothing=c.label_smoothing,
+                               model=self.model, backend=c.backend)
 
 
 def train_dpo(adapter, pairs: list[Pair], cfg, d: distributed.Dist, *, seed: int, on_step=None) -> dict:
@@ -55,7 +58,7 @@ def train_dpo(adapter, pairs: list[Pair], cfg, d: distributed.Dist, *, seed: int
     model = adapter.model
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    policy = _PolicyLogps(adapter, cfg.backend)
+    policy = _PolicyLoss(adapter, cfg)
     if d.enabled:
         policy = DDP(policy, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -74,14 +77,10 @@ def train_dpo(adapter, pairs: list[Pair], cfg, d: distributed.Dist, *, seed: int
             n_global = distributed.all_reduce_sum(d, n_real)
             # A rank without pairs still runs forward/backward (on a stand-in pair, weight 0).
             run = batch or [pairs[0]]
-            logps = policy([p.prompt for p in run] * 2,
-                           [p.chosen for p in run] + [p.rejected for p in run],
-                           [p.features for p in run] * 2)
-            chosen, rejected = logps[:len(run)], logps[len(run):]
-            ref_c = torch.tensor([p.ref_chosen_logp for p in run], dtype=torch.float32, device=logps.device)
-            ref_r = torch.tensor([p.ref_rejected_logp for p in run], dtype=torch.float32, device=logps.device)
-            loss, metrics = preference_loss(chosen, rejected, ref_c, ref_r, beta=cfg.beta,
-                                            loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+            ref_c = torch.tensor([p.ref_chosen_logp for p in run], dtype=torch.float32, device=d.device)
+            ref_r = torch.tensor([p.ref_rejected_logp for p in run], dtype=torch.float32, device=d.device)
+            loss, metrics = policy([p.prompt for p in run], [p.chosen for p in run], [p.rejected for p in run],
+                                   [p.features for p in run], ref_c, ref_r)
             weight = n_real * d.world_size / n_global if n_real else 0.0
             (loss * weight).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

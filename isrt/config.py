@@ -55,9 +55,18 @@ class DataConfig:
     # 0: every iteration uses the whole pool (fixed pool); k > 0: k fresh prompts per iteration,
     # taken in a seeded shuffled order and wrapping around when the pool runs out.
     prompts_per_iteration: int = 0
+    # Held-out evaluation: greedy answers of pi_t before each iteration and of the final policy,
+    # scored against the records' "answer" in report.md. eval_prompts: a QA JSONL (resolved
+    # against video_root, else its folder); else synthetic_eval_videos > 0 generates held-out
+    # clips (another seed) into <output_dir>/eval_data; 0 and "" turn evaluation off.
+    eval_prompts: str = ""
+    synthetic_eval_videos: int = 0
 
     def __post_init__(self):
         _check(self.synthetic_videos >= 1, "data.synthetic_videos", "must be >= 1")
+        _check(self.synthetic_eval_videos >= 0, "data.synthetic_eval_videos", "must be >= 0")
+        if self.eval_prompts:
+            _check(Path(self.eval_prompts).is_file(), "data.eval_prompts", f"no such file: {self.eval_prompts}")
         _check(self.synthetic_questions_per_video >= 1, "data.synthetic_questions_per_video", "must be >= 1")
         _check(self.prompts_per_iteration >= 0, "data.prompts_per_iteration", "must be >= 0")
         _one_of(self.synthetic_container, "data.synthetic_container", ("mp4", "webm", "gif", "avi", "mkv", "frames"))

@@ -4,6 +4,8 @@ Run directory:
     config.yaml                 the resolved configuration (a rerun must match it)
     data/                       the synthetic prompt pool, when no pool is configured
     init_model/                 pi_0 (for model.source=tiny: the random model, saved once)
+    eval_data/                  held-out synthetic evaluation prompts (data.synthetic_eval_videos > 0)
+    iter_XX/eval.jsonl          stage 0: greedy answers of pi_t on the evaluation prompts (when configured)
     iter_XX/stage1.shard{r}of{W}.json, stage2.shard...   one rank's work, written whole
     iter_XX/contexts.jsonl      {video, context, previous_context}
     iter_XX/responses.jsonl     {id, video, prompt, context, responses: [y1, y2], ...}
@@ -11,7 +13,9 @@ Run directory:
     iter_XX/preferences.jsonl   {id, video, prompt, chosen, rejected, ref_*_logp, ...}
     iter_XX/checkpoint/         pi_{t+1}, save_pretrained (safetensors)
     iter_XX/stageN.json         the stage's metrics; written last, so it marks the stage done
+    final_eval.jsonl/.json      greedy answers of the final policy pi_T (when configured)
     metrics.jsonl               one row per finished stage, rebuilt from the stageN.json files
+    report.md, *.png            the per-iteration report (isrt.report), rewritten after each stage
 
 Every file appears by rename; a stage without its marker is redone from its inputs with the
 same seeds, so a killed run continues where it stopped and a finished run does nothing.
@@ -67,7 +71,10 @@ class Run:
         if self.d.is_main:
             atomic_write_text(out / "config.yaml", text)
             if not cfg.data.prompts and not (out / "data" / "prompts.jsonl").exists():
-                self._make_synthetic_data()
+                self._make_synthetic_data("data", cfg.data.synthetic_videos, cfg.seed)
+            if self._synthetic_eval and not (out / "eval_data" / "prompts.jsonl").exists():
+                # another seed: held-out clips the loop never trains on
+                self._make_synthetic_data("eval_data", cfg.data.synthetic_eval_videos, cfg.seed + 1)
             if cfg.model.source == "tiny" and not (out / "init_model").exists():
                 tmp = atomic_dir(out / "init_model")
                 load_adapter(cfg.model.family, "tiny", dtype=DTYPES[cfg.model.dtype], num_frames=cfg.model.num_frames,
@@ -77,14 +84,20 @@ class Run:
         self.pool = load_pool(cfg.data.prompts or out / "data" / "prompts.jsonl", cfg.data.video_root or None)
         if self.pool.bad:
             self.log(f"prompt pool: {len(self.pool.bad)} bad records skipped (first: {self.pool.bad[0]})")
+        eval_path = cfg.data.eval_prompts or (out / "eval_data" / "prompts.jsonl" if self._synthetic_eval else None)
+        self.eval_pool = load_pool(eval_path, cfg.data.video_root if cfg.data.eval_prompts else None) if eval_path else None
 
-    def _make_synthetic_data(self) -> None:
+    @property
+    def _synthetic_eval(self) -> bool:
+        return not self.cfg.data.eval_prompts and self.cfg.data.synthetic_eval_videos > 0
+
+    def _make_synthetic_data(self, name: str, num_videos: int, seed: int) -> None:
         from isrt.engine.synthetic import make_dataset
         c = self.cfg.data
-        tmp = atomic_dir(self.out / "data")
-        make_dataset(tmp, c.synthetic_videos, seed=self.cfg.seed, container=c.synthetic_container,
+        tmp = atomic_dir(self.out / name)
+        make_dataset(tmp, num_videos, seed=seed, container=c.synthetic_container,
                      questions_per_video=c.synthetic_questions_per_video)
-        commit_dir(tmp, self.out / "data")
+        commit_dir(tmp, self.out / name)
 
     def policy_source(self, t: int) -> str:
         if t > 0:
@@ -108,7 +121,8 @@ class Run:
             self.log(f"== iteration {t} ==")
             it.mkdir(exist_ok=True)
             adapter = self.load_policy(t)
-            for n, stage in ((1, self.stage1), (2, self.stage2), (3, self.stage3)):
+            stages_ = ((0, self.stage0),) if self.eval_pool else ()
+            for n, stage in stages_ + ((1, self.stage1), (2, self.stage2), (3, self.stage3)):
                 if not (it / f"stage{n}.json").exists():
                     start = time.time()
                     metrics = stage(t, it, adapter)
@@ -116,8 +130,25 @@ class Run:
                         write_json(it / f"stage{n}.json", dict(metrics, iteration=t, stage=n,
                                                                seconds=round(time.time() - start, 3)))
                         self.write_metrics()
+                        self.write_report(adapter)
                     distributed.barrier(self.d)
+        if self.eval_pool and not (self.out / "final_eval.json").exists():
+            self.log("== final evaluation ==")
+            adapter = self.load_policy(self.cfg.iterations)
+            start = time.time()
+            metrics = self.evaluate(self.out, "final_eval", adapter)
+            if self.d.is_main:
+                write_json(self.out / "final_eval.json", dict(metrics, seconds=round(time.time() - start, 3)))
+                self.write_report(adapter)
+            distributed.barrier(self.d)
         return self.write_metrics() if self.d.is_main else []
+
+    def write_report(self, adapter) -> None:
+        from isrt.report import write_report
+        try:
+            write_report(self.out, tokenizer=adapter.tokenizer)
+        except Exception as e:  # the report is a view of the run's files: never a reason to stop training
+            self.log(f"warning: report.md not rewritten ({type(e).__name__}: {str(e).splitlines()[0]})")
 
     def _shard_path(self, it: Path, n: int, rank: int) -> Path:
         return it / f"stage{n}.shard{rank}of{self.d.world_size}.json"
@@ -125,6 +156,31 @@ class Run:
     def _gather_shards(self, it: Path, n: int) -> list[dict]:
         distributed.barrier(self.d)
         return [read_json(self._shard_path(it, n, r)) for r in range(self.d.world_size)]
+
+    def stage0(self, t: int, it: Path, adapter) -> dict:
+        """Greedy answers of pi_t on the held-out evaluation prompts (iter_XX/eval.jsonl)."""
+        return self.evaluate(it, "eval", adapter)
+
+    def evaluate(self, folder: Path, name: str, adapter) -> dict:
+        from isrt.eval import greedy_answers
+        from isrt.scoring import score_answer
+        shard = folder / f"{name}.shard{self.d.rank}of{self.d.world_size}.json"
+        if not shard.exists():
+            bad: list[str] = []
+            mine = shard_by_video(self.eval_pool.records, self.d.rank, self.d.world_size)
+            rows = greedy_answers(adapter, self.cache, mine, batch_size=self.cfg.sampling.batch_size,
+                                  max_new_tokens=self.cfg.sampling.max_new_tokens, bad=bad, show=self.d.is_main)
+            write_json(shard, {"rows": rows, "bad": bad})
+        distributed.barrier(self.d)
+        if not self.d.is_main:
+            return {}
+        shards = [read_json(folder / f"{name}.shard{r}of{self.d.world_size}.json") for r in range(self.d.world_size)]
+        rows = sorted((r for s in shards for r in s["rows"]), key=lambda r: r["id"])
+        write_jsonl(folder / f"{name}.jsonl", rows)
+        scored = [score_answer(r["prediction"], r["answer"]) for r in rows if r.get("answer")]
+        return {"eval_prompts": len(rows), "eval_bad_videos": sum(len(s["bad"]) for s in shards),
+                "eval_accuracy": sum(scored) / len(scored) if scored else None,
+                "eval_words_mean": statistics.fmean([len(r["prediction"].split()) for r in rows]) if rows else 0.0}
 
     def stage1(self, t: int, it: Path, adapter) -> dict:
         shard = self._shard_path(it, 1, self.d.rank)
@@ -227,7 +283,7 @@ class Run:
     def write_metrics(self) -> list[dict]:
         rows = []
         for t in range(self.cfg.iterations):
-            for n in (1, 2, 3):
+            for n in (0, 1, 2, 3):
                 path = self.out / f"iter_{t:02d}" / f"stage{n}.json"
                 if path.exists():
                     row = read_json(path)

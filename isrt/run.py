@@ -24,7 +24,7 @@ def summary_table(rows: list[dict]) -> str:
     by_iter: dict[int, dict] = {}
     for r in rows:
         by_iter.setdefault(r["iteration"], {}).update({f"s{r['stage']}.{k}": v for k, v in r.items()})
-    cols = [("iter", None), ("prompts", "s1.responses"), ("bad videos", "s1.bad_videos"),
+    cols = [("iter", None), ("eval acc", "s0.eval_accuracy"), ("prompts", "s1.responses"), ("bad videos", "s1.bad_videos"),
             ("resp words", "s1.response_words_mean"), ("kept", "s2.kept"), ("judged", "s2.judged"),
             ("swap agree", "s2.swap_agreement"), ("dpo loss", "s3.loss"), ("reward acc", "s3.reward_accuracy"),
             ("margin", "s3.reward_margin")]

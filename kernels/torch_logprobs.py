@@ -1,0 +1,142 @@
+"""Chunked pure-PyTorch log-probabilities of label tokens under a linear head (the CPU path).
+
+For rows t with label y_t != ignore_index:
+
+    z_t = W h_t (+ b),   LSE_t = log sum_v exp z_tv,   out_t = z_{t,y_t} - LSE_t
+
+and out_t = 0 at ignored rows. Backward recomputes each chunk's logits (two passes, 8NHV FLOPs
+with a trainable head, 6NHV frozen) with
+
+    dZ_t = g_t (onehot(y_t) - softmax(z_t)),   dH = dZ W,   dW = dZ^T H,   db = sum_t dZ_t.
+
+Shapes: hidden [N, H], weight [V, H], bias [V] or None, labels [N] (int). Output [N] fp32 (fp64
+for fp64 inputs). Peak extra memory is one chunk of logits ([chunk, V] in the compute dtype, a
+few copies) plus an fp32 [V, H] dW accumulator when the weight is trainable: bounded by the chunk,
+never by N x V. Ignored rows are dropped before any matmul.
+
+Compute dtype: fp32 accumulation everywhere. On the CPU, bf16/fp16 operands are upcast to fp32
+once per call (CPU half-precision GEMMs are slow and this is also the more exact choice); on CUDA
+the matmuls run in the input dtype (tensor cores, fp32 accumulation inside the GEMM), like eager.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+def no_autocast(fn):
+    """Inputs are cast once by the public function; inside, matmuls must keep our dtypes."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+# Rows per chunk are picked so one chunk of fp32 logits is about this many bytes (a few copies
+# of it are alive at once: logits, exp, and the operand-dtype dZ on CUDA).
+CHUNK_BYTES = 32 << 20
+
+
+def default_chunk_rows(vocab: int, budget_bytes: int | None = None) -> int:
+    return max(64, (budget_bytes or CHUNK_BYTES) // (4 * max(vocab, 1)))
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _operand(t: torch.Tensor | None, upcast: bool, dt: torch.dtype) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t.to(dt) if upcast else t
+
+
+def _chunk_logits(h, w, b, acc):
+    """[c, H] x [V, H]^T (+ b) -> [c, V] in the accumulation dtype."""
+    z = (h @ w.t()).to(acc)
+    if b is not None:
+        z = z + b.to(acc)
+    return z
+
+
+class ChunkedLinearLogprobs(torch.autograd.Function):
+    @staticmethod
+    @no_autocast
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, chunk_rows, upcast):
+        acc = _compute_dtype(hidden)
+        n, v = hidden.shape[0], weight.shape[0]
+        rows = (labels != ignore_index).nonzero().squeeze(1)  # drop ignored rows before any matmul
+        y = labels.index_select(0, rows).long()
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= v):
+            raise ValueError(f"labels must be in [0, {v}) or equal ignore_index={ignore_index}; "
+                             f"got values in [{int(y.min())}, {int(y.max())}]")
+        c = chunk_rows or default_chunk_rows(v)
+        w = _operand(weight, upcast, acc)
+        b = _operand(bias, upcast, acc)
+        m = rows.numel()
+        lse = torch.empty(m, dtype=acc, device=hidden.device)
+        tgt = torch.empty(m, dtype=acc, device=hidden.device)
+        for s in range(0, m, c):
+            h = _operand(hidden.index_select(0, rows[s:s + c]), upcast, acc)
+            z = _chunk_logits(h, w, b, acc)
+            lse[s:s + c] = torch.logsumexp(z, dim=1)
+            tgt[s:s + c] = z.gather(1, y[s:s + c, None]).squeeze(1)
+            del z, h  # free before the next chunk is allocated: peak = one chunk
+        out = torch.zeros(n, dtype=acc, device=hidden.device)
+        out.index_copy_(0, rows, tgt - lse)
+        ctx.save_for_backward(hidden, weight, bias, rows, y, lse)
+        ctx.chunk_rows, ctx.upcast = c, upcast
+        return out
+
+    @staticmethod
+    @no_autocast
+    def backward(ctx, grad_out):
+        hidden, weight, bias, rows, y, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        dh, dw, db = backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w,
+                                    need_b, ctx.chunk_rows, ctx.upcast)
+        return dh, dw, db, None, None, None, None
+
+
+def backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b,
+                   chunk_rows, upcast):
+    """Recompute each chunk's logits; (dH, dW, db), None where not needed (no dW work then)."""
+    acc = lse.dtype
+    w = _operand(weight, upcast, acc)
+    b = _operand(bias, upcast, acc)
+    g_all = grad_out.index_select(0, rows).to(acc)
+    dh = torch.zeros_like(hidden) if need_h else None
+    dw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    db = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+    for s in range(0, rows.numel(), chunk_rows):
+        r = rows[s:s + chunk_rows]
+        h = _operand(hidden.index_select(0, r), upcast, acc)
+        g = g_all[s:s + chunk_rows]
+        # dZ = g (onehot - softmax), built in place on the recomputed logits.
+        dz = _chunk_logits(h, w, b, acc).sub_(lse[s:s + chunk_rows, None]).exp_().mul_(-g[:, None])
+        dz.scatter_add_(1, y[s:s + chunk_rows, None], g[:, None])
+        dz_op = dz if upcast else dz.to(hidden.dtype)
+        if need_h:
+            dh.index_copy_(0, r, (dz_op @ w).to(dh.dtype))
+        if need_w:
+            dw.add_((dz_op.t() @ h).to(acc))
+        if need_b:
+            db.add_(dz.sum(0))
+        del dz, dz_op, h  # free before the next chunk is allocated: peak = one chunk
+    if dw is not None:
+        dw = dw.to(weight.dtype)
+    if db is not None:
+        db = db.to(bias.dtype)
+    return dh, dw, db
+
+
+def torch_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                          bias: torch.Tensor | None = None, ignore_index: int = -100,
+                          chunk_rows: int | None = None, upcast: bool | None = None) -> torch.Tensor:
+    """hidden [..., H], labels [...] -> fp32 [...] (see the module docstring)."""
+    if upcast is None:
+        upcast = hidden.device.type != "cuda"
+    out = ChunkedLinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
+                                      labels.reshape(-1), ignore_index, chunk_rows, upcast)
+    return out.view(labels.shape)

@@ -1,0 +1,207 @@
+"""Single-pass fused linear DPO (Triton backend): loss and all gradients in one sweep, 6NHV.
+
+Once the reference log-probs are given, g_t = dL/dlogp_t of a row depends only on its own pair
+(chosen i, rejected i). So the valid rows are ordered pair by pair, cut into chunks of whole pairs
+that fit CHUNK_BYTES of logits, and for each chunk:
+
+    Z  = H_c W^T (+ b)                       [R, V] kept in the operand dtype      2RHV
+    LSE, z_y  (fp32)                         impl "tile": the Triton matmul's epilogue
+                                             (from fp32 logits), which also stores Z;
+                                             impl "cublas": cuBLAS Z, then row_lse_kernel
+    LSE_Z of the stored Z                    row_lse_kernel (tile: one extra read of Z)
+    logp_seq += segment sums of z_y - LSE    -> the chunk's pairs are complete
+    g  = d preference_loss / d logp          losses.sequence_grad (the ONE loss), x P_c / B
+    Z <- dZ = g (onehot - exp(Z - LSE_Z))    triton_rows.row_grad_kernel, in place
+    dH_c = dZ W                              cuBLAS, written once                 2RHV
+    dW  += dZ^T H_c                          cuBLAS (trainable head only)         2RHV
+    db  += column sums of dZ
+
+Backward only multiplies the stored gradients by the upstream scalar. FLOPs: 6MHV trainable,
+4MHV frozen (M = valid rows), against 8MHV / 6MHV for the two-pass schedule.
+
+Memory: one call uses at most SINGLE_PASS_BYTES (default 960 MiB) beyond inputs and gradients:
+the [R, V] logits chunk plus, when chosen, an fp32 dW accumulator. dW accumulates across chunks
+in that fp32 [V, H] buffer ("fp32": exact, 4VH bytes) or in the gradient's own dtype ("native":
+cuBLAS adds each chunk with fp32 arithmetic and rounds once per chunk; no extra memory).
+DW_ACCUM="auto" takes fp32 when the buffer needs at most half the budget. A pair with more valid
+rows than fit one chunk falls back to the two-pass schedule.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .fused_dpo import two_pass_dpo
+from .losses import _check, preference_loss, sequence_grad
+from . import triton_logprobs
+from .triton_logprobs import _valid_rows, mm_acc_, triton_linear_logprobs
+from .torch_logprobs import no_autocast
+from .triton_rows import row_grad_, row_lse_update
+from .triton_tiles import acc_dtype, tile_lse
+
+SCHEDULES = ("single", "two")
+SCHEDULE = os.environ.get("ISRT_KERNELS_SCHEDULE", "single")
+DW_ACCUMS = ("auto", "fp32", "native")
+DW_ACCUM = os.environ.get("ISRT_KERNELS_DW_ACCUM", "auto")
+# Extra memory of one single-pass call: the logits chunk, the per-chunk row copies and, when
+# chosen, the fp32 dW accumulator.
+SINGLE_PASS_BYTES = int(os.environ.get("ISRT_KERNELS_SINGLE_PASS_MB", "960")) << 20
+
+
+def plan_chunks(pair: torch.Tensor, n_pairs: int, max_rows: int):
+    """Greedy chunks of whole pairs: [(p0, p1, r0, r1)] over pair-sorted rows, or None when a
+    single pair has more than max_rows rows."""
+    counts = torch.bincount(pair, minlength=n_pairs).tolist()
+    if counts and max(counts) > max_rows:
+        return None
+    chunks, p0, r0, r = [], 0, 0, 0
+    for p, c in enumerate(counts):
+        if r - r0 + c > max_rows and p > p0:
+            chunks.append((p0, p, r0, r))
+            p0, r0 = p, r
+        r += c
+    chunks.append((p0, n_pairs, r0, r))
+    return chunks
+
+
+def memory_plan(weight: torch.Tensor, hidden: torch.Tensor, budget: int | None = None):
+    """(dW accumulator in fp32?, rows per chunk) for a single-pass call within `budget` bytes."""
+    budget = budget or SINGLE_PASS_BYTES
+    v, hdim = weight.shape
+    if DW_ACCUM not in DW_ACCUMS:
+        raise ValueError(f"DW_ACCUM={DW_ACCUM!r} is not one of {DW_ACCUMS}")
+    half = weight.dtype not in (torch.float32, torch.float64)
+    auto = DW_ACCUM == "auto" and half and 4 * weight.numel() <= budget // 2
+    fp32 = weight.requires_grad and (DW_ACCUM == "fp32" or not half or auto)
+    # "auto" pays for its fp32 buffer out of the budget; an explicit "fp32" adds it on top.
+    left = budget - (4 * weight.numel() if fp32 and auto else 0)
+    per_row = hidden.element_size() * (v + 2 * hdim) + 64  # logits, gathered h, dH rows, vectors
+    return fp32, max(1, left // per_row)
+
+
+class SinglePassDPO(torch.autograd.Function):
+    @staticmethod
+    @no_autocast
+    def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, cfg):
+        beta, loss_type, ls, impl, dw_fp32 = cfg
+        two_b, _, hdim = hidden.shape
+        n_pairs = two_b // 2
+        v = weight.shape[0]
+        acc = acc_dtype(hidden)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        h2 = hidden.reshape(-1, hdim)
+        ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
+        seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
+        dh2 = torch.zeros_like(h2) if need_h else None
+        dw = None
+        if need_w:
+            dw = torch.zeros(weight.shape, dtype=acc if dw_fp32 else weight.dtype,
+                             device=weight.device)
+        db = torch.zeros(v, dtype=acc, device=weight.device) if need_b else None
+        buf = torch.empty(max_rows * v, dtype=hidden.dtype, device=hidden.device)
+        for p0, p1, r0, r1 in chunks:
+            r = r1 - r0
+            if r == 0:
+                continue
+            hc = h2.index_select(0, rows[r0:r1])
+            yc, sc, pc = y[r0:r1], seq[r0:r1], pair[r0:r1]
+            z = buf[: r * v].view(r, v)
+            if impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
+                lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z)
+                zb = None  # bias is already inside z
+            else:  # cuBLAS logits, Triton row kernel for LSE/target
+                torch.mm(hc, weight.t(), out=z)
+                zb = bias
+            # LSE of the stored (rounded) logits: the softmax in dZ must be normalized over the
+            # same values it exponentiates, or a peaked row gets an error of |z_max| x 2^-9.
+            mrun = torch.full((r,), float("-inf"), dtype=acc, device=hidden.device)
+            srun = torch.zeros(r, dtype=acc, device=hidden.device)
+            tgt_z = torch.zeros(r, dtype=acc, device=hidden.device)
+            row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0)
+            lse_z = mrun + torch.log(srun)
+            if impl != "tile":
+                lse, tgt = lse_z, tgt_z
+            seq_logps.index_add_(0, sc, tgt - lse)
+            if not (need_h or need_w or need_b):
+                continue
+            # g of this chunk's (now complete) pairs from the shared loss; its mean is over the
+            # chunk's P_c pairs, the loss's over all B: scale by P_c / B.
+            _, gc, gr, _ = sequence_grad(seq_logps[p0:p1], seq_logps[n_pairs + p0:n_pairs + p1],
+                                         ref_c[p0:p1], ref_r[p0:p1], beta=beta,
+                                         loss_type=loss_type, label_smoothing=ls)
+            scale = (p1 - p0) / n_pairs
+            g = torch.where(sc < n_pairs, gc[pc - p0], gr[pc - p0]) * scale
+            dz = row_grad_(z, zb, yc, lse_z, g.contiguous(), 0)
+            if need_h:
+                dh2.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
+            if need_w:
+                if dw.dtype == dz.dtype:
+                    dw.addmm_(dz.t(), hc)
+                else:
+                    mm_acc_(dw, dz.t(), hc)
+            if need_b:
+                db += dz.sum(0, dtype=acc)
+        del buf
+        loss, _ = preference_loss(seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r,
+                                  beta=beta, loss_type=loss_type, label_smoothing=ls)
+        ctx.save_for_backward(dh2, dw, db)
+        ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(seq_logps)
+        return loss, seq_logps
+
+    @staticmethod
+    @no_autocast
+    def backward(ctx, grad_loss, _grad_seq):
+        dh2, dw, db = ctx.saved_tensors
+        hshape, wdtype, bdtype = ctx.shapes
+        # The gradients were computed in forward for d loss; scale by the upstream scalar (no
+        # copy in the usual loss.backward() case; never in place, so backward can run twice).
+        one = bool(grad_loss == 1)
+        dh = None if dh2 is None else (dh2 if one else dh2 * grad_loss.to(dh2.dtype)).view(hshape)
+        if dw is not None:
+            dw = (dw if one else dw * grad_loss.to(dw.dtype)).to(wdtype)
+        if db is not None:
+            db = (db * grad_loss).to(bdtype)
+        return (dh, dw, db) + (None,) * 9
+
+
+def triton_fused_linear_dpo(hidden, weight, labels, ref_chosen_logps, ref_rejected_logps, *,
+                            beta=0.1, loss_type="sigmoid", label_smoothing=0.0, bias=None,
+                            ignore_index=-100, schedule: str | None = None,
+                            chunk_bytes: int | None = None):
+    """fused_linear_dpo on the Triton backend (see the module docstring for the schedules)."""
+    _check(loss_type, beta, label_smoothing)
+    schedule = schedule or SCHEDULE
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or hidden.shape[0] % 2:
+        raise ValueError(f"expected hidden [2B, T, H] and labels [2B, T], got {tuple(hidden.shape)} "
+                         f"and {tuple(labels.shape)}")
+    weight = weight.contiguous()
+    plan = None
+    if schedule == "single":
+        two_b, t, _ = hidden.shape
+        v = weight.shape[0]
+        dw_fp32, max_rows = memory_plan(weight, hidden, chunk_bytes)
+        rows, y = _valid_rows(labels.reshape(-1), ignore_index, v)
+        seq = rows // t
+        pair = seq % (two_b // 2)
+        order = torch.sort(pair, stable=True).indices  # pair by pair, chosen rows first
+        rows, y, seq, pair = rows[order], y[order], seq[order], pair[order]
+        chunks = plan_chunks(pair, two_b // 2, max_rows)
+        if chunks is not None:
+            max_rows = max(r1 - r0 for _, _, r0, r1 in chunks)
+            plan = (rows, y, seq, pair, chunks, max(1, max_rows))
+    if plan is None:
+        return two_pass_dpo(triton_linear_logprobs, hidden, weight, labels, ref_chosen_logps,
+                            ref_rejected_logps, beta=beta, loss_type=loss_type,
+                            label_smoothing=label_smoothing, bias=bias, ignore_index=ignore_index)
+    loss, seq_logps = SinglePassDPO.apply(hidden, weight, bias, ref_chosen_logps,
+                                          ref_rejected_logps, *plan,
+                                          (beta, loss_type, label_smoothing, triton_logprobs.IMPL, dw_fp32))
+    b = hidden.shape[0] // 2
+    _, metrics = preference_loss(seq_logps[:b], seq_logps[b:], ref_chosen_logps,
+                                 ref_rejected_logps, beta=beta, loss_type=loss_type,
+                                 label_smoothing=label_smoothing)
+    return loss, metrics

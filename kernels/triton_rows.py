@@ -1,0 +1,89 @@
+"""Triton row kernels over a chunk of logits that cuBLAS already wrote (the cuBLAS + row-kernel
+design, and the single-pass DPO schedule that keeps one chunk of logits).
+
+- `row_lse_kernel`: for each row of Z [R, n] (vocabulary columns v0..v0+n, bias added here in
+  fp32), an online max / sum-exp merged into running (m, s) [R] from earlier column chunks, and
+  the target logit z_{y} when the row's label falls in this chunk. LSE = m + log s.
+- `row_grad_kernel`: in place, Z <- g (onehot(y) - exp(z + b - LSE)) = dZ, in Z's dtype, ready for
+  the cuBLAS products dH = dZ W and dW = dZ^T H.
+
+One program per row (grid axis 0: up to 2^31 - 1 rows), a loop over BLOCK_V columns; int64
+row offsets. Accumulation in fp32 (fp64 for fp64 logits).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_V = 2048
+
+
+@triton.jit
+def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, n, v0,
+                   HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    y = tl.load(Y + row) - v0
+    zrow = Z + row * stride_z
+    m = tl.full((), float("-inf"), ACC)
+    s = tl.zeros((), ACC)
+    t = tl.zeros((), ACC)
+    for start in range(0, n, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        ok = cols < n
+        z = tl.load(zrow + cols, mask=ok, other=float("-inf")).to(ACC)
+        if HAS_BIAS:
+            z += tl.load(Bias + v0 + cols, mask=ok, other=0.0).to(ACC)
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+        m = m_new
+        t += tl.sum(tl.where(cols == y, z, 0.0), axis=0)
+    m0 = tl.load(MRUN + row)
+    s0 = tl.load(SRUN + row)
+    mm = tl.maximum(m0, m)
+    tl.store(SRUN + row, s0 * tl.exp(m0 - mm) + s * tl.exp(m - mm))
+    tl.store(MRUN + row, mm)
+    if (y >= 0) & (y < n):
+        tl.store(TGT + row, t)
+
+
+@triton.jit
+def row_grad_kernel(Z, stride_z, Bias, Y, LSE, G, n, v0,
+                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    y = tl.load(Y + row) - v0
+    lse = tl.load(LSE + row).to(ACC)
+    g = tl.load(G + row).to(ACC)
+    zrow = Z + row * stride_z
+    for start in range(0, n, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        ok = cols < n
+        z = tl.load(zrow + cols, mask=ok, other=0.0).to(ACC)
+        if HAS_BIAS:
+            z += tl.load(Bias + v0 + cols, mask=ok, other=0.0).to(ACC)
+        dz = -g * tl.exp(z - lse) + tl.where(cols == y, g, 0.0)
+        tl.store(zrow + cols, dz.to(Z.dtype.element_ty), mask=ok)
+
+
+def _acc(z: torch.Tensor):
+    return tl.float64 if z.dtype == torch.float64 else tl.float32
+
+
+def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int) -> None:
+    """Merge chunk z [R, n] (columns v0..v0+n) into running max/sum-exp and targets, all [R]."""
+    r, n = z.shape
+    if r == 0:
+        return
+    row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, mrun, srun, tgt, n, v0,
+                         HAS_BIAS=b is not None, ACC=_acc(mrun),
+                         BLOCK=min(BLOCK_V, triton.next_power_of_2(n)))
+
+
+def row_grad_(z: torch.Tensor, b, y, lse, g, v0: int) -> torch.Tensor:
+    """Overwrite the logits chunk z [R, n] with dZ; returns z."""
+    r, n = z.shape
+    if r:
+        row_grad_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, lse, g, n, v0,
+                              HAS_BIAS=b is not None, ACC=_acc(lse),
+                              BLOCK=min(BLOCK_V, triton.next_power_of_2(n)))
+    return z

@@ -1,0 +1,241 @@
+"""Supervised warm start (isrt.engine.sft) on the tiny model: loss value, what trains, LoRA merge,
+examples from a synthetic dataset, scoring, and DDP (2 gloo ranks == 1 rank on the global batch)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import isrt.engine.logprobs as lpmod
+from isrt import prompts as P
+from isrt.engine import distributed
+from isrt.engine.adapters import load_adapter, unwrap
+from isrt.engine.logprobs import sequence_logps
+from isrt.engine.sft import (SFTConfig, SFTExample, answer_correct, question_type, set_trainable, sft_examples,
+                             train_sft)
+from isrt.engine.synthetic import caption, make_scene, render_frames
+
+F = 2
+
+
+def _fallback_linear_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, backend="auto"):
+    logits = hidden.float() @ weight.float().T + (0 if bias is None else bias.float())
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(labels == ignore_index, torch.zeros_like(lp), lp)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_available(monkeypatch):
+    try:
+        from isrt.kernels import linear_logprobs  # noqa: F401
+    except ImportError:
+        monkeypatch.setattr(lpmod, "_kernel", lambda: _fallback_linear_logprobs)
+
+
+def _adapter():
+    return load_adapter("video_llava", "tiny", num_frames=F, seed=0, freeze_vision=False)
+
+
+def _examples(a, n_videos=3, seed=5):
+    """QA + description examples straight from rendered synthetic scenes (no files)."""
+    out = []
+    for i in range(n_videos):
+        scene = make_scene(seed, i, 32, 32)
+        px = a.pixels(render_frames(scene, F, 32, 32))
+        o = scene[0]
+        out.append(SFTExample(a.chat_prompt(P.response_prompt(f"What color is the {o.shape}?")), o.color, px))
+        out.append(SFTExample(a.chat_prompt(P.context_prompt(None)), caption(scene), px, kind="describe"))
+    return out
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in unwrap(model).named_parameters()}
+
+
+def _changed(before, model):
+    after = dict(unwrap(model).named_parameters())
+    return {n for n in before if not torch.equal(before[n], after[n].detach())}
+
+
+def test_first_loss_is_the_kernel_nll_and_full_sft_learns():
+    a = _adapter()
+    ex = _examples(a)
+    with torch.no_grad():
+        lp = sequence_logps(a, [e.prompt for e in ex], [e.target for e in ex],
+                            [a.video_features(e.pixels) for e in ex])
+    ntok = torch.tensor([len(a.encode_response(e.target)) for e in ex], dtype=torch.float32)
+    before = _snapshot(a.model)
+    cfg = SFTConfig(steps=25, batch_size=len(ex), learning_rate=3e-3, vision_learning_rate=3e-3, warmup_steps=0,
+                    schedule="constant", lm="full")
+    m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
+    # One batch = all examples, same order-independent sum: step 0's loss is the per-example mean NLL.
+    assert m["first_loss"] == pytest.approx(float((-lp / ntok).mean()), rel=1e-5)
+    assert m["steps"] == 25 and m["history"][-1]["loss"] < 0.5 * m["first_loss"]
+    changed = _changed(before, a.model)
+    lm = {n for n in before if n.startswith(("model.language_model.", "lm_head."))}
+    assert lm <= changed
+    assert any(n.startswith("model.multi_modal_projector.") for n in changed)
+    assert any(n.startswith("model.video_tower.") for n in changed)
+    # Never used for videos: the image tower; CLIP's post-layernorm; the last layer (feature layer -2).
+    frozen = {n for n in before if n.startswith("model.image_tower.") or "post_layernorm" in n
+              or n.startswith("model.video_tower.vision_model.encoder.layers.1.")}
+    assert frozen and not (frozen & changed)
+    assert not a.model.training
+
+
+def test_token_normalization_weights_tokens():
+    a = _adapter()
+    ex = _examples(a, n_videos=2)
+    with torch.no_grad():
+        lp = sequence_logps(a, [e.prompt for e in ex], [e.target for e in ex],
+                            [a.video_features(e.pixels) for e in ex])
+    ntok = sum(len(a.encode_response(e.target)) for e in ex)
+    cfg = SFTConfig(steps=1, batch_size=len(ex), normalization="token", lm="frozen", train_vision=False)
+    m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
+    assert m["first_loss"] == pytest.approx(float(-lp.sum() / ntok), rel=1e-5)
+
+
+def test_projector_only_trains_only_the_projector():
+    a = _adapter()
+    ex = _examples(a, n_videos=2)
+    before = _snapshot(a.model)
+    cfg = SFTConfig(steps=2, batch_size=2, lm="frozen", train_vision=False, train_projector=True, warmup_steps=0)
+    m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
+    changed = _changed(before, a.model)
+    proj = {n for n in before if n.startswith("model.multi_modal_projector.")}
+    assert changed == proj
+    assert m["trainable"] == m["trainable_vision"] == sum(before[n].numel() for n in proj)
+
+
+def test_lora_sft_merges_back_into_a_plain_model(tmp_path):
+    a = _adapter()
+    ex = _examples(a, n_videos=2)
+    before = _snapshot(a.model)
+    cfg = SFTConfig(steps=3, batch_size=4, lm="lora", lora_r=4, lora_alpha=8, learning_rate=1e-2,
+                    train_vision=False, train_projector=True, warmup_steps=0)
+    m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
+    assert not hasattr(a.model, "peft_config")  # merged: a plain VideoLlava model again
+    assert set(dict(a.model.named_parameters())) == set(before)
+    changed = _changed(before, a.model)
+    assert {n for n in changed if "language_model" in n} == {
+        n for n in before if "language_model" in n and n.split(".")[-2] in
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    assert "model.language_model.embed_tokens.weight" not in changed and "lm_head.weight" not in changed
+    assert m["trainable"] < m["params"] // 5
+    a.save_pretrained(tmp_path / "ckpt")
+    b = load_adapter("video_llava", str(tmp_path / "ckpt"), num_frames=F)
+    sd = b.model.state_dict()
+    for n, p in a.model.state_dict().items():
+        torch.testing.assert_close(sd[n], p, rtol=0, atol=0)
+
+
+def test_set_trainable_rejects_nothing_to_train():
+    with pytest.raises(ValueError, match="nothing to train"):
+        SFTConfig(lm="frozen", train_vision=False, train_projector=False)
+    with pytest.raises(ValueError, match="sft.lm"):
+        SFTConfig(lm="qlora")
+
+
+def test_set_trainable_counts():
+    a = _adapter()
+    counts = set_trainable(a, SFTConfig(lm="full", train_vision=True))
+    trainable = {n for n, p in a.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("model.image_tower.") for n in trainable)
+    assert counts["trainable"] == sum(p.numel() for p in a.model.parameters() if p.requires_grad)
+
+
+def test_sft_examples_from_a_synthetic_dataset(tmp_path):
+    from isrt.engine.io import read_jsonl
+    from isrt.engine.synthetic import make_dataset
+
+    jsonl = make_dataset(tmp_path / "d", 2, seed=3, num_frames=4, size=32, questions_per_video=2)
+    recs = read_jsonl(jsonl)
+    a = _adapter()
+    ex = sft_examples(recs, a, video_root=tmp_path / "d", kinds=("qa", "describe", "retro", "judge"), seed=0)
+    kinds = [e.kind for e in ex]
+    assert kinds.count("qa") == 4 and kinds.count("judge") == 4
+    assert kinds.count("describe") == 2 and kinds.count("retro") == 2
+    qa = [e for e in ex if e.kind == "qa"]
+    assert [e.target for e in qa] == [r["answer"] for r in recs]
+    assert qa[0].prompt == a.chat_prompt(P.response_prompt(recs[0]["prompt"]))
+    desc = next(e for e in ex if e.kind == "describe")
+    assert desc.prompt == a.chat_prompt(P.context_prompt(None)) and desc.target == recs[0]["caption"]
+    assert desc.pixels is qa[0].pixels and desc.pixels.shape == (F, 3, a.image_size, a.image_size)
+    retro = next(e for e in ex if e.kind == "retro")
+    assert retro.target == recs[0]["caption"] and recs[0]["caption"] not in retro.prompt
+    for e in ex:
+        if e.kind == "judge":
+            assert e.prompt.endswith(P.VERDICT_PREFIX) and e.target in P.VERDICT_CHOICES
+
+
+def test_scoring_rules():
+    assert question_type("What color is the square?") == "color"
+    assert question_type("How many objects are there?") == "count"
+    assert answer_correct("What color is the square?", "red", "Red.")
+    assert answer_correct("What color is the square?", "red", "The square is red")
+    assert not answer_correct("What color is the square?", "red", "red or blue")
+    assert not answer_correct("What shape is the red object?", "circle", "square")
+    assert answer_correct("How many objects are there?", "two", "two")
+    assert answer_correct("What shape is the red object?", "circle", "one circle")
+
+
+_DDP_WORKER = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    sys.path.insert(0, sys.argv[4])
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    from test_sft import _ddp_run
+    from isrt.engine import distributed
+    torch.save(_ddp_run(distributed.Dist(rank, 2), batch_size=2), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+""")
+
+
+def _ddp_run(d, batch_size):
+    """SFT on 5 examples, recording the gradients the optimizer sees (after DDP's all-reduce)."""
+    grads = []
+    orig = torch.nn.utils.clip_grad_norm_
+
+    def record(params, max_norm, *args, **kw):
+        grads.append([p.grad.detach().clone() for p in params])
+        return orig(params, max_norm, *args, **kw)
+
+    torch.nn.utils.clip_grad_norm_ = record
+    try:
+        a = _adapter()
+        ex = _examples(a, n_videos=3)[:5]
+        cfg = SFTConfig(epochs=1, batch_size=batch_size, lm="full", learning_rate=1e-3, vision_learning_rate=1e-3,
+                        warmup_steps=0, schedule="constant", max_grad_norm=1e9)
+        m = train_sft(a, ex, cfg, d, seed=0)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = orig
+    return {"grads": grads, "losses": [r["loss"] for r in m["history"]], "params": a.model.state_dict()}
+
+
+def test_ddp_two_ranks_match_one_rank_on_the_global_batch(tmp_path):
+    """5 examples: 2 gloo ranks x batch 2 against 1 rank x batch 4, same seed, so each step's
+    global batch is the same set of examples (rank r takes order[r::2]; step 2 is uneven: rank 0
+    has one example, rank 1 none and runs a zero-weight step). Gradients after the all-reduce,
+    losses and the trained weights must agree."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _DDP_WORKER, str(r), f"file://{tmp_path}/store", str(tmp_path),
+                               here], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for r in range(2)]
+    one = _ddp_run(distributed.Dist(), batch_size=4)
+    for r, p in enumerate(procs):
+        out, _ = p.communicate(timeout=180)
+        assert p.returncode == 0, f"rank {r}: {out.decode()[-3000:]}"
+    two = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert len(one["grads"]) == len(two[0]["grads"]) == 2
+    for rank in range(2):
+        for step, (g1, g2) in enumerate(zip(one["grads"], two[rank]["grads"])):
+            assert len(g1) == len(g2)
+            for x, y in zip(g1, g2):
+                torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6, msg=f"rank {rank} step {step}")
+        assert two[rank]["losses"] == pytest.approx(one["losses"], rel=1e-5)
+        for n, p in one["params"].items():
+            torch.testing.assert_close(two[rank]["params"][n], p, rtol=1e-4, atol=1e-5, msg=n)

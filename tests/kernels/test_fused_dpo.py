@@ -1,0 +1,226 @@
+"""fused_linear_dpo: torch backend, Triton two-pass and Triton single-pass (interpreter on the CPU)."""
+import math
+
+import pytest
+import torch
+
+from isrt.kernels import LOSS_TYPES, fused_linear_dpo, linear_logprobs, preference_loss
+from isrt.kernels import triton_dpo as TD
+from isrt.kernels import triton_logprobs as TL
+
+from kernel_oracle import eager_logprobs, fp64, max_err, require_interpreter
+
+# (backend, schedule, triton impl)
+PATHS = [("torch", None, None), ("triton", "two", "cublas"), ("triton", "two", "tile"),
+         ("triton", "single", "cublas"), ("triton", "single", "tile")]
+IDS = ["torch", "two-cublas", "two-tile", "single-cublas", "single-tile"]
+
+
+def dpo(path, h, w, y, rc, rr, monkeypatch=None, **kw):
+    backend, schedule, impl = path
+    if backend == "triton":
+        require_interpreter()
+        kw_t = {k: kw.pop(k) for k in ("chunk_bytes",) if k in kw}
+        prev = TL.IMPL
+        TL.IMPL = impl
+        try:
+            return TD.triton_fused_linear_dpo(h, w, y, rc, rr, schedule=schedule, **kw, **kw_t)
+        finally:
+            TL.IMPL = prev
+    kw.pop("chunk_bytes", None)
+    return fused_linear_dpo(h, w, y, rc, rr, backend="torch", **kw)
+
+
+def make(b, t, hdim, vocab, dtype, *, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2 * b, t, hdim, generator=g).to(dtype).requires_grad_()
+    w = (torch.randn(vocab, hdim, generator=g) * 3 / math.sqrt(hdim)).to(dtype).requires_grad_()
+    bb = torch.randn(vocab, generator=g).to(dtype).requires_grad_() if bias else None
+    y = torch.randint(0, vocab, (2 * b, t), generator=g)
+    prompt = torch.randint(0, t // 2, (2 * b,), generator=g)  # prompt + padding rows ignored
+    y[torch.arange(t)[None, :] < prompt[:, None]] = -100
+    y[torch.rand(2 * b, t, generator=g) < 0.1] = -100
+    rc = -torch.rand(b, generator=g) * 5 * t
+    rr = -torch.rand(b, generator=g) * 5 * t
+    return h, w, bb, y, rc, rr
+
+
+def reference(h, w, bb, y, rc, rr, **kw):
+    """Composition of the eager selective log-softmax and preference_loss (fp64 if given fp64)."""
+    lp = eager_logprobs(h, w, y, bb).sum(-1)
+    b = h.shape[0] // 2
+    return preference_loss(lp[:b], lp[b:], rc, rr, **kw)
+
+
+def run(fn, tensors):
+    ts = [t.detach().clone().requires_grad_(t.requires_grad) if t is not None else None
+          for t in tensors]
+    loss, metrics = fn(*ts)
+    loss.backward()
+    return loss.detach(), metrics, [t.grad if t is not None else None for t in ts]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_matches_fp64_composition(path, loss_type):
+    h, w, bb, y, rc, rr = make(3, 11, 24, 57, torch.float32, seed=1)
+    kw = dict(beta=0.2, loss_type=loss_type, label_smoothing=0.1 if loss_type != "hinge" else 0.0)
+    loss, m, g = run(lambda h, w, bb: dpo(path, h, w, y, rc, rr, bias=bb, **kw), [h, w, bb])
+    rl, rm, rg = run(lambda h, w, bb: reference(h, w, bb, y, rc.double(), rr.double(), **kw),
+                     fp64([h, w, bb]))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert abs(loss.item() - rl.item()) <= 1e-5 * max(1.0, abs(rl.item()))
+    for k in rm:
+        torch.testing.assert_close(m[k].double(), rm[k], rtol=1e-5, atol=1e-4)
+    for a, r in zip(g, rg):
+        assert max_err(a, r) <= 1e-5 * r.abs().max().item() + 1e-7
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_bf16_error_within_2x_eager(path):
+    h, w, bb, y, rc, rr = make(2, 16, 32, 75, torch.bfloat16, seed=2)
+    kw = dict(beta=0.1)
+    loss, _, g = run(lambda h, w, bb: dpo(path, h, w, y, rc, rr, bias=bb, **kw), [h, w, bb])
+    el, _, eg = run(lambda h, w, bb: reference(h, w, bb, y, rc, rr, **kw), [h, w, bb])
+    rl, _, rg = run(lambda h, w, bb: reference(h, w, bb, y, rc.double(), rr.double(), **kw),
+                    fp64([h, w, bb]))
+    assert abs(loss.item() - rl.item()) <= 2 * abs(el.item() - rl.item()) + 1e-5
+    for name, a, e, r in zip(["dh", "dw", "db"], g, eg, rg):
+        assert a.dtype == torch.bfloat16
+        err, err_e = max_err(a, r), max_err(e, r)
+        assert err <= 2 * err_e + 1e-4, f"{name}: {err:.3g} vs eager {err_e:.3g}"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ln2_when_policy_equals_reference(path, dtype):
+    h, w, bb, y, _, _ = make(3, 9, 16, 40, dtype, seed=3)
+    backend = path[0]
+    if backend == "triton":
+        require_interpreter()
+    with torch.no_grad():  # reference log-probs from the same kernel, forward only
+        prev = TL.IMPL
+        TL.IMPL = path[2] or prev
+        lp = linear_logprobs(h, w, y, bias=bb, backend=backend).sum(-1)
+        TL.IMPL = prev
+    loss, m = dpo(path, h, w, y, lp[:3], lp[3:], bias=bb)
+    assert abs(loss.item() - 0.6931471824645996) <= (1e-7 if path[1] != "single" else 1e-6)
+    assert torch.all(m["rewards/margins"].abs() <= 1e-6)
+    loss.backward()  # gradient of ln 2 at the reference: +-beta/2B per pair, finite
+    assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_fully_masked_sequence_and_batch(path):
+    h, w, bb, y, rc, rr = make(3, 7, 8, 30, torch.float32, seed=4)
+    y[1] = -100  # chosen sequence of pair 1 has no valid token
+    y[5] = -100  # rejected sequence of pair 2 too
+    loss, m, g = run(lambda h, w, bb: dpo(path, h, w, y, rc, rr, bias=bb), [h, w, bb])
+    rl, rm, rg = run(lambda h, w, bb: reference(h, w, bb, y, rc.double(), rr.double()),
+                     fp64([h, w, bb]))
+    assert m["logps/chosen"][1] == 0 and m["logps/rejected"][2] == 0
+    assert abs(loss.item() - rl.item()) < 1e-5
+    assert torch.all(g[0][1] == 0) and torch.all(g[0][5] == 0)
+    for a, r in zip(g, rg):
+        assert max_err(a, r) <= 1e-5 * r.abs().max().item() + 1e-7
+    y[:] = -100
+    loss, m, g = run(lambda h, w, bb: dpo(path, h, w, y, rc, rr, bias=bb), [h, w, bb])
+    assert torch.isfinite(loss)
+    ref, _ = preference_loss(torch.zeros(3), torch.zeros(3), rc, rr)
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-7)
+    assert all(torch.all(t == 0) for t in g)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_frozen_weight(path):
+    h, w, _, y, rc, rr = make(2, 8, 12, 33, torch.float32, seed=5, bias=False)
+    w.requires_grad_(False)
+    loss, _ = dpo(path, h, w, y, rc, rr)
+    loss.backward()
+    assert w.grad is None and h.grad is not None and h.grad.abs().sum() > 0
+    _, _, rg = run(lambda h: reference(h, w.double(), None, y, rc.double(), rr.double()),
+                   fp64([h]))
+    assert max_err(h.grad, rg[0]) <= 1e-5 * rg[0].abs().max().item()
+
+
+@pytest.mark.parametrize("single", PATHS[3:], ids=IDS[3:])
+def test_single_pass_chunk_independence_and_fallback(single, monkeypatch):
+    h, w, bb, y, rc, rr = make(5, 12, 16, 50, torch.float32, seed=6)
+    ref = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb), [h, w, bb])
+    plans = []
+    real = TD.plan_chunks
+    monkeypatch.setattr(TD, "plan_chunks", lambda *a: plans.append(real(*a)) or plans[-1])
+    for rows in (24, 30, 61):  # several chunks of whole pairs (a pair has <= 24 rows)
+        got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, chunk_bytes=rows * (50 + 32) * 4 + rows * 64),
+                  [h, w, bb])
+        assert len(plans[-1]) > 1
+        assert abs(got[0].item() - ref[0].item()) < 1e-6
+        for a, r in zip(got[2], ref[2]):
+            assert (a - r).abs().max() <= 2e-6 * r.abs().max()
+    # a chunk smaller than one pair: falls back to the two-pass schedule, same result
+    got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, chunk_bytes=3 * (50 + 32) * 4 + 3 * 64),
+              [h, w, bb])
+    assert plans[-1] is None
+    for a, r in zip(got[2], ref[2]):
+        assert (a - r).abs().max() <= 2e-6 * r.abs().max()
+
+
+def test_plan_chunks_keeps_pairs_whole():
+    pair = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 3, 3])
+    chunks = TD.plan_chunks(pair, 5, 4)
+    assert chunks == [(0, 2, 0, 4), (2, 3, 4, 8), (3, 5, 8, 10)]
+    assert TD.plan_chunks(pair, 5, 3) is None
+
+
+@pytest.mark.parametrize("single", PATHS[3:], ids=IDS[3:])
+@pytest.mark.parametrize("dw_accum", ["fp32", "native"])
+def test_single_pass_dw_accumulation_modes(dw_accum, single, monkeypatch):
+    h, w, bb, y, rc, rr = make(4, 10, 16, 40, torch.bfloat16, seed=7)
+    monkeypatch.setattr(TD, "DW_ACCUM", dw_accum)
+    plans = []
+    real = TD.plan_chunks
+    monkeypatch.setattr(TD, "plan_chunks", lambda *a: plans.append(real(*a)) or plans[-1])
+    budget = 20 * (2 * (40 + 2 * 16) + 64)
+    assert TD.memory_plan(w, h, budget) == (dw_accum == "fp32", 20)
+    monkeypatch.setattr(TD, "DW_ACCUM", "auto")  # auto: fp32 only if it fits half the budget
+    assert TD.memory_plan(w, h, budget) == (False, 20)
+    assert TD.memory_plan(w, h, 2 * 4 * 40 * 16) == (True, (2 * 4 * 40 * 16 - 4 * 40 * 16) // 208)
+    monkeypatch.setattr(TD, "DW_ACCUM", dw_accum)
+    got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, chunk_bytes=budget),
+              [h, w, bb])
+    assert len(plans[-1]) > 1  # dW really accumulated over chunks
+    eg = run(lambda h, w, bb: reference(h, w, bb, y, rc, rr), [h, w, bb])[2]
+    rg = run(lambda h, w, bb: reference(h, w, bb, y, rc.double(), rr.double()), fp64([h, w, bb]))[2]
+    assert got[2][1].dtype == torch.bfloat16
+    assert max_err(got[2][1], rg[1]) <= 2 * max_err(eg[1], rg[1]) + 1e-4
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_fp64_gradcheck(path):
+    h, w, bb, y, rc, rr = make(2, 3, 4, 6, torch.float64, seed=8)
+    rc, rr = rc.double() / 10, rr.double() / 10
+
+    def f(h, w, bb):
+        return dpo(path, h, w, y, rc, rr, bias=bb, beta=0.5, loss_type="sigmoid")[0]
+    assert torch.autograd.gradcheck(f, (h, w, bb), fast_mode=path[0] == "triton")
+
+
+@pytest.mark.parametrize("single", PATHS[3:], ids=IDS[3:])
+def test_upstream_gradient_scales_single_pass(single):
+    h, w, bb, y, rc, rr = make(2, 6, 8, 20, torch.float32, seed=9)
+    _, _, g1 = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb), [h, w, bb])
+    _, _, g3 = run(lambda h, w, bb: (3 * dpo(single, h, w, y, rc, rr, bias=bb)[0], None),
+                   [h, w, bb])
+    for a, b in zip(g1, g3):
+        torch.testing.assert_close(3 * a, b)
+
+
+def test_bad_inputs():
+    require_interpreter()
+    h, w, bb, y, rc, rr = make(2, 4, 8, 20, torch.float32, seed=10)
+    with pytest.raises(ValueError):
+        fused_linear_dpo(h[:3], w, y[:3], rc, rr, backend="torch")
+    with pytest.raises(ValueError):
+        fused_linear_dpo(h, w, y, rc, rr, loss_type="nope", backend="triton")
+    with pytest.raises(ValueError):
+        fused_linear_dpo(h.reshape(-1, 8), w, y.reshape(-1), rc, rr, backend="triton")

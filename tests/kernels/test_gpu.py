@@ -1,0 +1,159 @@
+"""GPU-only checks (skipped on the CPU): compiled kernels, bf16 at real sizes, every autotune config.
+
+Criterion everywhere: |ours - oracle| <= 2 |eager same dtype - oracle| + floor, max norms, where
+the oracle is the fp32 upcast computation (fp64 for fp32 inputs).
+"""
+import math
+
+import pytest
+import torch
+
+from isrt.kernels import fused_linear_dpo, linear_logprobs, preference_loss, resolve_backend
+from isrt.kernels import triton_dpo as TD
+from isrt.kernels import triton_logprobs as TL
+from isrt.kernels import triton_tiles as TT
+
+from kernel_oracle import eager_logprobs, max_err
+
+pytestmark = pytest.mark.gpu
+
+
+def make(n, hdim, v, dtype, *, seed=0, frac_ignored=0.1, bias=False):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    h = (torch.randn(n, hdim, generator=g) * 0.5).to("cuda", dtype).requires_grad_()
+    w = (torch.randn(v, hdim, generator=g) * 2 / math.sqrt(hdim)).to("cuda", dtype).requires_grad_()
+    b = torch.randn(v, generator=g).to("cuda", dtype).requires_grad_() if bias else None
+    y = torch.randint(0, v, (n,), generator=g)
+    y[torch.rand(n, generator=g) < frac_ignored] = -100
+    return h, w, b, y.cuda()
+
+
+def run(fn, ts, up):
+    ts = [t.detach().clone().requires_grad_() if t is not None else None for t in ts]
+    out = fn(*ts)
+    out.backward(up.to(out.dtype))
+    return out.detach(), [t.grad for t in ts if t is not None]
+
+
+def check(impl, h, w, b, y, floor):
+    up = torch.randn(y.shape, device="cuda")
+    ts = [h, w, b]
+    ours = run(lambda h, w, b: TL.triton_linear_logprobs(h, w, y, bias=b, impl=impl), ts, up)
+    eager = run(lambda h, w, b: eager_logprobs(h, w, y, b), ts, up)
+    up_dt = torch.float64 if h.dtype == torch.float32 else torch.float32
+    oracle = run(lambda h, w, b: eager_logprobs(h, w, y, b),
+                 [t.to(up_dt) if t is not None else None for t in ts], up.to(up_dt))
+    assert torch.isfinite(ours[0]).all()
+    assert torch.all(ours[0][y == -100] == 0)
+    for name, a, e, r in zip(["logp", "dh", "dw", "db"], [ours[0]] + ours[1],
+                             [eager[0]] + eager[1], [oracle[0]] + oracle[1]):
+        err, err_e = max_err(a, r), max_err(e, r)
+        print(f"{impl} {name}: ours {err:.3g} eager {err_e:.3g}")
+        assert err <= 2 * err_e + floor, f"{name}: ours {err:.3g} vs eager {err_e:.3g}"
+
+
+@pytest.mark.parametrize("impl", ["cublas", "tile"])
+@pytest.mark.parametrize("n,v", [(4096, 32000), (2048, 152064)])
+def test_linear_logprobs_bf16_real_sizes(impl, n, v):
+    h, w, b, y = make(n, 4096, v, torch.bfloat16, bias=(v == 32000))
+    check(impl, h, w, b, y, floor=1e-3)
+
+
+@pytest.mark.parametrize("impl", ["cublas", "tile"])
+def test_linear_logprobs_fp32_no_tf32(impl):
+    h, w, b, y = make(1000, 1024, 5000, torch.float32, bias=True)
+    check(impl, h, w, b, y, floor=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["cublas", "tile"])
+def test_vocab_chunks_and_row_blocks_on_gpu(impl, monkeypatch):
+    h, w, b, y = make(3000, 512, 20000, torch.bfloat16, bias=True, seed=1)
+    up = torch.randn(y.shape, device="cuda")
+    ref = run(lambda h, w, b: TL.triton_linear_logprobs(h, w, y, bias=b, impl=impl), [h, w, b], up)
+    monkeypatch.setattr(TL, "CHUNK_BYTES", 1000 * 2 * 4096)  # 4096-column chunks
+    monkeypatch.setattr(TL, "ROW_BLOCK", 1000)
+    got = run(lambda h, w, b: TL.triton_linear_logprobs(h, w, y, bias=b, impl=impl), [h, w, b], up)
+    assert max_err(got[0], ref[0]) <= 1e-5 * ref[0].abs().max().item()
+    for a, r in zip(got[1], ref[1]):  # bf16 gradients: a few roundings apart
+        assert max_err(a, r) <= 2e-2 * r.abs().max().item()
+
+
+def test_every_autotune_config_compiles_and_is_exact(monkeypatch):
+    h, w, b, y = make(777, 4096, 3001, torch.bfloat16, bias=True, seed=2)
+    for cfg in TT._configs():
+        kw = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        monkeypatch.setattr(TT, "FORCE_CONFIG", kw)
+        check("tile", h, w, b, y, floor=1e-3)
+
+
+def test_labels_beyond_int32_offsets():
+    """N x V > 2^31 in one call (int64 offsets), compared with an fp32 chunked oracle."""
+    n, hdim, v = 16384, 1024, 152064
+    h, w, _, y = make(n, hdim, v, torch.bfloat16, seed=3, frac_ignored=0.0)
+    assert n * v > 2**31
+    with torch.no_grad():
+        for impl in ("cublas", "tile"):
+            out = TL.triton_linear_logprobs(h, w, y, impl=impl)
+            ref = torch.cat([eager_logprobs(h[i:i + 2048].float(), w.float(), y[i:i + 2048])
+                             for i in range(0, n, 2048)])
+            assert torch.isfinite(out).all()
+            assert max_err(out, ref) < 0.2  # bf16 logits of magnitude ~10
+            assert (out - ref).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("schedule,impl", [("single", "cublas"), ("single", "tile"),
+                                           ("two", "cublas"), ("two", "tile")])
+@pytest.mark.parametrize("dw_accum", ["fp32", "native"])
+def test_fused_dpo_bf16_real_size(schedule, impl, dw_accum, monkeypatch):
+    if schedule == "two" and dw_accum != "native":
+        pytest.skip("dW accumulation mode is a single-pass setting")
+    b_, t, hdim, v = 4, 512, 4096, 152064
+    h, w, _, y = make(2 * b_ * t, hdim, v, torch.bfloat16, seed=4, frac_ignored=0.3)
+    h3 = h.detach().view(2 * b_, t, hdim).requires_grad_()
+    y = y.view(2 * b_, t)
+    rc = -torch.rand(b_, device="cuda") * 5 * t
+    rr = -torch.rand(b_, device="cuda") * 5 * t
+    monkeypatch.setattr(TL, "IMPL", impl)
+    monkeypatch.setattr(TD, "DW_ACCUM", dw_accum)
+    monkeypatch.setattr(TD, "SINGLE_PASS_BYTES", 600 << 20)  # 2 chunks of whole pairs
+    plans = []
+    real = TD.plan_chunks
+    monkeypatch.setattr(TD, "plan_chunks", lambda *a: plans.append(real(*a)) or plans[-1])
+
+    def ours(h, w):
+        return TD.triton_fused_linear_dpo(h, w, y, rc, rr, schedule=schedule)[0]
+
+    def eager(h, w):
+        lp = eager_logprobs(h, w, y).sum(-1)
+        return preference_loss(lp[:b_], lp[b_:], rc, rr)[0]
+    res = {}
+    for name, fn, dt in [("ours", ours, None), ("eager", eager, None), ("oracle", eager, torch.float32)]:
+        hh = h3.detach().clone().to(dt or h3.dtype).requires_grad_()
+        ww = w.detach().clone().to(dt or w.dtype).requires_grad_()
+        loss = fn(hh, ww)
+        loss.backward()
+        res[name] = (loss.detach(), hh.grad, ww.grad)
+    o, e, r = res["ours"], res["eager"], res["oracle"]
+    if schedule == "single":
+        assert len(plans[0]) > 1
+    assert abs(o[0] - r[0]) <= 2 * abs(e[0] - r[0]) + 1e-4
+    for name, i in (("dh", 1), ("dw", 2)):
+        err, err_e = max_err(o[i], r[i]), max_err(e[i], r[i])
+        print(f"{schedule}/{impl}/{dw_accum} {name}: ours {err:.3g} eager {err_e:.3g}")
+        assert o[i].dtype == torch.bfloat16
+        assert err <= 2 * err_e + 1e-6, f"{name}: ours {err:.3g} vs eager {err_e:.3g}"
+
+
+def test_auto_backend_and_ln2_on_gpu():
+    h, w, _, y = make(2 * 2 * 300, 2048, 32000, torch.bfloat16, seed=5)
+    h3, y2 = h.detach().view(4, 300, 2048).requires_grad_(), y.view(4, 300)
+    assert resolve_backend("auto", h3) == "triton"
+    with torch.no_grad():
+        lp = linear_logprobs(h3, w, y2).sum(-1)
+    loss, m = preference_loss(linear_logprobs(h3, w, y2).sum(-1)[:2],
+                              linear_logprobs(h3, w, y2).sum(-1)[2:], lp[:2], lp[2:])
+    assert loss.item() == pytest.approx(0.6931471824645996, abs=1e-7)
+    loss, m = fused_linear_dpo(h3, w, y2, lp[:2], lp[2:])
+    assert loss.item() == pytest.approx(0.6931471824645996, abs=1e-5)
+    loss.backward()
+    assert torch.isfinite(h3.grad).all() and torch.isfinite(w.grad).all()
