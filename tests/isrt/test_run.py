@@ -64,7 +64,7 @@ def pool(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, pool):
     out = tmp_path_factory.mktemp("full") / "run"
-    p = run_isrt(out, pool)
+    p = run_isrt(out, pool, nproc=1)  # what `make run` does: torchrun with one process
     return out, p
 
 
