@@ -1,31 +1,45 @@
 """Vision features, encoded once per video and reused by every later call (generation,
 judging, reference log-probs, training). Valid while the vision tower and projector are
-frozen, which is the method's setting, so the cache outlives policy reloads."""
+frozen, which is the method's setting, so the cache outlives policy reloads.
+
+Videos are decoded through `isrt.engine.video.ClipLoader` (worker processes, prefetch, the
+manifest's frame counts so every backend agrees on n); a bad video is remembered with its
+cause and raises `VideoDecodeError` on every later request, without being decoded again.
+"""
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
-from isrt.engine.video import VideoDecodeError, read_frames
+from isrt.engine.video import ClipLoader, VideoDecodeError
 
 
 class FeatureCache:
-    def __init__(self, num_frames: int, backend: str = "auto"):
+    def __init__(self, num_frames: int, *, backend: str = "auto", num_workers: int = 0, manifest=None):
         self.num_frames = num_frames
         self.backend = backend
+        self.num_workers = num_workers
+        self.manifest = manifest  # isrt.engine.manifest.VideoManifest keyed by video path, or None
         self._features: dict[str, torch.Tensor] = {}
         self._errors: dict[str, VideoDecodeError] = {}
 
+    def prefetch(self, adapter, video_paths, *, show: bool = False) -> None:
+        """Decode every video not seen yet (in parallel workers) and encode it once."""
+        todo = [v for v in dict.fromkeys(video_paths) if v not in self._features and v not in self._errors]
+        if not todo:
+            return
+        loader = ClipLoader([{"video": v} for v in todo], self.num_frames, manifest=self.manifest,
+                            backend=self.backend, num_workers=min(self.num_workers, len(todo)))
+        for clip in tqdm(loader, total=len(todo), desc="videos", unit="video", disable=not show, leave=False):
+            with torch.no_grad():
+                self._features[clip.video] = adapter.video_features(adapter.pixels(clip.frames.numpy()))
+        for video, cause in loader.stats.bad_videos.items():
+            self._errors[video] = VideoDecodeError(video, cause)
+
     def get(self, adapter, video_path: str) -> torch.Tensor:
-        """[n_video_tokens, D] on the adapter's device; VideoDecodeError for a bad video
-        (remembered, so a bad file is decoded once)."""
+        """[n_video_tokens, D] on the adapter's device; VideoDecodeError for a bad video."""
+        if video_path not in self._features:
+            self.prefetch(adapter, [video_path])
         if video_path in self._errors:
             raise self._errors[video_path]
-        if video_path not in self._features:
-            try:
-                frames = read_frames(video_path, self.num_frames, backend=self.backend)
-            except VideoDecodeError as e:
-                self._errors[video_path] = e
-                raise
-            with torch.no_grad():
-                self._features[video_path] = adapter.video_features(adapter.pixels(frames))
         return self._features[video_path]

@@ -762,14 +762,19 @@ class LoaderStats:
     records_ok: int = 0
     records_bad: int = 0
     errors: list = None
+    bad_videos: dict = None  # video -> cause, for every bad video of the pass
 
     def __post_init__(self):
         if self.errors is None:
             self.errors = []
+        if self.bad_videos is None:
+            self.bad_videos = {}
 
-    def add_error(self, msg: str, n_records: int) -> None:
+    def add_error(self, msg: str, n_records: int, video: str | None = None, cause: str | None = None) -> None:
         self.clips_bad += 1
         self.records_bad += n_records
+        if video is not None:
+            self.bad_videos[video] = cause or msg
         if len(self.errors) < 100:
             self.errors.append(msg)
 
@@ -803,8 +808,8 @@ class ClipDataset:
             frames, n = _dispatch(self.paths[i], self.num_frames, None, self.backend, fc,
                                   self.max_pixels, self.timeout_s, self.threads)
         except VideoDecodeError as e:
-            return {"i": i, "frames": None, "n": 0, "error": str(e)}
-        return {"i": i, "frames": torch.from_numpy(frames), "n": n, "error": None}
+            return {"i": i, "frames": None, "n": 0, "error": str(e), "cause": e.cause}
+        return {"i": i, "frames": torch.from_numpy(frames), "n": n, "error": None, "cause": None}
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -855,7 +860,8 @@ class ClipLoader:
         for video, recs in self.groups:
             entry = self.manifest.get(video) if self.manifest is not None else None
             if entry is not None and not entry.ok:
-                self.stats.add_error(f"video {self.manifest.full_path(video)}: {entry.error}", len(recs))
+                self.stats.add_error(f"video {self.manifest.full_path(video)}: {entry.error}", len(recs),
+                                     video, entry.error)
                 continue
             todo.append((video, recs))
             if entry is not None:
@@ -881,7 +887,7 @@ class ClipLoader:
         for item in loader:
             video, recs = todo[item["i"]]
             if item["error"] is not None:
-                self.stats.add_error(item["error"], len(recs))
+                self.stats.add_error(item["error"], len(recs), video, item["cause"])
                 continue
             self.stats.clips_ok += 1
             self.stats.records_ok += len(recs)

@@ -61,10 +61,14 @@ class DataConfig:
     # clips (another seed) into <output_dir>/eval_data; 0 and "" turn evaluation off.
     eval_prompts: str = ""
     synthetic_eval_videos: int = 0
+    video_backend: str = "auto"  # auto | pyav | decord | dali (isrt.engine.video)
+    decode_workers: int = 2  # decoding processes per rank (0: decode in the main process)
 
     def __post_init__(self):
         _check(self.synthetic_videos >= 1, "data.synthetic_videos", "must be >= 1")
         _check(self.synthetic_eval_videos >= 0, "data.synthetic_eval_videos", "must be >= 0")
+        _check(self.decode_workers >= 0, "data.decode_workers", "must be >= 0")
+        _one_of(self.video_backend, "data.video_backend", ("auto", "pyav", "decord", "dali"))
         if self.eval_prompts:
             _check(Path(self.eval_prompts).is_file(), "data.eval_prompts", f"no such file: {self.eval_prompts}")
         _check(self.synthetic_questions_per_video >= 1, "data.synthetic_questions_per_video", "must be >= 1")

@@ -2,6 +2,7 @@
 
 Run directory:
     config.yaml                 the resolved configuration (a rerun must match it)
+    manifest.json               frame count, fps, codec, size per video (probed once)
     data/                       the synthetic prompt pool, when no pool is configured
     init_model/                 pi_0 (for model.source=tiny: the random model, saved once)
     eval_data/                  held-out synthetic evaluation prompts (data.synthetic_eval_videos > 0)
@@ -56,7 +57,6 @@ def _crash_point(name: str) -> None:
 class Run:
     def __init__(self, cfg: RunConfig, output_dir: str | Path, d: distributed.Dist):
         self.cfg, self.out, self.d = cfg, Path(output_dir), d
-        self.cache = FeatureCache(cfg.model.num_frames)
         self.log = print if d.is_main else (lambda *a, **k: None)
 
     # ---- set-up -------------------------------------------------------------------------
@@ -86,6 +86,22 @@ class Run:
             self.log(f"prompt pool: {len(self.pool.bad)} bad records skipped (first: {self.pool.bad[0]})")
         eval_path = cfg.data.eval_prompts or (out / "eval_data" / "prompts.jsonl" if self._synthetic_eval else None)
         self.eval_pool = load_pool(eval_path, cfg.data.video_root if cfg.data.eval_prompts else None) if eval_path else None
+        self.cache = FeatureCache(cfg.model.num_frames, backend=cfg.data.video_backend,
+                                  num_workers=cfg.data.decode_workers, manifest=self._manifest())
+
+    def _manifest(self):
+        """Frame count, fps, codec and size of every video, probed once (rank 0, cached in
+        manifest.json), so all backends agree on n and bad files are known before stage 1."""
+        from isrt.engine.manifest import build_manifest
+        videos = [r["video_path"] for pool in (self.pool, self.eval_pool) if pool for r in pool.records]
+        if self.d.is_main:
+            manifest = build_manifest(videos, None, cache_path=self.out / "manifest.json",
+                                      workers=self.cfg.data.decode_workers)
+            if manifest.bad:
+                video, cause = next(iter(manifest.bad.items()))
+                self.log(f"manifest: {len(manifest.bad)} unreadable videos will be skipped (first: {video}: {cause})")
+        distributed.barrier(self.d)
+        return manifest if self.d.is_main else build_manifest(videos, None, cache_path=self.out / "manifest.json")
 
     @property
     def _synthetic_eval(self) -> bool:

@@ -35,8 +35,9 @@ def _batches(items: list, size: int):
 
 def load_features(adapter, cache, records: list[dict], *, show: bool) -> tuple[list[dict], list[str]]:
     """Encode each video once; records whose video fails to decode are returned as bad."""
+    cache.prefetch(adapter, [r["video_path"] for r in records], show=show)
     good, bad = [], []
-    for rec in tqdm(records, desc="videos", unit="rec", disable=not show, leave=False):
+    for rec in records:
         try:
             cache.get(adapter, rec["video_path"])
             good.append(rec)
