@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
+from . import io
 from .video import DEFAULT_TIMEOUT_S, VideoDecodeError, list_frame_images, probe
 
 MANIFEST_VERSION = 1
@@ -207,20 +208,13 @@ def default_cache_path(jsonl: str | os.PathLike) -> Path:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Records of a JSONL file; ValueError naming the file and line for a bad line."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{k}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "video" not in rec:
-                raise ValueError(f"{path}:{k}: a record must be an object with a \"video\" key")
-            out.append(rec)
-    return out
+    """Records of a prompt-pool JSONL; ValueError naming the file and line for a bad line or a
+    record without a "video"."""
+    records = io.read_jsonl(path)
+    for k, rec in enumerate(records, 1):
+        if "video" not in rec:
+            raise ValueError(f"{path}: record {k}: a record must be an object with a \"video\" key")
+    return records
 
 
 def manifest_for_jsonl(jsonl: str | os.PathLike, video_root: str | os.PathLike | None = None, *,

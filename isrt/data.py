@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isrt.engine.io import read_jsonl
+from isrt.engine.manifest import resolve_video
 
 REQUIRED = ("id", "video", "prompt")
 
@@ -33,7 +34,8 @@ def load_pool(path: str | Path, video_root: str | Path | None = None) -> PromptP
             bad.append(f"{path}: record {rec['id']!r}: duplicate id")
             continue
         seen.add(rec["id"])
-        rec = dict(rec, video_path=str((root / rec["video"]).resolve()))
+        # resolve_video knows the dataset layouts (frame folders, ActivityNet's bare ids, ...)
+        rec = dict(rec, video_path=str(resolve_video(rec["video"], root).resolve()))
         records.append(rec)
     return PromptPool(records, bad)
 
