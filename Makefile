@@ -7,9 +7,10 @@ PRESET ?= default
 
 .PHONY: test run clean
 
-$(STAMP): requirements-cpu.txt setup.py
+$(STAMP): requirements-cpu.txt requirements-nodeps.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-cpu.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --use-pep517 -e .
 	touch $(STAMP)
 
