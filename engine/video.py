@@ -19,14 +19,16 @@ zero frames, a codec no backend can decode, a resolution above `max_pixels`, a t
 unknown/uninstalled backend. Wrong arguments by the caller (num_frames < 1) raise ValueError.
 
 Backends: "pyav" (always installed), "decord" (optional; `pip install decord2==3.4.0`), "dali"
-(optional, opt-in; `nvidia-dali-cuda130==2.4.0`; on the CPU only VP8/VP9/MJPEG). "auto" tries
-pyav, then decord, and falls back when one fails. Frame folders are read the same way (PyAV
-decodes each image) whatever the backend. decord and DALI index into the n that PyAV counts (or
-the manifest's), so every backend returns the same frames.
+(optional, opt-in; `nvidia-dali-cuda130==2.4.0`; on the CPU only VP8/VP9/MJPEG), "torchcodec"
+(optional; `torchcodec==0.13.0` + system FFmpeg libraries). "auto" tries pyav, then decord,
+then torchcodec (those installed), and falls back when one fails. Frame folders are read the
+same way (PyAV decodes each image) whatever the backend. decord, DALI and torchcodec index into
+the n that PyAV counts (or the manifest's), so every backend returns the same frames.
 
 Batch loading on the CPU: `ClipLoader` (torch DataLoader worker processes + prefetch, sharded by
 rank, each clip joined back to its JSONL records, bad videos counted and skipped). The manifest
-(frame counts probed once, cached) lives in isrt.engine.manifest.
+(frame counts probed once, cached) lives in isrt.engine.manifest. Batched DALI decoding with
+resize + normalize on the device: isrt.engine.dali_loader.DaliClipLoader.
 """
 from __future__ import annotations
 
@@ -261,7 +263,8 @@ def _check_truncation(path: Path, container, stream, table: _PacketTable) -> Non
 
 def _open_av(path: Path, threads: int = 0):
     import av
-    container = av.open(str(path), mode="r")
+    # absolute: a relative name like "http:x.mp4" must never be taken for a URL by FFmpeg
+    container = av.open(os.path.abspath(path), mode="r")
     try:
         if not container.streams.video:
             raise VideoDecodeError(path, "no video stream (audio-only or not a video file)")
@@ -507,10 +510,70 @@ def _read_decord(path: Path, num_frames: int | None, indices: Sequence[int] | No
 
 
 # ---------------------------------------------------------------------------------------------
+# torchcodec backend (optional; torchcodec==0.13.0, the last CPU build, which loads the system's
+# FFmpeg 4-8 shared libraries: `apt-get install ffmpeg`).
+
+_torchcodec_ok: bool | None = None
+
+
+def _torchcodec_available() -> bool:
+    """torchcodec imports AND found FFmpeg libraries (it loads them at import and raises
+    RuntimeError when none fit). Cached: a failed import is not cached by Python, and retrying
+    it would reload five FFmpeg versions' libraries on every "auto" call."""
+    global _torchcodec_ok
+    if _torchcodec_ok is None:
+        try:
+            from torchcodec.decoders import VideoDecoder  # noqa: F401
+            _torchcodec_ok = True
+        except Exception:  # noqa: BLE001 - missing package, missing FFmpeg, ABI mismatch
+            _torchcodec_ok = False
+    return _torchcodec_ok
+
+
+def _read_torchcodec(path: Path, num_frames: int | None, indices: Sequence[int] | None,
+                     frame_count: int | None, max_pixels: int | None,
+                     deadline: _Deadline) -> tuple[np.ndarray, int]:
+    """torchcodec's exact-seek get_frames_at at the formula's indices, for the n PyAV counts.
+
+    As for decord: without a manifest count the file is first probed with PyAV (truncation
+    checks, n); torchcodec's own count (its exact-mode scan) must agree or the backend refuses,
+    so "auto" falls back instead of picking other frames. GIF gets no special case: torchcodec
+    seeks to a packet FFmpeg's GIF demuxer flags as a keyframe (in our delta-coded fixture only
+    the first) and decodes forward; tests compare its frames with PyAV's sequential decode.
+    One native call decodes all targets, so `timeout_s` is checked only before and after it.
+    """
+    from torchcodec.decoders import VideoDecoder
+    if frame_count is None:
+        info, _ = _probe_pyav(path, deadline)
+        frame_count, w, h = info.num_frames, info.width, info.height
+    else:
+        w, h = _header_size(path)
+    _check_pixels(path, w, h, max_pixels)
+    deadline.check()
+    # An absolute path: torchcodec hands a str to FFmpeg, which would read a name like
+    # "http:x.mp4" as a URL; "/abs/http:x.mp4" is always a file. device="cpu" explicitly: the
+    # default follows torch's default device, which a caller may have set to CUDA.
+    dec = VideoDecoder(os.path.abspath(path), device="cpu", seek_mode="exact",
+                       dimension_order="NHWC", num_ffmpeg_threads=deadline.threads)
+    try:
+        n = dec.metadata.num_frames
+        if n != frame_count:
+            raise VideoDecodeError(path, f"torchcodec counts {n} frames, PyAV/manifest {frame_count}")
+        idx = _resolve_indices(path, n, num_frames, indices)
+        targets = sorted(set(int(i) for i in idx))
+        batch = dec.get_frames_at(targets).data.numpy()  # uint8 [T, H, W, 3]
+    finally:
+        del dec  # closes the file and frees FFmpeg's decoder now, not at the next GC
+    deadline.check()
+    pos = {t: k for k, t in enumerate(targets)}
+    return np.ascontiguousarray(batch[[pos[int(i)] for i in idx]]), n
+
+
+# ---------------------------------------------------------------------------------------------
 # DALI backend (optional; nvidia-dali-cuda130). fn.decoders.video with an explicit per-sample
 # frame list. Its CPU variant decodes only VP8, VP9 and MJPEG; H.264/HEVC/AV1 need NVDEC
-# (device="mixed", a CUDA GPU). This backend returns host arrays like the others; a batched
-# GPU-tensor pipeline for training is not built yet (see docs/video.md).
+# (device="mixed", a CUDA GPU). This backend returns host arrays like the others; the batched
+# GPU-tensor pipeline for batches is isrt.engine.dali_loader.DaliClipLoader.
 
 _DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 _DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mjpeg"})
@@ -550,7 +613,8 @@ def _dali_pipeline(device: str):
         def pipe():
             enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            return fn.decoders.video(enc, frames=frames, device=device)
+            # pad_mode="none": an index past DALI's own frame count is an error, not a black frame
+            return fn.decoders.video(enc, frames=frames, device=device, pad_mode="none")
 
         p = pipe()
         p.build()
@@ -609,12 +673,16 @@ _BACKENDS: dict[str, tuple[Callable[[], bool], bool, bool, _Reader]] = {
     "pyav": (lambda: True, True, False, _read_pyav),
     "decord": (_decord_available, True, False, _read_decord),
     "dali": (_dali_available, True, False, _read_dali),
+    "torchcodec": (_torchcodec_available, True, False, _read_torchcodec),
 }
 # "auto" order. PyAV first: on the 2-core CPU box neither won consistently in
 # benchmarks/bench_video.py (PyAV faster or within 5 % in 15 of 24 rows), PyAV is always
 # installed, and decord without a manifest needs the PyAV probe anyway (n, truncation). DALI is opt-in (backend="dali"): on the CPU it reads only
 # VP8/VP9/MJPEG and returns host arrays here, so it is never faster than PyAV in this role.
-AUTO_ORDER = ("pyav", "decord")
+# torchcodec last (used only when it imports, i.e. with system FFmpeg): faster than PyAV on short
+# GOPs (H.264 224p GOP 16, F=8: ~10 vs ~16 ms) but 2x slower on long ones (480p GOP 250, F=8:
+# ~180-200 vs ~90 ms, threads=1: 128 vs 66 ms; it seems to seek once per target), pixel-identical.
+AUTO_ORDER = ("pyav", "decord", "torchcodec")
 
 
 def available_backends() -> list[str]:
@@ -689,10 +757,11 @@ def read_frames(source: str | os.PathLike, num_frames: int, *, backend: str = "a
                 timeout_s: float | None = DEFAULT_TIMEOUT_S, threads: int = 0) -> np.ndarray:
     """uint8 [num_frames, H, W, 3] RGB frames at np.linspace(0, n-1, num_frames, dtype=int).
 
-    source: video file or frame folder. backend: "auto", "pyav" or "decord". frame_count: n as
-    recorded in a manifest; a backend whose own count differs raises (so all backends agree on
-    n). max_pixels: refuse frames larger than this (None: no limit). timeout_s: give up with a
-    VideoDecodeError after this long (checked between packets/frames; None: no limit).
+    source: video file or frame folder. backend: "auto", "pyav", "decord", "dali" or
+    "torchcodec". frame_count: n as recorded in a manifest; a backend whose own count differs
+    raises (so all backends agree on n). max_pixels: refuse frames larger than this (None: no
+    limit). timeout_s: give up with a VideoDecodeError after this long (checked between
+    packets/frames; None: no limit).
     threads: decoder threads (0: library default; 1 inside worker processes).
     Raises VideoDecodeError for any unreadable input, ValueError for num_frames < 1.
     """
@@ -812,6 +881,21 @@ class ClipDataset:
         return {"i": i, "frames": torch.from_numpy(frames), "n": n, "error": None, "cause": None}
 
 
+def shard_groups(records, rank: int = 0, world_size: int = 1) -> list[tuple[str, list]]:
+    """This rank's (video, [records]) groups: records grouped by "video" in first-appearance
+    order, then groups rank, rank + world_size, ... (a video never lands on two ranks).
+
+    Shared by ClipLoader and isrt.engine.dali_loader.DaliClipLoader so both shard identically.
+    Raises ValueError for a rank outside [0, world_size).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    groups: dict[str, list] = {}
+    for r in records:
+        groups.setdefault(r["video"], []).append(r)
+    return list(groups.items())[rank::world_size]
+
+
 def _worker_init(_worker_id: int) -> None:
     import torch
     torch.set_num_threads(1)  # each worker decodes with one thread; the pool gives parallelism
@@ -834,12 +918,7 @@ class ClipLoader:
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S):
         from .manifest import resolve_video
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        groups: dict[str, list] = {}
-        for r in records:
-            groups.setdefault(r["video"], []).append(r)
-        self.groups = list(groups.items())[rank::world_size]
+        self.groups = shard_groups(records, rank, world_size)
         self.num_frames = num_frames
         self.manifest = manifest
         self.video_root = video_root

@@ -423,3 +423,62 @@ def test_no_memory_growth_over_1000_decodes(clips, backend):
     assert _indices(frames) == list(np.linspace(0, N - 1, 8, dtype=int))
     # 1000 leaked 8-frame clips would be 1000 * 98 KB = 96 MB; a leak of even a tenth shows
     assert growth_mb < 15, f"RSS grew {growth_mb:.1f} MB over 1000 decodes"
+
+
+# --- torchcodec (optional: torchcodec==0.13.0 + the system's FFmpeg libraries) ---------------
+# The backend-parametrized tests above include "torchcodec" whenever it imports; these add what
+# is particular to it.
+
+def _needs_torchcodec():
+    if not V._torchcodec_available():
+        pytest.skip("torchcodec not importable: needs `pip install torchcodec==0.13.0` and the "
+                    "system FFmpeg libraries (`apt-get install ffmpeg`)")
+
+
+@pytest.mark.parametrize("container", FILE_CONTAINERS)
+def test_torchcodec_frames_equal_pyav(clips, container):
+    """Exact indices in any order with repeats, pixel-identical to PyAV (GIF included: its
+    delta frames decode from the one keyframe FFmpeg flags)."""
+    _needs_torchcodec()
+    idx = [39, 0, 17, 17, 5, 38, 16, 15, 33, 1]
+    frames = read_frames_at(clips[container], idx, backend="torchcodec")
+    assert frames.dtype == np.uint8 and frames.shape == (len(idx), 64, 64, 3) and frames.flags.c_contiguous
+    assert _indices(frames) == idx
+    np.testing.assert_array_equal(frames, read_frames_at(clips[container], idx, backend="pyav"))
+    with pytest.raises(VideoDecodeError, match="out of range"):
+        read_frames_at(clips[container], [0, N], backend="torchcodec")
+
+
+def test_torchcodec_count_must_agree_with_the_manifest(clips):
+    _needs_torchcodec()
+    with pytest.raises(VideoDecodeError, match="torchcodec counts 40 frames, PyAV/manifest 41"):
+        read_frames(clips["mp4"], 4, backend="torchcodec", frame_count=N + 1)
+    assert _indices(read_frames(clips["mp4"], 4, backend="torchcodec", frame_count=N)) == [0, 13, 26, 39]
+
+
+def test_auto_reaches_torchcodec_when_the_others_fail(clips, monkeypatch):
+    _needs_torchcodec()
+    calls = []
+
+    def broken(path, *a):
+        calls.append(1)
+        raise VideoDecodeError(path, "this backend cannot read it")
+    for b in ("pyav", "decord"):
+        monkeypatch.setitem(V._BACKENDS, b, (lambda: True, True, False, broken))
+    assert _indices(read_frames(clips["mkv"], 3)) == [0, 19, 39]
+    assert len(calls) == 2
+
+
+def test_torchcodec_only_in_auto_when_it_imports(clips, monkeypatch):
+    """Runs without torchcodec too: a failed import (no package, no FFmpeg) leaves it out."""
+    import sys
+    monkeypatch.setattr(V, "_torchcodec_ok", None)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # makes the import fail
+    assert not V._torchcodec_available()
+    assert "torchcodec" not in V.available_backends()
+    with pytest.raises(VideoDecodeError, match="backend 'torchcodec' is not installed"):
+        read_frames(clips["mp4"], 4, backend="torchcodec")
+    assert _indices(read_frames(clips["mp4"], 3)) == [0, 19, 39]  # auto goes on without it
+    monkeypatch.setattr(V, "_torchcodec_ok", True)
+    names = V.available_backends()
+    assert "torchcodec" in names and names.index("torchcodec") > names.index("pyav")
