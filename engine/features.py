@@ -28,11 +28,30 @@ class FeatureCache:
         todo = [v for v in dict.fromkeys(video_paths) if v not in self._features and v not in self._errors]
         if not todo:
             return
+        if self.backend == "dali":
+            self._prefetch_dali(adapter, todo, show)
+            return
         loader = ClipLoader([{"video": v} for v in todo], self.num_frames, manifest=self.manifest,
                             backend=self.backend, num_workers=min(self.num_workers, len(todo)))
         for clip in tqdm(loader, total=len(todo), desc="videos", unit="video", disable=not show, leave=False):
             with torch.no_grad():
                 self._features[clip.video] = adapter.video_features(adapter.pixels(clip.frames.numpy()))
+        for video, cause in loader.stats.bad_videos.items():
+            self._errors[video] = VideoDecodeError(video, cause)
+
+    def _prefetch_dali(self, adapter, todo: list[str], show: bool, batch_size: int = 8) -> None:
+        """Decode, resize and normalize inside a DALI pipeline (NVDEC on a GPU), straight into
+        the adapter's pixel format on its device; the vision tower encodes whole batches."""
+        from isrt.engine.dali_loader import DaliClipLoader
+        loader = DaliClipLoader.from_adapter(adapter, [{"video": v} for v in todo], batch_size=batch_size,
+                                             manifest=self.manifest)
+        bar = tqdm(total=len(todo), desc="videos (dali)", unit="video", disable=not show, leave=False)
+        for batch in loader:
+            with torch.no_grad():
+                feats = adapter.video_features(batch.pixels)  # [B, n_video_tokens, D]
+            self._features.update(zip(batch.videos, feats))
+            bar.update(len(batch.videos))
+        bar.close()
         for video, cause in loader.stats.bad_videos.items():
             self._errors[video] = VideoDecodeError(video, cause)
 
