@@ -15,8 +15,8 @@ from isrt import prompts as P
 from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter, unwrap
 from isrt.engine.logprobs import sequence_logps
-from isrt.engine.sft import (SFTConfig, SFTExample, answer_correct, question_type, set_trainable, sft_examples,
-                             train_sft)
+from isrt.engine.sft import SFTConfig, SFTExample, align_vision, caption_phrases, set_trainable, train_sft
+from isrt.warmstart import answer_correct, question_type, sft_examples
 from isrt.engine.synthetic import caption, make_scene, render_frames
 
 F = 2
@@ -70,7 +70,7 @@ def test_first_loss_is_the_kernel_nll_and_full_sft_learns():
     ntok = torch.tensor([len(a.encode_response(e.target)) for e in ex], dtype=torch.float32)
     before = _snapshot(a.model)
     cfg = SFTConfig(steps=25, batch_size=len(ex), learning_rate=3e-3, vision_learning_rate=3e-3, warmup_steps=0,
-                    schedule="constant", lm="full")
+                    schedule="constant", lm="full", align_steps=0)
     m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
     # One batch = all examples, same order-independent sum: step 0's loss is the per-example mean NLL.
     assert m["first_loss"] == pytest.approx(float((-lp / ntok).mean()), rel=1e-5)
@@ -94,7 +94,7 @@ def test_token_normalization_weights_tokens():
         lp = sequence_logps(a, [e.prompt for e in ex], [e.target for e in ex],
                             [a.video_features(e.pixels) for e in ex])
     ntok = sum(len(a.encode_response(e.target)) for e in ex)
-    cfg = SFTConfig(steps=1, batch_size=len(ex), normalization="token", lm="frozen", train_vision=False)
+    cfg = SFTConfig(steps=1, batch_size=len(ex), normalization="token", lm="frozen", train_vision=False, align_steps=0)
     m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
     assert m["first_loss"] == pytest.approx(float(-lp.sum() / ntok), rel=1e-5)
 
@@ -103,7 +103,8 @@ def test_projector_only_trains_only_the_projector():
     a = _adapter()
     ex = _examples(a, n_videos=2)
     before = _snapshot(a.model)
-    cfg = SFTConfig(steps=2, batch_size=2, lm="frozen", train_vision=False, train_projector=True, warmup_steps=0)
+    cfg = SFTConfig(steps=2, batch_size=2, lm="frozen", train_vision=False, train_projector=True, warmup_steps=0,
+                    align_steps=3)
     m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
     changed = _changed(before, a.model)
     proj = {n for n in before if n.startswith("model.multi_modal_projector.")}
@@ -116,7 +117,7 @@ def test_lora_sft_merges_back_into_a_plain_model(tmp_path):
     ex = _examples(a, n_videos=2)
     before = _snapshot(a.model)
     cfg = SFTConfig(steps=3, batch_size=4, lm="lora", lora_r=4, lora_alpha=8, learning_rate=1e-2,
-                    train_vision=False, train_projector=True, warmup_steps=0)
+                    train_vision=False, train_projector=True, warmup_steps=0, align_steps=0)
     m = train_sft(a, ex, cfg, distributed.Dist(), seed=0)
     assert not hasattr(a.model, "peft_config")  # merged: a plain VideoLlava model again
     assert set(dict(a.model.named_parameters())) == set(before)
@@ -172,6 +173,48 @@ def test_sft_examples_from_a_synthetic_dataset(tmp_path):
             assert e.prompt.endswith(P.VERDICT_PREFIX) and e.target in P.VERDICT_CHOICES
 
 
+def test_align_vision_trains_only_the_vision_side_and_lowers_its_loss():
+    a = _adapter()
+    ex = _examples(a, n_videos=3)
+    before = _snapshot(a.model)
+    req = {n: p.requires_grad for n, p in a.model.named_parameters()}
+    m = align_vision(a, ex, steps=40, batch_size=3, lr=1e-2, seed=0)
+    assert m["steps"] == 40 and m["loss"] < m["loss_first"] and m["vocab"] > 0
+    changed = _changed(before, a.model)
+    assert changed and all(n.startswith(("model.video_tower.", "model.multi_modal_projector.")) for n in changed)
+    assert {n: p.requires_grad for n, p in a.model.named_parameters()} == req  # flags restored
+    # no describe example: nothing to align
+    assert align_vision(a, [e for e in ex if e.kind == "qa"], steps=5)["steps"] == 0
+
+
+def test_caption_phrases_bind_words_of_one_object():
+    a = _adapter()
+    tok = a.tokenizer
+    ids = lambda w: tok(" " + w, add_special_tokens=False).input_ids  # noqa: E731
+    keep = {t for w in ("red", "square", "left", "blue", "circle", "up") for t in ids(w)}
+    ph = caption_phrases("Two objects: a red square moving left and a blue circle moving up. Each object moves.",
+                         tok, keep)
+    assert ph == [sorted(set(ids("red") + ids("square") + ids("left"))),
+                  sorted(set(ids("blue") + ids("circle") + ids("up")))]
+
+
+def test_warm_start_is_cached_in_its_folder(tmp_path):
+    from isrt.engine.io import read_jsonl
+    from isrt.warmstart import warm_start
+    from isrt.engine.synthetic import make_dataset
+
+    load_adapter("video_llava", "tiny", num_frames=F, seed=0).save_pretrained(tmp_path / "base")
+    jsonl = make_dataset(tmp_path / "d", 2, seed=3, num_frames=4, size=32, questions_per_video=2)
+    cfg = SFTConfig(steps=2, batch_size=4, lm="lora", lora_r=2, lora_alpha=4, align_steps=2, align_batch_size=2)
+    r = warm_start(tmp_path / "sft", str(tmp_path / "base"), read_jsonl(jsonl), cfg, distributed.Dist(), seed=0,
+                   num_frames=F, video_root=tmp_path / "d")
+    assert not r.skipped and r.metrics["steps"] == 2 and r.metrics["kinds"] == {"qa": 4, "describe": 2, "judge": 2}
+    b = load_adapter("video_llava", str(tmp_path / "sft"), num_frames=F)  # a plain HF folder
+    assert not [n for n in b.model.state_dict() if "lora" in n]
+    again = warm_start(tmp_path / "sft", str(tmp_path / "base"), [], cfg, distributed.Dist(), seed=0, num_frames=F)
+    assert again.skipped and again.metrics["steps"] == 2
+
+
 def test_scoring_rules():
     assert question_type("What color is the square?") == "color"
     assert question_type("How many objects are there?") == "count"
@@ -208,8 +251,9 @@ def _ddp_run(d, batch_size):
     try:
         a = _adapter()
         ex = _examples(a, n_videos=3)[:5]
-        cfg = SFTConfig(epochs=1, batch_size=batch_size, lm="full", learning_rate=1e-3, vision_learning_rate=1e-3,
-                        warmup_steps=0, schedule="constant", max_grad_norm=1e9)
+        cfg = SFTConfig(steps=0, epochs=1, batch_size=batch_size, lm="full", learning_rate=1e-3,
+                        vision_learning_rate=1e-3,
+                        warmup_steps=0, schedule="constant", max_grad_norm=1e9, align_steps=3, align_batch_size=2)
         m = train_sft(a, ex, cfg, d, seed=0)
     finally:
         torch.nn.utils.clip_grad_norm_ = orig

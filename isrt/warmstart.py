@@ -1,0 +1,223 @@
+"""The SFT warm start's data and its cached stage: synthetic QA / description / judge examples
+from the loop's own prompt templates, greedy QA evaluation per question type, and `warm_start`,
+the cached SFT stage of a run directory. The trainer itself is `isrt.engine.sft` (this part
+lives in the `isrt` layer because it uses the method's prompt templates).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from isrt.engine import distributed
+from isrt.engine.sft import KINDS, SFTConfig, SFTExample, train_sft
+
+
+def _resolve(rec: dict, video_root) -> str:
+    if rec.get("video_path"):
+        return rec["video_path"]
+    return str((Path(video_root) / rec["video"]).resolve()) if video_root else rec["video"]
+
+
+def _corrupt_caption(caption: str, rng: np.random.Generator) -> str:
+    """The caption with one attribute word swapped for another of its kind (a plausible but
+    wrong earlier description, for the self-retrospective prompt)."""
+    from isrt.engine.synthetic import COLORS, DIRECTIONS, SHAPES
+
+    words = caption.split(" ")
+    groups = [list(COLORS), list(SHAPES), list(DIRECTIONS)]
+    spots = [(i, g) for i, w in enumerate(words) for g in groups if w.strip(".,:").lower() in g]
+    if not spots:
+        return caption
+    i, g = spots[int(rng.integers(len(spots)))]
+    core = words[i].strip(".,:")
+    other = [w for w in g if w != core.lower()]
+    words[i] = words[i].replace(core, other[int(rng.integers(len(other)))])
+    return " ".join(words)
+
+
+def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", "describe"), cache=None,
+                 seed: int = 0, judge_per_video: int | None = None) -> list[SFTExample]:
+    """Supervised examples from prompt-pool records ({id, video | video_path, prompt, answer,
+    caption}, e.g. isrt.engine.synthetic.make_dataset's prompts.jsonl), in record order:
+
+      qa        chat_prompt(response_prompt(question))      -> answer            (one per record)
+      describe  chat_prompt(context_prompt(None))           -> caption           (one per video)
+      retro     chat_prompt(context_prompt(wrong caption))  -> caption           (one per video;
+                the previous context is the caption with one colour/shape/direction swapped)
+      judge     chat_prompt(judge_prompt(q, caption, a, b)) + "Verdict:" -> " A" | " B"
+                (one per record; the other response is a wrong answer of the same kind, the
+                correct one's position alternates) -- teaches the score-mode judge to read
+                the context
+
+    Prompts come from isrt/templates via isrt.prompts, so they are exactly the loop's prompts.
+    Each video is decoded once (adapter.num_frames frames) and its pixels are shared by its
+    examples; `cache` (an isrt.engine.features.FeatureCache) is not used for pixels (features
+    change while the vision side trains). Records without an answer skip qa/judge, without a
+    caption skip describe/retro. judge_per_video caps the judge examples per video (judge
+    prompts are ~3x longer than QA prompts, so they are the expensive kind); None: one per record.
+    `cache` is accepted for call compatibility and unused.
+    """
+    from isrt import prompts as P
+    from isrt.engine.video import read_frames
+
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"sft kinds: {bad} not in {KINDS}")
+    rng = np.random.default_rng(seed)
+    pixels: dict[str, torch.Tensor] = {}
+    out: list[SFTExample] = []
+    described: set[str] = set()
+    judged: dict[str, int] = {}
+    for rec in records:
+        path = _resolve(rec, video_root)
+        if path not in pixels:
+            pixels[path] = adapter.pixels(read_frames(path, adapter.num_frames))
+        px = pixels[path]
+        q, ans, cap = rec.get("prompt"), rec.get("answer"), rec.get("caption")
+        if "qa" in kinds and q and ans:
+            out.append(SFTExample(adapter.chat_prompt(P.response_prompt(q)), ans, px, kind="qa", video=path))
+        if cap and path not in described:
+            if "describe" in kinds:
+                out.append(SFTExample(adapter.chat_prompt(P.context_prompt(None)), cap, px, kind="describe",
+                                      video=path))
+            if "retro" in kinds:
+                prev = _corrupt_caption(cap, rng)
+                out.append(SFTExample(adapter.chat_prompt(P.context_prompt(prev)), cap, px, kind="retro", video=path))
+            described.add(path)
+        room = judge_per_video is None or judged.get(path, 0) < judge_per_video
+        if "judge" in kinds and q and ans and cap and room:
+            judged[path] = judged.get(path, 0) + 1
+            wrong = _wrong_answer(q, ans, rng)
+            if wrong is not None:
+                first = bool(rng.integers(2))
+                a, b = (ans, wrong) if first else (wrong, ans)
+                prompt = adapter.chat_prompt(P.judge_prompt(q, cap, a, b)) + P.VERDICT_PREFIX
+                out.append(SFTExample(prompt, P.VERDICT_CHOICES[0 if first else 1], px, kind="judge", video=path))
+    return out
+
+
+# ---- question types and scoring ---------------------------------------------------------------
+def _options() -> dict[str, list[str]]:
+    from isrt.engine.synthetic import COLORS, DIRECTIONS, NUMBER_WORDS, SHAPES
+
+    return {"color": list(COLORS), "shape": list(SHAPES), "count": list(NUMBER_WORDS.values()),
+            "direction": list(DIRECTIONS)}
+
+
+def question_type(question: str) -> str:
+    """color | shape | count | direction | other, from the synthetic question wording."""
+    q = question.lower()
+    if q.startswith("what colo"):
+        return "color"
+    if q.startswith("what shape"):
+        return "shape"
+    if q.startswith("how many"):
+        return "count"
+    if q.startswith("which direction"):
+        return "direction"
+    return "other"
+
+
+def _wrong_answer(question: str, answer: str, rng: np.random.Generator) -> str | None:
+    opts = _options().get(question_type(question))
+    if not opts:
+        return None
+    others = [o for o in opts if o != answer.lower()]
+    return others[int(rng.integers(len(others)))]
+
+
+def answer_correct(question: str, answer: str, response: str) -> bool:
+    """The response names the gold answer and no other option of the question's type (so
+    "red or blue" is wrong); for questions of other types, the gold answer appears as a word."""
+    words = set(re.findall(r"[a-z]+", response.lower()))
+    gold = answer.lower().strip()
+    opts = _options().get(question_type(question))
+    if opts is None:
+        return gold in words
+    if gold == "one" and "one" in words and question_type(question) != "count":
+        words.discard("one")
+    return gold in words and not any(o in words for o in opts if o != gold)
+
+
+CHANCE = {"color": 1 / 5, "shape": 1 / 3, "count": 1 / 3, "direction": 1 / 4}
+
+
+@torch.no_grad()
+def evaluate_qa(adapter, records: list[dict], *, video_root=None, cache=None, max_new_tokens: int = 8,
+                batch_size: int = 16, score=None) -> dict:
+    """Greedy answers to `records` (response prompt, as the loop asks) scored by
+    `score(prediction, answer) -> bool` (default: `answer_correct` with the record's question;
+    pass isrt.scoring.score_answer to score as the run's report does):
+    {"accuracy", "n", "by_type": {type: {"accuracy", "n", "chance"}}, "answers": [...]}."""
+    from isrt import prompts as P
+    from isrt.engine.generation import generate
+    from isrt.engine.video import read_frames
+
+    recs = [r for r in records if r.get("answer")]
+    prompts = [adapter.chat_prompt(P.response_prompt(r["prompt"])) for r in recs]
+    own: dict[str, torch.Tensor] = {}
+
+    def features(path):
+        if cache is not None:
+            return cache.get(adapter, path)
+        if path not in own:
+            own[path] = adapter.video_features(adapter.pixels(read_frames(path, adapter.num_frames)))
+        return own[path]
+
+    feats = [features(_resolve(r, video_root)) for r in recs]
+    outs = generate(adapter, prompts, feats, max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    by: dict[str, list[bool]] = {}
+    answers = []
+    for r, o in zip(recs, outs):
+        ok = bool(score(o[0], r["answer"])) if score is not None else answer_correct(r["prompt"], r["answer"], o[0])
+        by.setdefault(question_type(r["prompt"]), []).append(ok)
+        answers.append({"id": r["id"], "question": r["prompt"], "answer": r["answer"], "response": o[0],
+                        "correct": ok})
+    n = sum(len(v) for v in by.values())
+    return {"accuracy": sum(sum(v) for v in by.values()) / n if n else 0.0, "n": n,
+            "by_type": {k: {"accuracy": sum(v) / len(v), "n": len(v), "chance": CHANCE.get(k)}
+                        for k, v in sorted(by.items())},
+            "answers": answers}
+
+
+# ---- the cached stage of a run directory --------------------------------------------------------
+@dataclass
+class WarmStartResult:
+    path: Path
+    metrics: dict = field(default_factory=dict)
+    skipped: bool = False
+
+
+def warm_start(out_dir, source: str, records: list[dict], cfg: SFTConfig, d: distributed.Dist, *, seed: int,
+               num_frames: int, video_root=None, kinds=("qa", "describe", "judge"), judge_per_video: int | None = 1,
+               dtype=torch.float32, family: str = "video_llava") -> WarmStartResult:
+    """SFT of the model at `source` on `records`, saved to `out_dir` (save_pretrained folder plus
+    sft.json with the metrics). Skipped when out_dir/sft.json exists (a finished warm start).
+    Written by rank 0 into a temp folder renamed into place; every rank trains (DDP)."""
+    from isrt.engine.adapters import load_adapter
+    from isrt.engine.io import atomic_dir, commit_dir, read_json, write_json
+
+    out = Path(out_dir)
+    if (out / "sft.json").is_file():
+        return WarmStartResult(out, read_json(out / "sft.json"), skipped=True)
+    adapter = load_adapter(family, str(source), device=d.device, dtype=dtype, num_frames=num_frames, seed=seed,
+                           freeze_vision=False)
+    examples = sft_examples(records, adapter, video_root=video_root, kinds=kinds, seed=seed,
+                            judge_per_video=judge_per_video)
+    metrics = train_sft(adapter, examples, cfg, d, seed=seed)
+    metrics["kinds"] = {k: sum(e.kind == k for e in examples) for k in kinds}
+    if d.is_main:
+        tmp = atomic_dir(out)
+        adapter.save_pretrained(tmp)
+        write_json(tmp / "sft.json", metrics)
+        commit_dir(tmp, out)
+    distributed.barrier(d)
+    return WarmStartResult(out, metrics)
+
+
+__all__ = ["CHANCE", "WarmStartResult", "answer_correct", "evaluate_qa", "question_type", "sft_examples",
+           "warm_start"]
