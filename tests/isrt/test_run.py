@@ -186,3 +186,29 @@ def test_two_ranks_cover_every_prompt_exactly_once(pool, tmp_path):
         s1 = json.loads((it / "stage1.json").read_text())
         assert s1["bad_videos"] == 1
     assert (out / "iter_01" / "checkpoint").is_dir()
+
+
+def test_warm_start_runs_once_and_becomes_pi_0(pool, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ws"
+    ws = ["warmstart.videos=2", "warmstart.sft.steps=2", "warmstart.sft.align_steps=2", "warmstart.sft.batch_size=2",
+          "iterations=1"]
+    run_isrt(out, pool, *ws)
+    metrics = json.loads((out / "warm_start" / "sft.json").read_text())
+    assert metrics["steps"] == 2 and math.isfinite(metrics["loss"])
+    # the warm start trained its own clips (a third seed), not the loop's pool
+    sft_videos = {r["video"] for r in read_jsonl(out / "sft_data" / "prompts.jsonl")}
+    assert sft_videos and (out / "sft_data").is_dir()
+    init, warm = (load_file(next((out / d).glob("*.safetensors"))) for d in ("init_model", "warm_start"))
+    assert any(not torch.equal(init[k], warm[k]) for k in init)
+    # pi_0 is the warm-started model: DPO keeps the vision tower frozen, so iteration 0's
+    # checkpoint carries the warm start's (trained) tower, not the initial one
+    ckpt = load_file(next((out / "iter_00" / "checkpoint").glob("*.safetensors")))
+    tower = [k for k in warm if "video_tower" in k and not torch.equal(init[k], warm[k])]
+    assert tower and all(torch.equal(ckpt[k], warm[k]) for k in tower)
+    # a rerun redoes nothing
+    before = (out / "warm_start" / "sft.json").stat().st_mtime_ns
+    run_isrt(out, pool, *ws)
+    assert (out / "warm_start" / "sft.json").stat().st_mtime_ns == before
