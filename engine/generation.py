@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from isrt.engine.adapters.base import unwrap
+from isrt.kernels import linear_logprobs
 
 
 def prompt_batch(adapter, prompts: list[str], features: list[torch.Tensor], *, model=None) -> dict:
@@ -78,9 +79,6 @@ def choice_logprobs(adapter, prompts: list[str], features: list[torch.Tensor], c
     first token taken as `choice` tokenizes right after the prompt (so " A" after "Verdict:" is
     the token the model would emit). Full-vocabulary normalization; computed through
     isrt.kernels.linear_logprobs on the last prompt position only (no [B,T,V] logits)."""
-    from isrt.engine.logprobs import _kernel
-
-    linear_logprobs = _kernel()
     head = adapter.lm_head
     rows = []
     for start in range(0, len(prompts), batch_size):

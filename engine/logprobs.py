@@ -20,13 +20,7 @@ from __future__ import annotations
 import torch
 
 from isrt.engine.adapters.base import IGNORE_INDEX
-
-
-def _kernel():
-    """isrt.kernels.linear_logprobs (imported late: kernels/ may be rebuilt independently)."""
-    from isrt.kernels import linear_logprobs
-
-    return linear_logprobs
+from isrt.kernels import fused_linear_dpo, linear_logprobs
 
 
 def response_batch(adapter, prompts: list[str], responses: list[str], features: list[torch.Tensor], *,
@@ -79,7 +73,7 @@ def sequence_logps(adapter, prompts: list[str], responses: list[str], features: 
     # [B,T] in, the kernel drops ignored rows before any matmul; summing the [B,T] grid (zeros at
     # ignored rows) is exactly what fused_linear_dpo's two-pass schedule does, so reference and
     # policy log-probs agree bit for bit on the CPU path (first DPO loss exactly ln 2).
-    lp = _kernel()(hidden, head.weight, labels, bias=head.bias, ignore_index=IGNORE_INDEX,
+    lp = linear_logprobs(hidden, head.weight, labels, bias=head.bias, ignore_index=IGNORE_INDEX,
                    backend=backend)  # fp32 [B,T]
     return lp.float().sum(-1)
 
@@ -104,8 +98,6 @@ def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: li
     log-probs, loss and head gradients in one pass over the vocabulary (6NHV, 4NHV frozen head).
     Same log-probs as `sequence_logps` (the reference path) up to summation order.
     """
-    from isrt.kernels import fused_linear_dpo
-
     batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model)
     hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [2B,T,H]
     head = _plain_head(adapter, model)

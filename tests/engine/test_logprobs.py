@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import isrt.engine.logprobs as lpmod
 from isrt.engine.adapters import IGNORE_INDEX, load_adapter
 from isrt.engine.logprobs import response_batch, sequence_logps
 
@@ -18,21 +17,6 @@ F = 4
 QUESTIONS = ["What colour is the ball?", "Describe this video in detail: every object and which way it moves.",
              "How many?"]
 RESPONSES = ["A red ball.", "Two blue squares move left and a green circle moves up.", "three"]
-
-
-def _fallback_linear_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, backend="auto"):
-    """Naive stand-in with the kernel's contract, used only if isrt.kernels lacks the function."""
-    logits = hidden.float() @ weight.float().T + (0 if bias is None else bias.float())
-    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(labels == ignore_index, torch.zeros_like(lp), lp)
-
-
-@pytest.fixture(autouse=True)
-def _kernel_available(monkeypatch):
-    try:
-        from isrt.kernels import linear_logprobs  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(lpmod, "_kernel", lambda: _fallback_linear_logprobs)
 
 
 @pytest.fixture(scope="module")

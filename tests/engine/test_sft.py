@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 
-import isrt.engine.logprobs as lpmod
 from isrt import prompts as P
 from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter, unwrap
@@ -20,20 +19,6 @@ from isrt.warmstart import answer_correct, question_type, sft_examples
 from isrt.engine.synthetic import caption, make_scene, render_frames
 
 F = 2
-
-
-def _fallback_linear_logprobs(hidden, weight, labels, *, bias=None, ignore_index=-100, backend="auto"):
-    logits = hidden.float() @ weight.float().T + (0 if bias is None else bias.float())
-    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(labels == ignore_index, torch.zeros_like(lp), lp)
-
-
-@pytest.fixture(autouse=True)
-def _kernel_available(monkeypatch):
-    try:
-        from isrt.kernels import linear_logprobs  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(lpmod, "_kernel", lambda: _fallback_linear_logprobs)
 
 
 def _adapter():
