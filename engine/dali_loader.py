@@ -47,9 +47,11 @@ DALI's message and the batch is yielded without it (so a batch may hold fewer th
 clips). A native crash or hang inside DALI/NVDEC cannot be caught in-process.
 
 GPU (device="gpu"): `fn.decoders.video(device="mixed")` decodes with NVDEC and the resize and
-normalize run on the same GPU; outputs are copied (synchronously) into torch tensors on
-cuda:device_id, so DALI may reuse its buffers at once. This branch is written from DALI's
-documentation and exercised only by the tests marked `gpu`.
+normalize run on the same GPU; outputs reach torch through DLPack (zero-copy, stream-ordered, as
+DALI's own iterator does under the dynamic executor) and are stacked into the batch tensor on
+cuda:device_id. NVDEC refuses frames below a per-codec minimum (`video.NVDEC_MIN_SIZE`, e.g.
+VP9 128x128, MJPEG 64x64, H.264 48x16): such clips take the host fallback like unsupported
+codecs. This branch is exercised only by the tests marked `gpu`.
 """
 from __future__ import annotations
 
@@ -62,8 +64,9 @@ import numpy as np
 import torch
 
 from .preprocess import preprocess_frames
-from .video import (DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT_S, LoaderStats, VideoDecodeError, _DALI_CPU_CODECS,
-                    _DALI_GPU_CODECS, _dali_available, frame_indices, read_frames, shard_groups)
+from .video import (DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT_S, NVDEC_MIN_SIZE, LoaderStats, VideoDecodeError,
+                    _DALI_CPU_CODECS, _DALI_GPU_CODECS, _dali_available, frame_indices, nvdec_can_decode,
+                    read_frames, shard_groups)
 
 
 @dataclass
@@ -272,11 +275,20 @@ class DaliClipLoader:
                 self._bad(path, video, recs, f"resolution {entry.width}x{entry.height} exceeds "
                                              f"max_pixels={self.max_pixels}")
                 continue
-            dali = entry.codec in self.codecs
+            if self.device == "gpu":
+                dali = nvdec_can_decode(entry.codec, entry.width, entry.height)
+            else:
+                dali = entry.codec in self.codecs
             if not dali and self.fallback is None:
                 kind = "mixed" if self.device == "gpu" else "cpu"
-                self._bad(path, video, recs, f"dali ({kind}) cannot decode codec {entry.codec}; "
-                                             f"it reads {', '.join(sorted(self.codecs))}")
+                if entry.codec in self.codecs:  # NVDEC's minimum frame size for this codec
+                    min_w, min_h = NVDEC_MIN_SIZE[entry.codec]
+                    cause = (f"dali (mixed) cannot decode {entry.codec} at {entry.width}x{entry.height}: "
+                             f"NVDEC's minimum is {min_w}x{min_h}")
+                else:
+                    cause = (f"dali ({kind}) cannot decode codec {entry.codec}; "
+                             f"it reads {', '.join(sorted(self.codecs))}")
+                self._bad(path, video, recs, cause)
                 continue
             items.append(_Item(video, recs, path, entry.num_frames, entry.height, entry.width, dali))
         batches = []
@@ -374,10 +386,17 @@ class DaliClipLoader:
             if shape != want:
                 bad[pos] = f"dali returned shape {shape}, expected {want}"
                 continue
-            dst = torch.empty(want, dtype=torch.float32, device=self.torch_device)
-            # cuda_stream=None: a blocking copy, so the tensor is complete and DALI's buffer free
-            # to reuse when this returns (an async copy would race DALI's next iteration).
-            feed_ndarray(t, dst)
+            if self.device == "gpu":
+                # What DALI's own PyTorch iterator does with exec_dynamic=True: zero-copy DLPack.
+                # Under the dynamic executor DALI never reuses an output buffer that is still
+                # referenced, and __dlpack__(stream) makes torch's current stream wait for the
+                # producing work, so no host sync and no race with DALI's next iteration. The
+                # tensor lives until __iter__ stacks the batch (one device copy).
+                with torch.cuda.device(self.torch_device):
+                    dst = torch.from_dlpack(t)
+            else:
+                dst = torch.empty(want, dtype=torch.float32, device=self.torch_device)
+                feed_ndarray(t, dst)  # host memcpy, complete on return
             good[pos] = dst
         return good, bad
 

@@ -576,8 +576,24 @@ def _read_torchcodec(path: Path, num_frames: int | None, indices: Sequence[int] 
 # GPU-tensor pipeline for batches is isrt.engine.dali_loader.DaliClipLoader.
 
 _DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+# What DALI 2.4's mixed decoder hands to NVDEC. AV1 needs an Ampere GA10x/Ada/Blackwell NVDEC
+# (not GA100 or Hopper: DALI then fails with "Codec configuration not supported on this GPU").
 _DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mjpeg"})
-_dali_pipe: dict = {}  # (pid, device) -> built pipeline; rebuilt after any failure
+# NVDEC's smallest frame per codec (cuvidGetDecoderCaps nMinWidth x nMinHeight; DALI's
+# FramesDecoderGpu refuses smaller ones with "Video is too small in at least one dimension").
+# H.264 / MPEG-4 / VP8 48x16 and MJPEG 64x64 as nvdecinfo prints them; HEVC 144x144, VP9 and AV1
+# 128x128 as the Video Codec SDK's decoder table gives them.
+NVDEC_MIN_SIZE = {"h264": (48, 16), "mpeg4": (48, 16), "vp8": (48, 16), "mjpeg": (64, 64),
+                  "hevc": (144, 144), "vp9": (128, 128), "av1": (128, 128)}
+_dali_pipe: dict = {}  # (pid, device, device_id) -> built pipeline; rebuilt after any failure
+
+
+def nvdec_can_decode(codec: str, width: int, height: int) -> bool:
+    """Whether DALI's mixed (NVDEC) decoder takes a `codec` stream of width x height frames."""
+    if codec not in _DALI_GPU_CODECS:
+        return False
+    min_w, min_h = NVDEC_MIN_SIZE.get(codec, (0, 0))
+    return width >= min_w and height >= min_h
 
 
 def _dali_available() -> bool:
@@ -596,20 +612,48 @@ def _dali_device() -> str:
         return "cpu"
 
 
+def _dali_decoder_for(path: Path, codec: str, width: int, height: int) -> str:
+    """"mixed" (NVDEC) or "cpu": the DALI decoder device for this stream, or VideoDecodeError.
+
+    On a GPU machine a stream below NVDEC's minimum size goes to DALI's CPU decoder when that
+    reads its codec (VP8/VP9/MJPEG), and is refused otherwise (e.g. H.264 under 48x16).
+    """
+    device = _dali_device()
+    if device == "mixed":
+        if nvdec_can_decode(codec, width, height):
+            return "mixed"
+        if codec in _DALI_CPU_CODECS:
+            return "cpu"
+        if codec in _DALI_GPU_CODECS:
+            min_w, min_h = NVDEC_MIN_SIZE[codec]
+            raise VideoDecodeError(path, f"dali (mixed) cannot decode {codec} at {width}x{height}: "
+                                         f"NVDEC's minimum is {min_w}x{min_h}")
+    supported = _DALI_GPU_CODECS if device == "mixed" else _DALI_CPU_CODECS
+    if codec not in supported:
+        raise VideoDecodeError(path, f"dali ({device}) cannot decode codec {codec}; "
+                                     f"it reads {', '.join(sorted(supported))}")
+    return device
+
+
 def _dali_pipeline(device: str):
     """One pipeline per process and device: encoded bytes + frame list in, frames out.
 
     prefetch_queue_depth=1 so each run() consumes exactly the one sample fed before it. Keyed by
-    pid: a pipeline must not cross a fork into a DataLoader worker.
+    pid: a pipeline must not cross a fork into a DataLoader worker. The mixed one runs on torch's
+    current CUDA device.
     """
-    key = (os.getpid(), device)
+    device_id = None
+    if device == "mixed":
+        import torch
+        device_id = torch.cuda.current_device()
+    key = (os.getpid(), device, device_id)
     if key not in _dali_pipe:
         import nvidia.dali as dali
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
 
         @dali.pipeline_def(batch_size=1, num_threads=1, prefetch_queue_depth=1, exec_dynamic=True,
-                           device_id=0 if device == "mixed" else None)
+                           device_id=device_id)
         def pipe():
             enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
@@ -619,7 +663,7 @@ def _dali_pipeline(device: str):
         p = pipe()
         p.build()
         _dali_pipe[key] = p
-    return _dali_pipe[key]
+    return key, _dali_pipe[key]
 
 
 def _read_dali(path: Path, num_frames: int | None, indices: Sequence[int] | None,
@@ -628,24 +672,22 @@ def _read_dali(path: Path, num_frames: int | None, indices: Sequence[int] | None
     """DALI decode of the formula's frames, for the n and codec that PyAV's probe reports.
 
     A codec DALI cannot decode on this device is refused before any pipeline runs (a failed
-    DALI run invalidates the pipeline), so "auto"/callers fall back cleanly.
+    DALI run invalidates the pipeline), so "auto"/callers fall back cleanly. On a GPU machine
+    NVDEC decodes (device "mixed") unless the frame is below its minimum size for the codec;
+    then VP8/VP9/MJPEG go to DALI's CPU decoder.
     """
     info, _ = _probe_pyav(path, deadline)  # n, codec, size, truncation checks
     if frame_count is not None and frame_count != info.num_frames:
         raise VideoDecodeError(path, f"has {info.num_frames} frames but the manifest says {frame_count}")
     _check_pixels(path, info.width, info.height, max_pixels)
-    device = _dali_device()
-    supported = _DALI_GPU_CODECS if device == "mixed" else _DALI_CPU_CODECS
-    if info.codec not in supported:
-        raise VideoDecodeError(path, f"dali ({device}) cannot decode codec {info.codec}; "
-                                     f"it reads {', '.join(sorted(supported))}")
+    device = _dali_decoder_for(path, info.codec, info.width, info.height)
     n = info.num_frames
     idx = _resolve_indices(path, n, num_frames, indices)
     targets = sorted(set(int(i) for i in idx))
     data = np.fromfile(path, dtype=np.uint8)
-    key = (os.getpid(), device)
+    key = None
     try:
-        p = _dali_pipeline(device)
+        key, p = _dali_pipeline(device)
         p.feed_input("enc", [data])
         p.feed_input("frames", [np.asarray(targets, np.int32)])
         (out,) = p.run()

@@ -293,27 +293,42 @@ def test_bad_arguments():
 
 
 # --- GPU (NVDEC, device="gpu"): run on a CUDA machine with DALI installed --------------------
+# NVDEC refuses frames below a per-codec minimum (VP9 128x128, MJPEG 64x64, H.264 48x16), so the
+# GPU fixtures are 160x160 (image_size 160: identity resize, the index pattern read back as on
+# the CPU) plus 144x240 / 240x144 clips for the resize checks; the 64x64 VP9 clip of the CPU
+# fixtures is the too-small case.
 
+GPU_SIDE = 160
 GPU_N = {"h22.mp4": 22, "h30.mkv": 30, "w20.webm": 20, "a21.avi": 21, "w5.webm": 5}
 
 
 @pytest.fixture(scope="module")
-def gpu_root(root):
-    _clip(root, "h30.mkv", 30, scene=10)  # H.264 in Matroska (B-frames on, keyframe every 16)
-    return root
+def gpu_root(tmp_path_factory):
+    r = tmp_path_factory.mktemp("dali_gpu")
+    for k, (name, n) in enumerate(GPU_N.items()):  # h30.mkv: H.264 in Matroska (B-frames, g=16)
+        _clip(r, name, n, GPU_SIDE, GPU_SIDE, scene=10 + k)
+    _clip(r, "land.webm", 12, 144, 240, scene=7)   # landscape: crop along W
+    _clip(r, "port.avi", 12, 240, 144, scene=8)    # portrait: crop along H
+    _clip(r, "tiny.webm", 20, 64, 64, scene=9)     # VP9 below NVDEC's 128x128
+    return r
+
+
+def _gpu_loader(recs, F, root, **kw):
+    kw.setdefault("image_size", GPU_SIDE)
+    return _loader(recs, F, root, device="gpu", device_id=0, **kw)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("F", [1, 8, 16, 40])
 def test_gpu_exact_frame_indices_h264_and_others(gpu_root, F):
     """H.264 (mp4, mkv; B-frames) through NVDEC, plus VP9/MJPEG on the mixed decoder: exact
-    indices, float32 on cuda:0, batches joined back."""
+    indices (repeats for F > n), float32 on cuda:0, batches joined back."""
     videos = list(GPU_N)
-    loader = _loader(_records(videos), F, gpu_root, device="gpu", device_id=0)
+    loader = _gpu_loader(_records(videos), F, gpu_root)
     got = []
     for batch in loader:
         assert batch.pixels.device == torch.device("cuda", 0) and batch.pixels.dtype == torch.float32
-        assert tuple(batch.pixels.shape) == (len(batch), F, 3, 64, 64)
+        assert tuple(batch.pixels.shape) == (len(batch), F, 3, GPU_SIDE, GPU_SIDE)
         for clip in batch.clips():
             assert _indices(clip.pixels) == list(V.frame_indices(GPU_N[clip.video], F)), clip.video
             got.append(clip.video)
@@ -325,12 +340,13 @@ def test_gpu_exact_frame_indices_h264_and_others(gpu_root, F):
 def test_gpu_pixels_close_to_pyav_and_adapter_pixels(gpu_root, size):
     """NVDEC frames vs PyAV's, both through adapter.pixels on the GPU: the decoder difference
     stays within DECODER_MEAN; vs the same loader on the CPU path (same DALI resize semantics)
-    for VP9, within the resize tolerance plus the two decoders' difference."""
+    for VP9, within the two decoders' difference."""
     videos = ["h22.mp4", "land.webm", "port.avi"]
-    loader = _loader(_records(videos, 1), 8, gpu_root, device="gpu", device_id=0, image_size=size)
+    loader = _gpu_loader(_records(videos, 1), 8, gpu_root, image_size=size)
     (batch,) = list(loader)
     assert batch.videos == videos
     for clip in batch.clips():
+        assert tuple(clip.pixels.shape) == (8, 3, size, size)
         ref = _adapter_pixels(V.read_frames(gpu_root / clip.video, 8, backend="pyav"), size, device="cuda:0")
         d = _pixel_units(clip.pixels - ref)
         assert d.mean() <= DECODER_MEAN, (clip.video, d.mean())
@@ -342,24 +358,41 @@ def test_gpu_pixels_close_to_pyav_and_adapter_pixels(gpu_root, size):
 
 @pytest.mark.gpu
 def test_gpu_bad_video_in_batch_is_counted_and_skipped(gpu_root, tmp_path):
+    """Garbage that passed the manifest fails inside NVDEC's batch; the batch is re-run clip by
+    clip, the good clips come out with the right frames, and the next pass works again."""
     for name in ("h22.mp4", "w20.webm"):
         shutil.copy(gpu_root / name, tmp_path / name)
     shutil.copy(gpu_root / "h22.mp4", tmp_path / "garbage.mp4")
     videos = ["h22.mp4", "garbage.mp4", "w20.webm"]
     man = M.build_manifest(videos, tmp_path)
     (tmp_path / "garbage.mp4").write_text("not a video\n" * 200)
-    loader = _loader(_records(videos), 8, tmp_path, manifest=man, device="gpu", device_id=0, batch_size=3)
+    loader = _gpu_loader(_records(videos), 8, tmp_path, manifest=man, batch_size=3)
+    for _ in range(2):
+        (batch,) = list(loader)
+        assert batch.videos == ["h22.mp4", "w20.webm"]
+        for clip in batch.clips():
+            assert _indices(clip.pixels) == list(V.frame_indices(GPU_N[clip.video], 8))
+        assert list(loader.stats.bad_videos) == ["garbage.mp4"]
+        assert loader.stats.bad_videos["garbage.mp4"].startswith("dali: ")
+
+
+@pytest.mark.gpu
+def test_gpu_too_small_for_nvdec_takes_the_fallback_or_is_counted(gpu_root):
+    """64x64 VP9 is below NVDEC's minimum: decoded on the host with fallback="auto" (exact
+    frames, in plan order), counted bad with the reason when fallback=None."""
+    videos = ["h22.mp4", "tiny.webm"]
+    loader = _gpu_loader(_records(videos, 1), 8, gpu_root, image_size=64, fallback="auto")
     (batch,) = list(loader)
-    assert batch.videos == ["h22.mp4", "w20.webm"]
-    for clip in batch.clips():
-        assert _indices(clip.pixels) == list(V.frame_indices(GPU_N[clip.video], 8))
-    assert list(loader.stats.bad_videos) == ["garbage.mp4"]
-    assert loader.stats.bad_videos["garbage.mp4"].startswith("dali: ")
+    assert batch.videos == videos and batch.pixels.device == torch.device("cuda", 0)
+    assert _indices(batch.pixels[1]) == list(V.frame_indices(20, 8))
+    strict = _gpu_loader(_records(videos, 1), 8, gpu_root, image_size=64, fallback=None)
+    assert [b.videos for b in strict] == [["h22.mp4"]]
+    assert strict.stats.bad_videos["tiny.webm"].endswith("NVDEC's minimum is 128x128")
 
 
 @pytest.mark.gpu
 def test_gpu_from_adapter_on_cuda_bf16(gpu_root):
-    stub = SimpleNamespace(num_frames=8, image_size=64, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+    stub = SimpleNamespace(num_frames=8, image_size=GPU_SIDE, image_mean=CLIP_MEAN, image_std=CLIP_STD,
                            device=torch.device("cuda", 0), dtype=torch.bfloat16)
     loader = DaliClipLoader.from_adapter(stub, _records(["h22.mp4"], 1), batch_size=2,
                                          manifest=M.build_manifest(["h22.mp4"], gpu_root))

@@ -46,8 +46,9 @@ def test_frame_indices_formula():
 
 
 def _dali_cannot(container):
-    """DALI's CPU decoder reads VP8/VP9/MJPEG only (H.264 needs NVDEC, GIF is not supported)."""
-    return not torch.cuda.is_available() and container in ("mp4", "mkv", "gif")
+    """DALI reads no GIF; its CPU decoder reads VP8/VP9/MJPEG only (H.264 needs NVDEC). On a GPU
+    machine the 64x64 VP9 fixture is below NVDEC's minimum and goes to DALI's CPU decoder."""
+    return container == "gif" or (not torch.cuda.is_available() and container in ("mp4", "mkv"))
 
 
 @pytest.mark.parametrize("backend", ["auto", *BACKENDS])
@@ -55,7 +56,7 @@ def _dali_cannot(container):
 @pytest.mark.parametrize("F", [1, 8, 16, N + 13])
 def test_exact_indices(clips, container, backend, F):
     if backend == "dali" and _dali_cannot(container):
-        with pytest.raises(VideoDecodeError, match="dali \\(cpu\\) cannot decode codec"):
+        with pytest.raises(VideoDecodeError, match="dali \\((cpu|mixed)\\) cannot decode codec"):
             read_frames(clips[container], F, backend=backend)
         return
     frames = read_frames(clips[container], F, backend=backend)
@@ -85,15 +86,54 @@ def test_explicit_indices_any_order_with_repeats(clips, container):
         read_frames_at(clips[container], [0, N])
 
 
+def test_nvdec_minimum_sizes_route_small_streams(clips, tmp_path, monkeypatch):
+    """On a GPU machine (faked here: DALI is asked for its mixed decoder) a stream below NVDEC's
+    minimum size goes to DALI's CPU decoder when that reads the codec (64x64 VP9, under VP9's
+    128x128), and is refused with the reason otherwise (32x32 H.264 is fine: 48x16 is H.264's
+    minimum; 32x8 is not)."""
+    assert V.nvdec_can_decode("h264", 64, 64) and V.nvdec_can_decode("mjpeg", 64, 64)
+    assert not V.nvdec_can_decode("vp9", 64, 64) and V.nvdec_can_decode("vp9", 128, 128)
+    assert not V.nvdec_can_decode("hevc", 128, 128) and not V.nvdec_can_decode("gif", 640, 480)
+    assert not V.nvdec_can_decode("h264", 32, 8)
+    monkeypatch.setattr(V, "_dali_device", lambda: "mixed")
+    p = tmp_path / "x.mp4"
+    assert V._dali_decoder_for(p, "vp9", 64, 64) == "cpu"
+    assert V._dali_decoder_for(p, "mjpeg", 48, 80) == "cpu"
+    assert V._dali_decoder_for(p, "vp9", 160, 160) == "mixed"
+    assert V._dali_decoder_for(p, "h264", 64, 64) == "mixed"
+    with pytest.raises(VideoDecodeError, match="NVDEC's minimum is 48x16"):
+        V._dali_decoder_for(p, "h264", 32, 8)
+    with pytest.raises(VideoDecodeError, match=r"dali \(mixed\) cannot decode codec gif"):
+        V._dali_decoder_for(p, "gif", 64, 64)
+    if "dali" in BACKENDS:  # the real CPU decoder behind the faked GPU machine
+        frames = read_frames(clips["webm"], 8, backend="dali")
+        assert _indices(frames) == list(np.linspace(0, N - 1, 8, dtype=int))
+
+
+@pytest.fixture(scope="module")
+def nvdec_clips(tmp_path_factory):
+    """container -> 40-frame 160x160 clip: above NVDEC's minimum for every codec we write (VP9
+    needs 128x128, MJPEG 64x64), so the mixed decoder itself reads each of them."""
+    root = tmp_path_factory.mktemp("nvdec")
+    frames = syn.render_frames(syn.make_scene(0, 1, 160, 160, True), N, 160, 160, index_pattern=True)
+    return {c: syn.write_video(root / f"clip.{c}", frames, fps=8, container=c)
+            for c in ("mp4", "mkv", "webm", "avi")}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("container", ["mp4", "mkv", "webm", "avi"])
-def test_dali_nvdec_exact_indices(clips, container):
-    """H.264 through DALI needs NVDEC: runs only on a CUDA machine with DALI installed."""
+def test_dali_nvdec_exact_indices(nvdec_clips, container):
+    """H.264 (B-frames) through NVDEC, VP9 and MJPEG through NVDEC too: exact indices, repeats
+    included (F = N + 13). Runs only on a CUDA machine with DALI installed."""
     if "dali" not in BACKENDS:
         pytest.skip("nvidia-dali not installed")
+    assert V._dali_decoder_for(nvdec_clips[container], probe(nvdec_clips[container]).codec, 160, 160) == "mixed"
     for F in (1, 8, 16, N + 13):
-        frames = read_frames(clips[container], F, backend="dali")
+        frames = read_frames(nvdec_clips[container], F, backend="dali")
+        assert frames.shape == (F, 160, 160, 3) and frames.dtype == np.uint8
         assert _indices(frames) == list(np.linspace(0, N - 1, F, dtype=int))
+    idx = [39, 0, 17, 17, 5, 38, 16, 15, 33, 1]
+    assert _indices(read_frames_at(nvdec_clips[container], idx, backend="dali")) == idx
 
 
 @pytest.mark.parametrize("container", ["mp4", "webm", "avi", "mkv"])
