@@ -258,29 +258,43 @@ def main(argv=None):
         wr = csv.DictWriter(f, fieldnames=fields)
         if new:
             wr.writeheader()
-        # Target shape first (largest V, trainable, largest N): a time budget cuts the small ones.
-        for v in sorted(vs, reverse=True):
-            for head in heads:
-                for n in sorted(ns, reverse=True):
-                    plist = list(providers)
-                    if lc and dev == "cuda" and "liger" in plist and [str(n), str(v), head] == lc:
-                        plist.append("liger-compiled")
-                    for p in plist:
-                        row = dict(when=stamp, what="dpo_fwd_bwd", device=device_name,
-                                   versions=vers, provider=p, N=n, H=hdim, V=v, head=head)
-                        if a.time_budget_s and time.perf_counter() - t_start > a.time_budget_s:
-                            row.update(status="SKIPPED (time budget)")
-                        else:
-                            row.update(run_one(dev, p, n, hdim, v, head, a))
-                        rows.append(row)
-                        wr.writerow({k: row.get(k, "") for k in fields})
-                        f.flush()
-                        print(fmt_row(row), flush=True)
+        for v, head, n in run_order(vs, heads, ns):
+            plist = list(providers)
+            if lc and dev == "cuda" and "liger" in plist and [str(n), str(v), head] == lc:
+                plist.append("liger-compiled")
+            for p in plist:
+                row = dict(when=stamp, what="dpo_fwd_bwd", device=device_name,
+                           versions=vers, provider=p, N=n, H=hdim, V=v, head=head)
+                if a.time_budget_s and time.perf_counter() - t_start > a.time_budget_s:
+                    row.update(status="SKIPPED (time budget)")
+                else:
+                    row.update(run_one(dev, p, n, hdim, v, head, a))
+                rows.append(row)
+                wr.writerow({k: row.get(k, "") for k in fields})
+                f.flush()
+                print(fmt_row(row), flush=True)
     print(f"\n{len(rows)} rows appended to {csv_path}\n")
     print_table(rows)
     if a.profile and dev == "cuda":
         profile(a.profile.split(","), max(ns), hdim, max(vs))
     return 0
+
+
+def run_order(vs, heads, ns):
+    """(V, head, N) in the order they run, so that a time budget cuts what matters least.
+
+    1. the target shape: largest V, first head, largest N;
+    2. every smaller V in full (largest N first): V = 32000 rows are ~5x cheaper than
+       V = 152064 ones and had never been measured on a GPU (the first H200 run spent its
+       whole budget on V = 152064 and skipped them all);
+    3. the rest of the largest V (other heads, smaller N).
+    """
+    vmax, vs_desc, ns_desc = max(vs), sorted(set(vs), reverse=True), sorted(set(ns), reverse=True)
+    first = (vmax, heads[0], ns_desc[0])
+    order = [first]
+    order += [(v, h, n) for v in vs_desc if v != vmax for h in heads for n in ns_desc]
+    order += [(vmax, h, n) for h in heads for n in ns_desc if (vmax, h, n) != first]
+    return order
 
 
 def run_one(dev, p, n, hdim, v, head, a):
