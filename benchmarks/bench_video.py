@@ -15,6 +15,33 @@ files, decoder threads = library default. Pool: `ClipLoader` with --workers proc
 decoder thread each) over --pool-clips clips. Prints a table and appends CSV rows to
 benchmarks/results/cpu-video-<date>.csv (what, shape, provider, device, versions, median,
 spread, peak memory).
+
+GPU section (--section gpu or all; issue 4's target: 720p H.264, 16 frames, DALI clips/s >= 2x
+decord with 16 CPU worker processes):
+
+    python benchmarks/bench_video.py --section gpu                 # on the GPU machine
+    python benchmarks/bench_video.py --section gpu --gpu-on-cpu ... # its code on the CPU (VP9)
+
+--gpu-clips distinct --gpu-size x --gpu-seconds clips (written in parallel, reused from
+--clip-dir), --gpu-pool-clips records cycling through them, for each F of --gpu-frames (the
+first one, 16, for every provider before the next F) and provider:
+  dali-loader   DaliClipLoader(device="gpu"): NVDEC decode + resize to --image-size + normalize,
+                float32 [B, F, 3, S, S] on the GPU (what training gets); batch --dali-batch,
+                --dali-threads pipeline threads (the mixed decoder's threads: one clip each)
+  decord+Nw     ClipLoader(backend="decord", num_workers=--gpu-workers): uint8 [F, H, W, 3]
+                full-resolution frames in the main process (decode only: no resize, no copy to
+                the GPU, so the ratio to dali-loader is conservative for DALI)
+  pyav+Nw       the same with PyAV
+  dali-decode   a bare fn.decoders.video(device="mixed") pipeline: uint8 frames on the GPU,
+                same batch and threads (NVDEC's ceiling without our loader around it)
+  dali          read_frames(backend="dali"): one clip per run, frames copied to the host
+Loaders are timed from their first batch/clip to the last (start-up and pipeline build
+reported apart), --gpu-repeats passes: median and min-max of seconds per clip. The first
+output of every provider is checked: exact indices from the index pattern (uint8 providers),
+or closeness to preprocess_frames of the same clip's DALI frames (dali-loader, whose centre
+crop cuts the pattern). A --time-budget-s bounds the section (rows left over are written as
+SKIPPED). Rows go to benchmarks/results/gpu-video-<stamp>.csv (or --gpu-csv) with the GPU's
+name and the versions. Without CUDA (or DALI) the section prints why it is skipped.
 """
 from __future__ import annotations
 
@@ -137,21 +164,388 @@ def bench_pool(paths, n, backend, F, workers, clips):
     return (t2 - t1) / (clips - 1), t1 - t0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="224p,480p,720p")
-    ap.add_argument("--durations", default="10,60", help="clip lengths in seconds")
-    ap.add_argument("--frames", default="8,16,32")
-    ap.add_argument("--backends", default=",".join(V.available_backends()))
-    ap.add_argument("--codec", choices=sorted(CODECS), default="h264")
-    ap.add_argument("--clips-per-config", type=int, default=2, help="distinct clip files")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--pool-clips", type=int, default=40)
-    ap.add_argument("--clip-dir", default=os.environ.get("ISRT_BENCH_CLIPS", "/tmp/isrt-bench-video"))
-    ap.add_argument("--csv", default=None, help="default: benchmarks/results/cpu-video-<date>.csv")
-    a = ap.parse_args(argv)
+# ---------------------------------------------------------------------------------------------
+# GPU section: DALI (NVDEC) against decord / PyAV worker pools.
 
+GPU_PROVIDERS = ("dali-loader", "decord", "pyav", "dali-decode", "dali")
+GPU_FIELDS = ["timestamp", "what", "shape", "frames", "provider", "workers", "batch", "threads",
+              "device", "versions", "median_ms", "spread_ms", "clips_per_s", "frames_per_s",
+              "startup_ms", "peak_rss_mb", "status", "check"]
+
+
+def gpu_unavailable(on_cpu: bool) -> str | None:
+    """Why the GPU section cannot run here (None: it can)."""
+    if not V._dali_available():
+        return ("nvidia-dali is not importable (on the GPU machine: install the parts made by "
+                "benchmarks/prepare_gpu_wheels.sh, see benchmarks/gpu_check.sh)")
+    if on_cpu:
+        return None
+    import torch
+    if not torch.cuda.is_available():
+        return ("no CUDA device (torch.cuda.is_available() is False); --gpu-on-cpu runs this "
+                "section's code on the CPU with VP9 clips as a smoke test")
+    return None
+
+
+def _write_clip_job(args):
+    path, w, h, secs, seed, codec = args
+    write_clip(Path(path), w, h, secs, seed, codec)
+    return path
+
+
+def prepare_clips(clip_dir: Path, size: str, secs: int, count: int, codec: str, workers: int):
+    """`count` distinct clips (seeds 0..count-1), written in parallel when missing."""
+    from concurrent.futures import ProcessPoolExecutor
+    w, h = SIZES[size]
+    ext = CODECS[codec][1]
+    jobs = [(str(clip_dir / f"{size}_{secs}s_{k}.{ext}"), w, h, secs, k, codec) for k in range(count)]
+    todo = [j for j in jobs if not Path(j[0]).exists()]
+    t0 = time.perf_counter()
+    if len(todo) > 1 and workers > 1:
+        with ProcessPoolExecutor(min(workers, len(todo))) as ex:
+            list(ex.map(_write_clip_job, todo))
+    else:
+        for j in todo:
+            _write_clip_job(j)
+    if todo:
+        print(f"(wrote {len(todo)} {codec} {size} {secs}s clips in {time.perf_counter() - t0:.1f} s)",
+              flush=True)
+    return [Path(j[0]) for j in jobs]
+
+
+def pool_manifest(paths, clips: int):
+    """`clips` records "c0", "c1", ... cycling through `paths`, and their manifest (one probe per
+    file: n, codec and size, as a real manifest would hold them)."""
+    from isrt.engine.manifest import ManifestEntry, VideoManifest
+    infos = {p: V.probe(p) for p in paths}
+    recs, entries = [], {}
+    for i in range(clips):
+        p = paths[i % len(paths)]
+        info = infos[p]
+        recs.append({"id": f"c{i}", "video": f"c{i}"})
+        entries[f"c{i}"] = ManifestEntry(f"c{i}", str(Path(p).resolve()), num_frames=info.num_frames,
+                                         fps=info.fps, codec=info.codec, width=info.width,
+                                         height=info.height, container=info.container)
+    return recs, VideoManifest(None, entries), infos
+
+
+def index_error(frames: np.ndarray, n: int, F: int) -> str | None:
+    """None when `frames` are exactly frame_indices(n, F), else what is wrong."""
+    try:
+        got = [syn.decode_frame_index(f) for f in frames]
+    except ValueError as e:
+        return f"unreadable index pattern: {e}"
+    want = [int(i) for i in V.frame_indices(n, F)]
+    return None if got == want else f"WRONG FRAMES: got {got}, want {want}"
+
+
+def _sync(dev: str) -> None:
+    if dev == "gpu":
+        import torch
+        torch.cuda.synchronize()  # the whole device: DALI's streams too
+
+
+def time_clip_loader(recs, man, backend, F, workers, repeats):
+    """(seconds per clip per pass, start-up seconds per pass, check): ClipLoader steady state."""
+    per, startup, check = [], [], "ok"
+    for r in range(repeats):
+        loader = V.ClipLoader(recs, F, manifest=man, backend=backend, num_workers=workers,
+                              prefetch_factor=4)
+        t0 = time.perf_counter()
+        got, t1 = 0, None
+        for clip in loader:
+            got += 1
+            if got == 1:
+                t1 = time.perf_counter()
+                if r == 0:
+                    check = index_error(clip.frames.numpy(), clip.num_video_frames, F) or "ok"
+        t2 = time.perf_counter()
+        if got != len(recs):
+            raise RuntimeError(f"decoded {got} of {len(recs)} clips: {loader.stats.errors[:2]}")
+        per.append((t2 - t1) / (got - 1))
+        startup.append(t1 - t0)
+    return per, startup, check
+
+
+def time_dali_loader(recs, man, F, dev, batch, threads, image_size, repeats):
+    """DaliClipLoader: seconds per clip after the first batch, per pass; check of the first clip
+    against preprocess_frames of read_frames(backend="dali") (same decoder, same frames)."""
+    import torch
+    from isrt.engine.dali_loader import DaliClipLoader
+    from isrt.engine.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
+    per, startup, check = [], [], "ok"
+    for r in range(repeats):
+        loader = DaliClipLoader(recs, F, image_size=image_size, mean=CLIP_MEAN, std=CLIP_STD,
+                                batch_size=batch, manifest=man, device=dev,
+                                device_id=0 if dev == "gpu" else None, num_threads=threads,
+                                fallback=None)
+        t0 = time.perf_counter()
+        got, first, t1 = 0, 0, None
+        for b in loader:
+            got += len(b)
+            if t1 is None:
+                _sync(dev)
+                t1, first = time.perf_counter(), len(b)
+                if r == 0:
+                    clip = next(b.clips())
+                    ref = preprocess_frames(V.read_frames(man.full_path(clip.video), F, backend="dali"),
+                                            image_size, CLIP_MEAN, CLIP_STD, device=b.pixels.device)
+                    d = (clip.pixels - ref).abs() * torch.tensor(CLIP_STD, device=ref.device).view(1, 3, 1, 1) * 255
+                    inner = d[..., :-1, :-1]
+                    check = (f"vs dali frames + preprocess: max {inner.max().item():.2f} "
+                             f"mean {d.mean().item():.3f} (0..255)")
+                    if inner.max().item() > 8:
+                        check = "SUSPECT " + check
+        _sync(dev)
+        t2 = time.perf_counter()
+        if got != len(recs):
+            raise RuntimeError(f"decoded {got} of {len(recs)} clips: {loader.stats.errors[:2]}")
+        per.append((t2 - t1) / max(1, got - first))
+        startup.append(t1 - t0)
+    return per, startup, check
+
+
+def time_dali_decode(recs, man, F, dev, batch, threads, repeats):
+    """A bare fn.decoders.video pipeline (uint8 FHWC frames left on the device): seconds per clip
+    after the first batch, per pass. Encoded files are read once, up front."""
+    import nvidia.dali as dali
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    data = {}
+    for r in recs:
+        p = str(man.full_path(r["video"]))
+        if p not in data:
+            data[p] = np.fromfile(p, dtype=np.uint8)
+    items = [(data[str(man.full_path(r["video"]))],
+              V.frame_indices(man[r["video"]].num_frames, F).astype(np.int32)) for r in recs]
+    per, startup, check = [], [], "ok"
+    gpu = dev == "gpu"
+    for rep in range(repeats):
+        chunks = [items[k:k + batch] for k in range(0, len(items), batch)]
+        it = iter(chunks)
+
+        def source():
+            c = next(it)  # StopIteration ends the pass
+            return [e for e, _ in c], [f for _, f in c]
+
+        @dali.pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if gpu else None,
+                           prefetch_queue_depth=2, exec_dynamic=True)
+        def pipe():
+            enc, frames = fn.external_source(source=source, num_outputs=2, batch=True,
+                                             dtype=[types.UINT8, types.INT32])
+            extra = {"affine": False} if gpu else {}
+            return fn.decoders.video(enc, frames=frames, device="mixed" if gpu else "cpu",
+                                     pad_mode="none", **extra)
+
+        t0 = time.perf_counter()
+        p = pipe()
+        p.build()
+        got, first, t1 = 0, 0, None
+        while True:
+            try:
+                (out,) = p.run()
+            except StopIteration:
+                break
+            got += len(out)
+            if t1 is None:
+                _sync(dev)
+                t1, first = time.perf_counter(), len(out)
+                if rep == 0:
+                    o = out.as_cpu() if gpu else out
+                    check = index_error(np.array(o[0]), man[recs[0]["video"]].num_frames, F) or "ok"
+            del out
+        _sync(dev)
+        t2 = time.perf_counter()
+        del p
+        if got != len(recs):
+            raise RuntimeError(f"decoded {got} of {len(recs)} clips")
+        per.append((t2 - t1) / max(1, got - first))
+        startup.append(t1 - t0)
+    return per, startup, check
+
+
+def time_read_frames_dali(paths, n, F, repeats):
+    """read_frames(backend="dali"), one clip per call: seconds per call."""
+    check = index_error(V.read_frames(paths[0], F, backend="dali", frame_count=n), n, F) or "ok"
+    times = []
+    for _ in range(repeats):
+        for p in paths:
+            t0 = time.perf_counter()
+            V.read_frames(p, F, backend="dali", frame_count=n)
+            times.append(time.perf_counter() - t0)
+    return times, [], check
+
+
+def gpu_versions() -> str:
+    import torch
+    v = [versions(), f"torch={torch.__version__}"]
+    if torch.cuda.is_available():
+        v.append(f"cuda={torch.version.cuda}")
+    return " ".join(v)
+
+
+def gpu_device_name(dev: str) -> str:
+    import torch
+    cores = os.cpu_count()
+    if dev == "gpu":
+        return f"{torch.cuda.get_device_name(0)} + {cores} CPU cores"
+    return f"cpu ({cores} cores; --gpu-on-cpu smoke run, DALI CPU decoder)"
+
+
+def gpu_section(a) -> int:
+    """Run the GPU section; returns the number of rows written (0 when skipped)."""
+    why = gpu_unavailable(a.gpu_on_cpu)
+    if why:
+        print(f"\nGPU section skipped: {why}", flush=True)
+        return 0
+    dev = "cpu" if a.gpu_on_cpu else "gpu"
+    codec = a.gpu_codec or ("vp9" if dev == "cpu" else "h264")
+    t_start = time.perf_counter()
+    stamp = dt.datetime.now()
+    csv_path = Path(a.gpu_csv) if a.gpu_csv else RESULTS / f"gpu-video-{stamp:%Y%m%d-%H%M%S}.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    clip_dir = Path(a.clip_dir)
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    workers = a.gpu_workers
+    paths = prepare_clips(clip_dir, a.gpu_size, a.gpu_seconds, a.gpu_clips, codec, os.cpu_count() or 1)
+    recs, man, infos = pool_manifest(paths, a.gpu_pool_clips)
+    counts = {i.num_frames for i in infos.values()}
+    if len(counts) != 1:
+        raise SystemExit(f"clips differ in frame count: {sorted(counts)}")
+    n = counts.pop()
+    info = next(iter(infos.values()))
+    shape = f"{info.codec} {a.gpu_size} {info.width}x{info.height} {a.gpu_seconds}s n={n}"
+    device, ver = gpu_device_name(dev), gpu_versions()
+    providers = [p.strip() for p in a.gpu_providers.split(",") if p.strip()]
+    unknown = set(providers) - set(GPU_PROVIDERS)
+    if unknown:
+        raise SystemExit(f"unknown --gpu-providers {sorted(unknown)}; known: {', '.join(GPU_PROVIDERS)}")
+    print(f"\n== GPU section: {shape}, {len(recs)} records over {len(paths)} files, device {device}"
+          f"\n   {ver}\n   CSV: {csv_path}", flush=True)
+    head = (f"{'F':>4}  {'provider':<16}{'ms/clip':>9}{'min-max':>17}{'clips/s':>9}{'frames/s':>10}"
+            f"{'start ms':>9}  check")
+    print(head + "\n" + "-" * len(head), flush=True)
+    rows = []
+    with open(csv_path, "a", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=GPU_FIELDS)
+        if f.tell() == 0:
+            wr.writeheader()
+        for F in (int(x) for x in a.gpu_frames.split(",")):
+            for prov in providers:
+                name = {"decord": f"decord+{workers}w", "pyav": f"pyav+{workers}w"}.get(prov, prov)
+                row = dict(timestamp=stamp.isoformat(timespec="seconds"), shape=shape, frames=F,
+                           provider=name, workers=workers if prov in ("decord", "pyav") else 0,
+                           batch=a.dali_batch if prov in ("dali-loader", "dali-decode") else 1,
+                           threads=a.dali_threads if prov in ("dali-loader", "dali-decode") else "",
+                           device=device, versions=ver)
+                row["what"] = {"dali-loader": f"DaliClipLoader S={a.image_size} steady state",
+                               "dali-decode": "fn.decoders.video steady state",
+                               "dali": "read_frames per clip"}.get(prov, "ClipLoader steady state")
+                if a.time_budget_s and time.perf_counter() - t_start > a.time_budget_s:
+                    row["status"] = "SKIPPED (time budget)"
+                elif prov == "decord" and not V._decord_available():
+                    row["status"] = "n/a (decord not installed)"
+                else:
+                    try:
+                        if prov in ("decord", "pyav"):
+                            per, st, check = time_clip_loader(recs, man, prov, F, workers, a.gpu_repeats)
+                        elif prov == "dali-loader":
+                            per, st, check = time_dali_loader(recs, man, F, dev, a.dali_batch, a.dali_threads,
+                                                              a.image_size, a.gpu_repeats)
+                        elif prov == "dali-decode":
+                            per, st, check = time_dali_decode(recs, man, F, dev, a.dali_batch,
+                                                              a.dali_threads, a.gpu_repeats)
+                        else:
+                            per, st, check = time_read_frames_dali(paths, n, F, max(1, a.gpu_repeats - 1))
+                        med = statistics.median(per)
+                        row.update(median_ms=round(med * 1e3, 3),
+                                   spread_ms=f"{min(per) * 1e3:.3f}-{max(per) * 1e3:.3f}",
+                                   clips_per_s=round(1 / med, 2), frames_per_s=round(F / med, 1),
+                                   startup_ms=round(statistics.median(st) * 1e3) if st else "",
+                                   status="ok", check=check)
+                    except Exception as e:  # noqa: BLE001 - a failed provider is a result too
+                        row.update(status=f"ERR {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+                row["peak_rss_mb"] = round(peak_rss_mb() + peak_rss_mb(True), 1)
+                rows.append(row)
+                wr.writerow(row)
+                f.flush()
+                if row["status"] == "ok":
+                    print(f"{F:>4}  {name:<16}{row['median_ms']:>9.2f}{row['spread_ms']:>17}"
+                          f"{row['clips_per_s']:>9.1f}{row['frames_per_s']:>10.0f}{row['startup_ms']!s:>9}"
+                          f"  {row['check']}", flush=True)
+                else:
+                    print(f"{F:>4}  {name:<16}  {row['status']}", flush=True)
+    print(f"\n{len(rows)} rows appended to {csv_path} ({time.perf_counter() - t_start:.0f} s)")
+    print(gpu_summary(rows))
+    return len(rows)
+
+
+def gpu_summary(rows) -> str:
+    """DALI vs decord/PyAV pools per F: the issue's target line."""
+    out = []
+    by = {(r["frames"], r["provider"].split("+")[0]): r for r in rows if r.get("status") == "ok"}
+    for F in sorted({r["frames"] for r in rows}):
+        dali = by.get((F, "dali-loader"))
+        for cpu in ("decord", "pyav"):
+            c = by.get((F, cpu))
+            if dali and c:
+                ratio = dali["clips_per_s"] / c["clips_per_s"]
+                tgt = "  (target >= 2x: " + ("met)" if ratio >= 2 else "NOT met)") if cpu == "decord" else ""
+                out.append(f"F={F}: dali-loader {dali['clips_per_s']:.1f} clips/s vs {c['provider']} "
+                           f"{c['clips_per_s']:.1f} clips/s = {ratio:.2f}x{tgt}")
+    return "\n".join(out) or "(no DALI / CPU pair measured)"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--section", choices=["cpu", "gpu", "all"], default="cpu",
+                    help="cpu: the single-process / worker-pool table (default); gpu: DALI (NVDEC) "
+                         "vs decord/PyAV pools; all: both")
+    cpu = ap.add_argument_group("CPU section")
+    cpu.add_argument("--sizes", default="224p,480p,720p")
+    cpu.add_argument("--durations", default="10,60", help="clip lengths in seconds")
+    cpu.add_argument("--frames", default="8,16,32")
+    cpu.add_argument("--backends", default=",".join(V.available_backends()))
+    cpu.add_argument("--codec", choices=sorted(CODECS), default="h264")
+    cpu.add_argument("--clips-per-config", type=int, default=2, help="distinct clip files")
+    cpu.add_argument("--repeats", type=int, default=5)
+    cpu.add_argument("--workers", type=int, default=2)
+    cpu.add_argument("--pool-clips", type=int, default=40)
+    cpu.add_argument("--csv", default=None, help="default: benchmarks/results/cpu-video-<date>.csv")
+    ap.add_argument("--clip-dir", default=os.environ.get("ISRT_BENCH_CLIPS", "/tmp/isrt-bench-video"))
+    gpu = ap.add_argument_group("GPU section")
+    gpu.add_argument("--gpu-size", choices=sorted(SIZES), default="720p")
+    gpu.add_argument("--gpu-seconds", type=int, default=10, help="clip length")
+    gpu.add_argument("--gpu-codec", choices=sorted(CODECS), default=None,
+                     help="default h264 (vp9 with --gpu-on-cpu: DALI's CPU decoder reads no H.264)")
+    gpu.add_argument("--gpu-frames", default="16,8,32", help="F values, in run order")
+    gpu.add_argument("--gpu-providers", default=",".join(GPU_PROVIDERS),
+                     help="in run order, per F: " + ", ".join(GPU_PROVIDERS))
+    gpu.add_argument("--gpu-clips", type=int, default=8, help="distinct clip files")
+    gpu.add_argument("--gpu-pool-clips", type=int, default=128, help="records per loader pass")
+    gpu.add_argument("--gpu-repeats", type=int, default=3, help="loader passes per row")
+    gpu.add_argument("--gpu-workers", type=int, default=16, help="ClipLoader worker processes")
+    gpu.add_argument("--dali-batch", type=int, default=16)
+    gpu.add_argument("--dali-threads", type=int, default=8,
+                     help="DALI pipeline threads (the mixed decoder decodes one clip per thread)")
+    gpu.add_argument("--image-size", type=int, default=224, help="DaliClipLoader's S")
+    gpu.add_argument("--time-budget-s", type=float, default=0,
+                     help="GPU section: rows started after this many seconds are SKIPPED (0: none)")
+    gpu.add_argument("--gpu-csv", default=None, help="default: benchmarks/results/gpu-video-<stamp>.csv")
+    gpu.add_argument("--gpu-on-cpu", action="store_true",
+                     help="run the GPU section's code on the CPU (DALI CPU decoder, VP9): a smoke "
+                          "test of this script, not a measurement")
+    a = ap.parse_args(argv)
+    for name in ("gpu_clips", "gpu_pool_clips", "gpu_repeats", "dali_batch", "dali_threads", "image_size"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.gpu_pool_clips < 2:
+        ap.error("--gpu-pool-clips must be >= 2 (the first clip/batch is not timed)")
+    return a
+
+
+def cpu_section(a) -> int:
+    """The single-process and worker-pool table; returns the number of rows written."""
     clip_dir = Path(a.clip_dir)
     clip_dir.mkdir(parents=True, exist_ok=True)
     device = f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
@@ -203,6 +597,9 @@ def main(argv=None) -> int:
                         r = rows[-1]
                         print(f"{'':<12}{'':>4}  {r['provider']:<16}{r['median_ms']:>10.2f}{'(wall/clip)':>16}"
                               f"{r['clips_per_s']:>9.1f}{r['frames_per_s']:>10.0f}{r['peak_rss_mb']:>9.0f}")
+    if not rows:
+        print("\nno rows (no backend could read these clips)")
+        return 0
     stamp = dt.datetime.now().isoformat(timespec="seconds")
     with open(csv_path, "a", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=["timestamp", *rows[0].keys()])
@@ -211,6 +608,15 @@ def main(argv=None) -> int:
         for r in rows:
             wr.writerow({"timestamp": stamp, **r})
     print(f"\n{len(rows)} rows appended to {csv_path}")
+    return len(rows)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.section in ("cpu", "all"):
+        cpu_section(a)
+    if a.section in ("gpu", "all"):
+        gpu_section(a)
     return 0
 
 

@@ -522,3 +522,62 @@ def test_torchcodec_only_in_auto_when_it_imports(clips, monkeypatch):
     monkeypatch.setattr(V, "_torchcodec_ok", True)
     names = V.available_backends()
     assert "torchcodec" in names and names.index("torchcodec") > names.index("pyav")
+
+
+# --- benchmarks/bench_video.py: the CLI, the CPU section and the GPU section's code -----------
+
+def _bench_video():
+    import importlib.util
+    import sys
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_video.py"
+    spec = importlib.util.spec_from_file_location("bench_video", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_video"] = mod  # its clip writers are pickled by module name into workers
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_video_cpu_rows_and_gpu_section_skips_without_cuda(tmp_path, capsys):
+    """A tiny CPU run writes checked rows; without CUDA the GPU section says why and writes none."""
+    import csv
+    bench = _bench_video()
+    assert bench.parse_args([]).section == "cpu"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--section", "gpu", "--gpu-pool-clips", "1"])
+    rc = bench.main(["--section", "all", "--sizes", "224p", "--durations", "1", "--frames", "4",
+                     "--backends", "pyav", "--repeats", "1", "--workers", "0", "--clips-per-config", "1",
+                     "--clip-dir", str(tmp_path / "clips"), "--csv", str(tmp_path / "cpu.csv"),
+                     "--gpu-csv", str(tmp_path / "gpu.csv")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "cpu.csv")))
+    assert [(r["provider"], r["frames"]) for r in rows] == [("pyav", "4")]
+    if torch.cuda.is_available() and V._dali_available():
+        assert "GPU section skipped" not in out
+    else:
+        assert "GPU section skipped: " in out and not (tmp_path / "gpu.csv").exists()
+
+
+@pytest.mark.skipif(not V._dali_available(), reason="nvidia-dali not installed")
+def test_bench_video_gpu_section_code_on_the_cpu(tmp_path, capsys):
+    """--gpu-on-cpu runs every GPU-section provider (DALI's CPU decoder, VP9 clips, 2 workers):
+    rows ok, frames checked, the time budget skips what is left, the summary line is there."""
+    import csv
+    bench = _bench_video()
+    args = ["--section", "gpu", "--gpu-on-cpu", "--gpu-size", "224p", "--gpu-seconds", "1",
+            "--gpu-clips", "2", "--gpu-pool-clips", "4", "--gpu-repeats", "1", "--gpu-workers", "2",
+            "--dali-batch", "2", "--dali-threads", "1", "--image-size", "64",
+            "--clip-dir", str(tmp_path / "clips"), "--gpu-csv", str(tmp_path / "gpu.csv")]
+    assert bench.main(args + ["--gpu-frames", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "gpu.csv")))
+    assert [r["provider"] for r in rows] == ["dali-loader", "decord+2w", "pyav+2w", "dali-decode", "dali"]
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert all(r["check"] == "ok" for r in rows[1:]) and rows[0]["check"].startswith("vs dali frames")
+    assert all("cpu (" in r["device"] and "dali=" in r["versions"] for r in rows)
+    assert "F=4: dali-loader" in out and "vs decord+2w" in out
+    assert bench.main(args + ["--gpu-frames", "8", "--gpu-providers", "pyav,dali", "--time-budget-s", "1e-9"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "gpu.csv")))[5:]
+    assert [(r["provider"], r["status"]) for r in rows] == [("pyav+2w", "SKIPPED (time budget)"),
+                                                            ("dali", "SKIPPED (time budget)")]
