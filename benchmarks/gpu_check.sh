@@ -1,66 +1,226 @@
 #!/usr/bin/env bash
-# GPU check of isrt.kernels in one go (about 6 minutes on an H100): the GPU tests, then the kernel
-# benchmark at full sizes. Run from anywhere:  bash benchmarks/gpu_check.sh
-# Knobs (environment): T_TESTS / T_BENCH (seconds), OTHER_TESTS=0 (skip tests outside
-# tests/kernels), PYTEST_K (a -k filter), BENCH_ARGS (extra bench_kernels.py arguments).
-# Needs no network. Optional wheels in .whl/ (liger-kernel) are installed to /tmp/site.
-# CSV rows go to benchmarks/results/ and, when $OUT is set, are copied there with the logs.
+# GPU checks in one go, by section; run from anywhere:  bash benchmarks/gpu_check.sh
+#
+#   SECTIONS (comma list, run in the order given; default "kernels,video"):
+#     probe    the device, driver, NVDEC library, torch; seconds, installs nothing
+#     video    DALI/NVDEC: joins the parts made by benchmarks/prepare_gpu_wheels.sh (from
+#              /tmp/gpu_parts and .gpu_parts/p*) into /tmp/site, runs the DALI tests of
+#              tests/engine/test_video.py and test_dali_loader.py (the `gpu` ones included), then
+#              the GPU section of benchmarks/bench_video.py (720p H.264: DALI vs decord / PyAV
+#              with 16 worker processes) under a time budget; ~3-4 minutes on a warm H100
+#     kernels  isrt.kernels: GPU tests, then the kernel benchmark at full sizes (~6 minutes)
+#
+# Knobs (environment): T_TESTS / T_BENCH (kernel tests / benchmark seconds), OTHER_TESTS=0 (skip
+# gpu tests outside tests/kernels in the kernel section), PYTEST_K (a -k filter for the kernel
+# tests), BENCH_ARGS (extra bench_kernels.py arguments), T_VIDEO_TESTS / T_VIDEO_BENCH (video
+# tests / benchmark seconds), VIDEO_BENCH_ARGS (extra bench_video.py arguments).
+# Needs no network. Wheels in .whl/ (if any) are also installed to /tmp/site. CSV rows go to
+# benchmarks/results/ and, when $OUT is set, are copied there with the logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STAMP=$(date +%Y%m%d-%H%M%S)
 LOGDIR=${OUT:-/tmp}
-T_TESTS=${T_TESTS:-200}      # GPU tests: ~150 s on a bare H200, mostly Triton compilation + autotuning
-T_BENCH=${T_BENCH:-150}      # seconds of benchmark measurements (the rest is skipped, recorded)
+SECTIONS=${SECTIONS:-kernels,video}
+T_TESTS=${T_TESTS:-200}      # kernel GPU tests: ~150 s on a bare H200, mostly Triton compilation
+T_BENCH=${T_BENCH:-150}      # seconds of kernel benchmark measurements (the rest is skipped, recorded)
+T_VIDEO_TESTS=${T_VIDEO_TESTS:-240}
+T_VIDEO_BENCH=${T_VIDEO_BENCH:-150}
+PARTS_NAME=isrt-gpu-site
+SITE=${GPU_SITE:-/tmp/site}     # where the parts are unpacked (first on PYTHONPATH)
+SUMMARY=()
+note() { SUMMARY+=("$1"); }
+t_start=$(date +%s)
 
-echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
-python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0))"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  echo "== installing carried wheels: $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')"
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
+# ---------------------------------------------------------------------------------------------
+# Setup shared by the sections.
 
-# isrt.kernels without installing: setup.py's folder mapping rebuilt as a tree of links.
-if ! python3 -P -c "import isrt.kernels" 2> /dev/null; then
-  NS=/tmp/isrt_ns
-  rm -rf "$NS" && mkdir -p "$NS/isrt"
-  for f in "$ROOT"/isrt/*; do ln -s "$f" "$NS/isrt/"; done
-  ln -s "$ROOT/engine" "$NS/isrt/engine"
-  ln -s "$ROOT/kernels" "$NS/isrt/kernels"
-  export PYTHONPATH=$NS:${PYTHONPATH:-}
-fi
-python3 -P -c "import isrt.kernels as k; print('isrt.kernels from', k.__file__)" || exit 1
+probe() {
+  echo "== device"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
+  echo "cpus: $(nproc)  python: $(python3 --version 2>&1)  disk free /tmp: $(df -h /tmp | awk 'NR==2 {print $4}')"
+  local cuvid
+  cuvid=$( (ldconfig -p 2>/dev/null | grep -o '/[^ ]*libnvcuvid\.so[.0-9]*'; \
+            ls /usr/local/nvidia/lib64/libnvcuvid.so* /usr/lib/x86_64-linux-gnu/libnvcuvid.so* 2>/dev/null) \
+          | sort -u | tr '\n' ' ')
+  if [ -n "$cuvid" ]; then
+    echo "NVDEC library: $cuvid"
+  else
+    echo "NVDEC library: libnvcuvid.so NOT FOUND: DALI's mixed decoder (NVDEC) cannot run here"
+  fi
+  python3 -c "import torch; print('torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0))"
+  if [ -d /tmp/gpu_parts ]; then echo "parts in /tmp/gpu_parts: $(ls /tmp/gpu_parts | grep -c 'part[0-9]*$')"; fi
+}
 
-echo "== GPU tests: tests/kernels"
-timeout "$T_TESTS" python3 -P -m pytest -q -m gpu tests/kernels -p no:cacheprovider -rA \
-  ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 \
-  | tee "$LOGDIR/gpu_tests_kernels.log" | grep -v "^PASSED" | tail -60
-if [ "${OTHER_TESTS:-1}" = "1" ]; then
-echo "== GPU tests: everything else marked gpu"
-timeout 120 python3 -P -m pytest -q -m gpu tests --ignore=tests/kernels -p no:cacheprovider 2>&1 \
-  | tee "$LOGDIR/gpu_tests_other.log" | tail -15
-fi
+install_whl_dir() {  # .whl/*.whl (small extras, e.g. liger-kernel), as before
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    echo "== installing carried wheels: $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')"
+    python3 -m pip install -q --no-index --no-deps --upgrade --target "$SITE" .whl/*.whl 2>&1 \
+      | grep -v "WARNING: Target directory" || true
+  fi
+}
 
-echo "== benchmark (time budget ${T_BENCH}s)"
-mkdir -p benchmarks/results
-CSV=benchmarks/results/gpu-$STAMP.csv
-timeout $((T_BENCH + 150)) python3 -P benchmarks/bench_kernels.py --csv "$CSV" \
-  --time-budget-s "$T_BENCH" --rep-ms 200 --profile ours ${BENCH_ARGS:-} 2>&1 \
-  | tee "$LOGDIR/bench.log" | tail -80
+install_parts() {  # join + verify + unpack the prepare_gpu_wheels.sh archive into $SITE (once)
+  local dir=/tmp/gpu_parts n sha k missing=""
+  mkdir -p "$dir"
+  for d in .gpu_parts/p*; do [ -d "$d" ] && cp -f "$d"/* "$dir"/ 2>/dev/null; done
+  if [ ! -f "$dir/$PARTS_NAME.sha256" ]; then
+    echo "no parts (.gpu_parts/p* or /tmp/gpu_parts): run benchmarks/prepare_gpu_wheels.sh and carry them"
+    return 1
+  fi
+  sha=$(head -1 "$dir/$PARTS_NAME.sha256" | cut -d' ' -f1)
+  if [ -f "$SITE/.$PARTS_NAME-$sha" ]; then
+    echo "== $SITE already holds archive ${sha:0:12}"
+    return 0
+  fi
+  n=$(cat "$dir/$PARTS_NAME.parts")
+  for k in $(seq 1 "$n"); do [ -f "$dir/$PARTS_NAME.tar.xz.part$k" ] || missing="$missing $k"; done
+  if [ -n "$missing" ]; then
+    echo "MISSING parts:$missing of $n (the machine went cold between calls? resend them)"
+    return 1
+  fi
+  local t0=$(date +%s)
+  (cd "$dir" && sha256sum --quiet -c "$PARTS_NAME.sha256" --ignore-missing) || { echo "part checksum mismatch"; return 1; }
+  for k in $(seq 1 "$n"); do cat "$dir/$PARTS_NAME.tar.xz.part$k"; done > /tmp/$PARTS_NAME.tar.xz
+  echo "$sha  /tmp/$PARTS_NAME.tar.xz" | sha256sum --quiet -c || { echo "joined archive checksum mismatch"; return 1; }
+  mkdir -p "$SITE"
+  if command -v xz > /dev/null; then
+    xz -dc -T0 /tmp/$PARTS_NAME.tar.xz | tar -x -C "$SITE" || return 1
+  else
+    python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+      /tmp/$PARTS_NAME.tar.xz "$SITE" || return 1
+  fi
+  rm -f /tmp/$PARTS_NAME.tar.xz
+  touch "$SITE/.$PARTS_NAME-$sha"
+  echo "== joined $n parts (sha256 ok) and unpacked to $SITE in $(( $(date +%s) - t0 )) s ($(du -sm "$SITE" | cut -f1) MiB)"
+}
 
-if [ -n "${OUT:-}" ] && [ -f "$CSV" ]; then cp "$CSV" "$OUT/"; fi
+isrt_namespace() {  # isrt without installing: setup.py's folder mapping rebuilt as links
+  if ! python3 -P -c "import isrt.engine, isrt.kernels" 2> /dev/null; then
+    local NS=/tmp/isrt_ns
+    rm -rf "$NS" && mkdir -p "$NS/isrt"
+    for f in "$ROOT"/isrt/*; do ln -s "$f" "$NS/isrt/"; done
+    ln -s "$ROOT/engine" "$NS/isrt/engine"
+    ln -s "$ROOT/kernels" "$NS/isrt/kernels"
+    export PYTHONPATH=$NS:$PYTHONPATH
+  fi
+  python3 -P -c "import isrt.engine, isrt.kernels as k; print('isrt from', k.__file__.rsplit('/kernels', 1)[0])"
+}
 
-echo "== summary at the target shape (N=16384, H=4096, V=152064)"
-python3 - "$CSV" << 'EOF'
+# ---------------------------------------------------------------------------------------------
+# Sections.
+
+section_video() {
+  echo
+  echo "######## video: DALI (NVDEC) tests and benchmark"
+  if ! install_parts && ! python3 -c "import nvidia.dali" 2> /dev/null; then
+    note "video: SKIPPED (no DALI: parts missing and nvidia.dali not importable)"
+    return
+  fi
+  python3 -c "
+import nvidia.dali, av, numpy
+try:
+    import decord; d = decord.__version__
+except Exception as e:
+    d = f'not importable ({e})'
+print('dali', nvidia.dali.__version__, '| av', av.__version__, '| decord', d, '| numpy', numpy.__version__)" \
+    || { note "video: FAILED (DALI/PyAV do not import)"; return; }
+
+  echo "== video tests (DALI ones: gpu-marked NVDEC tests + DALI CPU tests; limit ${T_VIDEO_TESTS}s)"
+  local t0=$(date +%s)
+  timeout "$T_VIDEO_TESTS" python3 -P -m pytest -q -p no:cacheprovider -rfEs \
+    tests/engine/test_video.py tests/engine/test_dali_loader.py -k "(dali or nvdec) and not memory" 2>&1 \
+    | tee "$LOGDIR/gpu_tests_video.log" | grep -v "^PASSED" | tail -40
+  local rc=${PIPESTATUS[0]}
+  local last
+  last=$(grep -E "passed|failed|error" "$LOGDIR/gpu_tests_video.log" | tail -1)
+  [ "$rc" = 124 ] && last="TIMED OUT after ${T_VIDEO_TESTS}s; $last"
+  note "video tests: ${last:-no result} ($(( $(date +%s) - t0 )) s)"
+
+  echo "== video benchmark (GPU section, budget ${T_VIDEO_BENCH}s)"
+  mkdir -p benchmarks/results
+  VCSV=benchmarks/results/gpu-video-$STAMP.csv
+  local clips=()
+  [ -d .gpu_parts/clips ] && clips=(--clip-dir .gpu_parts/clips)
+  t0=$(date +%s)
+  timeout $((T_VIDEO_BENCH + 180)) python3 -P benchmarks/bench_video.py --section gpu \
+    --time-budget-s "$T_VIDEO_BENCH" --gpu-csv "$VCSV" "${clips[@]}" ${VIDEO_BENCH_ARGS:-} 2>&1 \
+    | tee "$LOGDIR/gpu_bench_video.log" | tail -45
+  [ "${PIPESTATUS[0]}" = 124 ] && note "video benchmark: TIMED OUT"
+  if [ -f "$VCSV" ]; then
+    [ -n "${OUT:-}" ] && cp "$VCSV" "$OUT/"
+    note "video benchmark: $(grep -c ',ok,' "$VCSV") rows ok of $(( $(wc -l < "$VCSV") - 1 )) in $VCSV ($(( $(date +%s) - t0 )) s)"
+    while IFS= read -r line; do note "  $line"; done < <(grep -E "^F=[0-9]+: dali-loader" "$LOGDIR/gpu_bench_video.log")
+  else
+    note "video benchmark: no CSV (see $LOGDIR/gpu_bench_video.log)"
+  fi
+}
+
+section_kernels() {
+  echo
+  echo "######## kernels: isrt.kernels GPU tests and benchmark"
+  python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0))"
+  echo "== GPU tests: tests/kernels"
+  timeout "$T_TESTS" python3 -P -m pytest -q -m gpu tests/kernels -p no:cacheprovider -rA \
+    ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 \
+    | tee "$LOGDIR/gpu_tests_kernels.log" | grep -v "^PASSED" | tail -60
+  note "kernel tests: $(grep -E "passed|failed|error" "$LOGDIR/gpu_tests_kernels.log" | tail -1)"
+  if [ "${OTHER_TESTS:-1}" = "1" ]; then
+    echo "== GPU tests: everything else marked gpu (the video ones run in the video section)"
+    timeout 120 python3 -P -m pytest -q -m gpu tests --ignore=tests/kernels \
+      --ignore=tests/engine/test_video.py --ignore=tests/engine/test_dali_loader.py -p no:cacheprovider 2>&1 \
+      | tee "$LOGDIR/gpu_tests_other.log" | tail -15
+    note "other gpu tests: $(grep -E "passed|failed|error|skipped" "$LOGDIR/gpu_tests_other.log" | tail -1)"
+  fi
+
+  echo "== kernel benchmark (time budget ${T_BENCH}s; target shape first, then every V=32000 row)"
+  mkdir -p benchmarks/results
+  CSV=benchmarks/results/gpu-$STAMP.csv
+  timeout $((T_BENCH + 150)) python3 -P benchmarks/bench_kernels.py --csv "$CSV" \
+    --time-budget-s "$T_BENCH" --rep-ms 200 --profile ours ${BENCH_ARGS:-} 2>&1 \
+    | tee "$LOGDIR/bench.log" | tail -80
+  if [ -f "$CSV" ]; then
+    [ -n "${OUT:-}" ] && cp "$CSV" "$OUT/"
+    while IFS= read -r line; do note "  $line"; done < <(python3 - "$CSV" << 'EOF'
 import csv, sys
-rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["V"] == "152064" and r["N"] == "16384"]
+rows = list(csv.DictReader(open(sys.argv[1])))
+ok = sum(r["status"] == "ok" for r in rows)
+print(f"kernel benchmark: {ok} rows ok of {len(rows)} in {sys.argv[1]}")
 for r in rows:
-    if r["status"] != "ok":
-        print(f"{r['head']:>9} {r['provider']:>16}: {r['status']}")
+    if r["N"] != "16384" or r["head"] != "trainable":
         continue
-    print(f"{r['head']:>9} {r['provider']:>16}: {float(r['median_ms']):8.2f} ms "
+    if r["status"] != "ok":
+        print(f"V={r['V']:>6} {r['provider']:>16}: {r['status']}")
+        continue
+    print(f"V={r['V']:>6} {r['provider']:>16}: {float(r['median_ms']):8.2f} ms "
           f"{float(r['useful_tflops']):6.1f} useful TFLOP/s, extra {float(r['extra_mem_mib']):7.0f} MiB")
 EOF
+)
+  else
+    note "kernel benchmark: no CSV (see $LOGDIR/bench.log)"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+
+probe
+[ "$SECTIONS" = probe ] && exit 0
+install_whl_dir
+isrt_namespace || { echo "cannot import isrt"; exit 1; }
+IFS=, read -ra SECS <<< "$SECTIONS"
+for s in "${SECS[@]}"; do
+  case "$s" in
+    probe) ;;
+    video) section_video ;;
+    kernels) section_kernels ;;
+    *) echo "unknown section '$s' (probe, video, kernels)"; exit 2 ;;
+  esac
+done
+
+echo
+echo "######## summary ($SECTIONS, $(( $(date +%s) - t_start )) s)"
+for line in "${SUMMARY[@]}"; do echo "$line"; done
+if [ -n "${OUT:-}" ]; then printf '%s\n' "${SUMMARY[@]}" > "$OUT/gpu_check_summary.txt"; fi
