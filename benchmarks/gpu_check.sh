@@ -41,7 +41,7 @@ export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 probe() {
   echo "== device"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
-  echo "cpus: $(nproc)  python: $(python3 --version 2>&1)  disk free /tmp: $(df -h /tmp | awk 'NR==2 {print $4}')"
+  echo "cpus: $(nproc)  python: $(python3 --version 2>&1)  free: /tmp $(df -h /tmp | awk 'NR==2 {print $4}'), /dev/shm $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')"
   local cuvid
   cuvid=$( (ldconfig -p 2>/dev/null | grep -o '/[^ ]*libnvcuvid\.so[.0-9]*'; \
             ls /usr/local/nvidia/lib64/libnvcuvid.so* /usr/lib/x86_64-linux-gnu/libnvcuvid.so* 2>/dev/null) \

@@ -581,3 +581,11 @@ def test_bench_video_gpu_section_code_on_the_cpu(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "gpu.csv")))[5:]
     assert [(r["provider"], r["status"]) for r in rows] == [("pyav+2w", "SKIPPED (time budget)"),
                                                             ("dali", "SKIPPED (time budget)")]
+    capsys.readouterr()
+    assert bench.main(args + ["--gpu-frames", "4", "--gpu-providers", "dali-loader,decord",
+                              "--dali-threads", "1,2"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "gpu.csv")))[7:]
+    assert [(r["provider"], r["threads"], r["status"]) for r in rows] == [
+        ("dali-loader", "1", "ok"), ("dali-loader", "2", "ok"), ("decord+2w", "", "ok")]
+    best = max(rows[:2], key=lambda r: float(r["clips_per_s"]))
+    assert f"F=4: dali-loader ({best['threads']} threads)" in capsys.readouterr().out
