@@ -105,9 +105,13 @@ class JudgeConfig:
     # score: the judge prompt ends at the verdict, and the verdict is whichever of "A"/"B" the
     #        model gives the higher next-token log-prob (always parseable; no reason text).
     # generate: the judge writes a short reason and a verdict line, parsed by isrt.judge.
+    # likelihood: no letter at all; each response is scored by log pi_t(y | video, c_t, question)
+    #        (template judge_answer.txt) and the verdict names the likelier one. It has no position
+    #        bias, so its two orders agree unless sampled; it favours the shorter of two equally
+    #        plausible responses (a summed log-prob). Measured on the demo: docs/demo_model.md.
     mode: str = "score"
     max_new_tokens: int = 64  # generate mode
-    tie_margin: float = 0.0  # score mode, greedy: |logp(A) - logp(B)| <= margin is a tie
+    tie_margin: float = 0.0  # score/likelihood modes, greedy: |logp(A) - logp(B)| <= margin is a tie
     # 0: greedy verdicts (the likelier letter / greedy decoding). > 0: verdicts sampled at this
     # temperature, seeded per (seed, iteration, pair, order) so reruns and any world size agree.
     # A random model's greedy verdict is pure position bias (it names the same letter in both
@@ -115,7 +119,7 @@ class JudgeConfig:
     temperature: float = 0.0
 
     def __post_init__(self):
-        _one_of(self.mode, "judge.mode", ("score", "generate"))
+        _one_of(self.mode, "judge.mode", ("score", "generate", "likelihood"))
         _check(self.tie_margin >= 0, "judge.tie_margin", "must be >= 0")
         _check(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")
         _check(self.temperature >= 0, "judge.temperature", f"must be >= 0, got {self.temperature}")

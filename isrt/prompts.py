@@ -4,6 +4,8 @@ response.txt       the question as the policy sees it (stage 1 responses, DPO pr
 context_first.txt  c_0: describe the video, no previous context
 context_retro.txt  c_t for t > 0: revisit c_{t-1} against the video (self-retrospection)
 judge.txt          pairwise judgment of two responses given the context c_t
+judge_answer.txt   likelihood judge: the question after c_t; each response is scored by its
+                   log-probability as the answer to this prompt
 """
 from __future__ import annotations
 
@@ -36,3 +38,7 @@ def context_prompt(previous_context: str | None) -> str:
 def judge_prompt(question: str, context: str, response_a: str, response_b: str) -> str:
     return template("judge").format(question=question.strip(), context=context.strip(),
                                     response_a=response_a.strip(), response_b=response_b.strip())
+
+
+def judge_answer_prompt(question: str, context: str) -> str:
+    return template("judge_answer").format(question=question.strip(), context=context.strip())

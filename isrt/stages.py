@@ -2,8 +2,9 @@
 
 Stage 1 (generate): per video, the visual context c_t ~ pi_t(V, c_{t-1}); per prompt, two
 sampled responses y1, y2 (re-sampled when identical).
-Stage 2 (judge): each pair judged in both A/B orders with c_t in the prompt; kept pairs get
-reference log-probs under pi_t through the same kernel path as training.
+Stage 2 (judge): each pair judged in both A/B orders with c_t in the prompt (score, generate), or
+scored by each response's likelihood given the video, c_t and the question (likelihood); kept
+pairs get reference log-probs under pi_t through the same kernel path as training.
 """
 from __future__ import annotations
 
@@ -89,6 +90,8 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
     """One judgment per record (record has prompt, context, responses=[y1, y2]):
     {id, verdicts, kept, reason, raw_verdicts, judge_outputs}."""
     j, s = cfg.judge, cfg.sampling
+    if j.mode == "likelihood":
+        return _decide_all(records, *_likelihood_verdicts(adapter, cache, records, cfg, seed_key=seed_key, show=show))
     jobs = []  # (record index, order, prompt)
     for i, rec in enumerate(records):
         y1, y2 = rec["responses"]
@@ -116,6 +119,36 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
                 outputs[i, order] = t[0]
         bar.update(len(chunk))
     bar.close()
+    return _decide_all(records, raw, outputs)
+
+
+@torch.no_grad()
+def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool):
+    """Likelihood mode: s_k = log pi_t(y_k | video, judge_answer prompt with c_t and the question),
+    one forward per response; the verdict in each order names the higher-scoring response (a tie
+    within tie_margin; sampled with p(A) = sigmoid((s_A - s_B) / temperature) when temperature > 0)."""
+    j = cfg.judge
+    raw: dict[tuple[int, str], str | None] = {}
+    outputs: dict[tuple[int, str], str] = {}
+    bar = tqdm(total=len(records), desc="stage 2 judge", unit="pair", disable=not show, leave=False)
+    for _, chunk in _batches(list(enumerate(records)), cfg.sampling.batch_size):
+        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], r["context"])) for _, r in chunk]
+        feats = [cache.get(adapter, r["video_path"]) for _, r in chunk]
+        ys = [r["responses"][0] for _, r in chunk] + [r["responses"][1] for _, r in chunk]
+        lp = sequence_logps(adapter, chat * 2, ys, feats * 2, backend=cfg.dpo.backend).tolist()
+        for k, (i, rec) in enumerate(chunk):
+            s1, s2 = lp[k], lp[len(chunk) + k]
+            for order in judge.ORDERS:
+                sa, sb = (s1, s2) if order == "AB" else (s2, s1)
+                raw[i, order] = judge.score_verdict(sa, sb, j.tie_margin, temperature=j.temperature,
+                                                    u=_uniform(seed_key, rec["id"], order))
+                outputs[i, order] = f"logp(A)={sa:.4f} logp(B)={sb:.4f}"
+        bar.update(len(chunk))
+    bar.close()
+    return raw, outputs
+
+
+def _decide_all(records: list[dict], raw: dict, outputs: dict) -> list[dict]:
     judgments = []
     for i, rec in enumerate(records):
         rv = [raw[i, o] for o in judge.ORDERS]

@@ -1,0 +1,93 @@
+"""Stage 2's likelihood judge: each response scored by log pi_t(y | video, c_t, question)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from isrt import prompts
+from isrt.config import load_config
+from isrt.engine.adapters import load_adapter
+from isrt.engine.logprobs import sequence_logps
+from isrt.stages import judge_pairs
+
+F = 4
+
+
+class _Features:
+    """Stands in for FeatureCache: features per video path, computed once."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def get(self, adapter, path):
+        return self.table[path]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    adapter = load_adapter("video_llava", "tiny", num_frames=F, seed=0)
+    rng = np.random.default_rng(0)
+    feats = {f"v{i}": adapter.video_features(adapter.pixels(rng.integers(0, 256, (F, 32, 32, 3), dtype=np.uint8)))
+             for i in range(3)}
+    records = [
+        {"id": "a", "video_path": "v0", "prompt": "What color is the circle?", "context": "A red circle moving left.",
+         "responses": ["red", "blue"]},
+        {"id": "b", "video_path": "v1", "prompt": "How many objects are there?", "context": "Two objects.",
+         "responses": ["two objects are there in the video", "two"]},
+        {"id": "c", "video_path": "v2", "prompt": "Which direction?", "context": "It moves up.",
+         "responses": ["up", "up"]},
+    ]
+    return adapter, _Features(feats), records
+
+
+def _scores(adapter, cache, rec, context=None):
+    chat = adapter.chat_prompt(prompts.judge_answer_prompt(rec["prompt"], context or rec["context"]))
+    f = cache.get(adapter, rec["video_path"])
+    with torch.no_grad():
+        return sequence_logps(adapter, [chat, chat], rec["responses"], [f, f]).tolist()
+
+
+def test_judge_answer_prompt_holds_context_and_question():
+    p = prompts.judge_answer_prompt("  What color is it? ", " A red ball. ")
+    assert "A red ball." in p and "What color is it?" in p and p.index("A red ball.") < p.index("What color")
+
+
+def test_likelihood_judge_names_the_likelier_response_in_both_orders(setup):
+    adapter, cache, records = setup
+    cfg = load_config("smoke", ["judge.mode=likelihood", "judge.temperature=0"])
+    out = judge_pairs(adapter, cache, records, cfg, seed_key=(0, 0), show=False)
+    assert [j["id"] for j in out] == ["a", "b", "c"]
+    for rec, j in zip(records[:2], out[:2]):
+        s1, s2 = _scores(adapter, cache, rec)
+        better = "y1" if s1 > s2 else "y2"
+        assert j["kept"] and j["reason"] == "kept" and j["verdicts"] == [better, better]
+        # the same two scores, shown in each order: the raw letters mirror each other
+        assert j["raw_verdicts"] == (["A", "B"] if better == "y1" else ["B", "A"])
+        assert j["judge_outputs"][0] == f"logp(A)={s1:.4f} logp(B)={s2:.4f}"
+        assert j["judge_outputs"][1] == f"logp(A)={s2:.4f} logp(B)={s1:.4f}"
+    assert out[2]["reason"] == "identical" and not out[2]["kept"]
+
+
+def test_likelihood_judge_reads_the_context(setup):
+    adapter, cache, records = setup
+    rec = records[0]
+    assert _scores(adapter, cache, rec) != _scores(adapter, cache, rec, context="A blue square moving down.")
+
+
+def test_likelihood_judge_tie_margin(setup):
+    adapter, cache, records = setup
+    s1, s2 = _scores(adapter, cache, records[0])
+    cfg = load_config("smoke", ["judge.mode=likelihood", "judge.temperature=0",
+                                f"judge.tie_margin={abs(s1 - s2) + 1e-3}"])
+    out = judge_pairs(adapter, cache, records[:1], cfg, seed_key=(0, 0), show=False)
+    assert out[0]["reason"] == "tie" and out[0]["raw_verdicts"] == ["tie", "tie"]
+
+
+def test_likelihood_judge_sampled_is_seeded(setup):
+    adapter, cache, records = setup
+    cfg = load_config("smoke", ["judge.mode=likelihood", "judge.temperature=50"])
+    a = judge_pairs(adapter, cache, records, cfg, seed_key=(3, 1), show=False)
+    b = judge_pairs(adapter, cache, records, cfg, seed_key=(3, 1), show=False)
+    assert a == b
+    assert {tuple(j["raw_verdicts"]) for j in a} <= {("A", "A"), ("A", "B"), ("B", "A"), ("B", "B")}
