@@ -88,6 +88,9 @@ class SamplingConfig:
     context_max_new_tokens: int = 48  # the visual context c_t
     temperature: float = 0.8
     top_p: float = 0.9
+    # the visual context c_t: None = `temperature`; 0 = greedy (the model's single best
+    # description, which the judge then reads; sampled contexts are noisier evidence)
+    context_temperature: float | None = None
     batch_size: int = 8  # prompts per generate() call
     resample_identical: int = 1  # re-sample a prompt's pair up to this many times when y1 == y2
 
@@ -96,6 +99,8 @@ class SamplingConfig:
         _check(self.context_max_new_tokens >= 1, "sampling.context_max_new_tokens", "must be >= 1")
         _check(self.temperature > 0, "sampling.temperature", f"must be > 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.context_temperature is None or self.context_temperature >= 0, "sampling.context_temperature",
+               f"must be >= 0 or null, got {self.context_temperature}")
         _check(self.batch_size >= 1, "sampling.batch_size", "must be >= 1")
         _check(self.resample_identical >= 0, "sampling.resample_identical", "must be >= 0")
 

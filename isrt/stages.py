@@ -51,11 +51,12 @@ def generate_contexts(adapter, cache, videos: list[str], previous: dict[str, str
                       seed_key, show: bool) -> dict[str, str]:
     """c_t for each video, conditioned on its c_{t-1} (None: the first-context prompt)."""
     s = cfg.sampling
+    temperature = s.temperature if s.context_temperature is None else s.context_temperature
     out = {}
     for b, chunk in _batches(videos, s.batch_size):
         texts = generate(adapter, [adapter.chat_prompt(prompts.context_prompt(previous.get(v))) for v in chunk],
                          [cache.get(adapter, v) for v in chunk], max_new_tokens=s.context_max_new_tokens,
-                         do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=1,
+                         do_sample=temperature > 0, temperature=temperature or 1.0, top_p=s.top_p, num_return_sequences=1,
                          seed=_seed(seed_key, "context", b), batch_size=s.batch_size)
         out.update({v: t[0].strip() for v, t in zip(chunk, texts)})
     return out

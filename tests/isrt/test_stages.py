@@ -91,3 +91,18 @@ def test_likelihood_judge_sampled_is_seeded(setup):
     b = judge_pairs(adapter, cache, records, cfg, seed_key=(3, 1), show=False)
     assert a == b
     assert {tuple(j["raw_verdicts"]) for j in a} <= {("A", "A"), ("A", "B"), ("B", "A"), ("B", "B")}
+
+
+def test_context_temperature_zero_gives_greedy_contexts(setup):
+    from isrt.stages import generate_contexts
+    adapter, cache, _ = setup
+    videos, previous = ["v0", "v1", "v2"], {"v1": "Two objects."}
+
+    def contexts(over, key):
+        cfg = load_config("smoke", over + ["sampling.context_max_new_tokens=12"])
+        return generate_contexts(adapter, cache, videos, previous, cfg, seed_key=key, show=False)
+
+    greedy = [contexts(["sampling.context_temperature=0"], k) for k in ((0, 0), (1, 5))]
+    assert greedy[0] == greedy[1]  # no sampling: the seed does not matter
+    sampled = [contexts(["sampling.temperature=1.0"], k) for k in ((0, 0), (1, 5))]
+    assert sampled[0] != sampled[1]  # null: c_t is sampled at sampling.temperature
