@@ -157,7 +157,9 @@ def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> dict:
         row["judged"] = len(judgments)
         row["kept"] = reasons.pop("kept", 0)
         row["dropped"] = reasons
-        parsed = [j for j in judgments if len(j.get("raw_verdicts") or []) == 2 and None not in j["raw_verdicts"]]
+        # identical responses have no order to swap (a likelihood judge scores them as a tie)
+        parsed = [j for j in judgments if len(j.get("raw_verdicts") or []) == 2 and None not in j["raw_verdicts"]
+                  and j.get("reason") != "identical"]
         agree = sum(1 for j in parsed if (j.get("verdicts") or [None, None])[0] is not None
                     and j["verdicts"][0] == j["verdicts"][1])
         row.update(swap_n=len(parsed), swap_agreement=_ratio(agree, len(parsed)))
@@ -584,7 +586,8 @@ def render_markdown(data: dict, concl: dict) -> str:
             "predictions of pi_t (`final_eval.jsonl`: pi_T).",
             "- **LLM-judge acc / score**: share of eval records the judge scored >= 3, and the mean score (1-5).",
             "- **words**: whitespace words of the stage-1 responses; **tokens**: the policy tokenizer's tokens.",
-            "- **swap agree**: of the pairs with both verdicts (AB, BA) parsed, the share naming the same response.",
+            "- **swap agree**: of the pairs of two different responses with both verdicts (AB, BA) parsed, the share "
+            "naming the same response (a greedy `likelihood` judge has no position: only ties fall outside it).",
             "- **GT agree (kept)**: of the kept pairs with exactly one correct response, the share whose chosen "
             "response is the correct one; **GT agree (verdicts)**: the same over every parsed single verdict "
             "before the swap filter. 50% is chance.",

@@ -52,6 +52,7 @@ KEEP_Y2 = (["B", "A"], ["y2", "y2"], "kept")
 DISAGREE = (["A", "A"], ["y1", "y2"], "disagreement")
 UNPARSEABLE = ([None, "A"], [None, "y2"], "unparseable")
 TIE = (["tie", "B"], [None, "y1"], "tie")
+IDENTICAL = (["tie", "tie"], [None, None], "identical")
 
 
 @pytest.fixture
@@ -79,6 +80,16 @@ def failing_run(tmp_path):
                         "p2": ["there are three objects", "two objects in total"], "p3": ["it goes up", "it goes down"],
                         "p4": ["a b", "c"]}, {}, stages=(1,))
     return run
+
+
+def test_swap_agreement_leaves_out_identical_pairs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("preset: test\niterations: 1\njudge:\n  mode: likelihood\n")
+    _iteration(run, 0, {"p1": ["red", "blue"], "p2": ["three", "three"], "p3": ["up", "down"]},
+               {"p1": KEEP_Y1, "p2": IDENTICAL, "p3": TIE})
+    r0 = collect(run)["iterations"][0]
+    assert (r0["swap_agreement"], r0["swap_n"]) == (1 / 2, 2)  # p1 agrees, p3's tie names nothing
 
 
 def test_numbers_come_from_the_files(failing_run):
