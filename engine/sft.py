@@ -136,9 +136,10 @@ def _vision_used_parameters(adapter, model) -> set[int]:
     return used
 
 
-def set_trainable(adapter, cfg: SFTConfig) -> dict:
-    """requires_grad per `cfg` on adapter.model (wrapping it in PEFT LoRA when cfg.lm == "lora";
-    `finish_training` merges it back). Everything else is frozen. Returns parameter counts."""
+def set_trainable(adapter, cfg: SFTConfig, *, seed: int = 0) -> dict:
+    """requires_grad per `cfg` on adapter.model (wrapping it in PEFT LoRA when cfg.lm == "lora",
+    its A matrices drawn from `seed`; `finish_training` merges it back). Everything else is
+    frozen. Returns parameter counts."""
     model = adapter.model
     used = _vision_used_parameters(adapter, model)
     if cfg.lm == "lora":
@@ -146,7 +147,13 @@ def set_trainable(adapter, cfg: SFTConfig) -> dict:
 
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_target,
                           bias="none")
-        model = adapter.model = get_peft_model(model, lcfg)
+        # PEFT draws LoRA's A from the global RNG, whose state here differs from process to
+        # process (measured: the same warm start ended at SFT loss 0.394 in one run, 0.473 in
+        # another); seed it so a rerun reproduces the adapter.
+        devices = [adapter.device] if torch.device(adapter.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            model = adapter.model = get_peft_model(model, lcfg)
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.lm == "lora":
@@ -232,7 +239,7 @@ def train_sft(adapter, examples: list[SFTExample], cfg: SFTConfig, d: distribute
     if cfg.align_steps and (cfg.train_vision or cfg.train_projector):
         align = align_vision(adapter, examples, d, steps=cfg.align_steps, lr=cfg.align_lr,
                              batch_size=cfg.align_batch_size, seed=seed, train_vision=cfg.train_vision)
-    counts = set_trainable(adapter, cfg)
+    counts = set_trainable(adapter, cfg, seed=seed)
     model = adapter.model
     vision = _vision_trains(model)
     if vision and any(e.pixels is None for e in examples):

@@ -134,6 +134,25 @@ def test_set_trainable_counts():
     assert counts["trainable"] == sum(p.numel() for p in a.model.parameters() if p.requires_grad)
 
 
+def test_lora_init_depends_on_the_seed_not_on_the_global_rng():
+    def lora_a(global_seed, seed):
+        a = _adapter()
+        torch.manual_seed(global_seed)  # whatever ran before in the process
+        set_trainable(a, SFTConfig(lm="lora", lora_r=4), seed=seed)
+        return [p.detach().clone() for n, p in a.model.named_parameters() if "lora_A" in n]
+
+    first, other_state, other_seed = lora_a(1, 0), lora_a(2, 0), lora_a(1, 3)
+    assert first and all(torch.equal(x, y) for x, y in zip(first, other_state))
+    assert not all(torch.equal(x, y) for x, y in zip(first, other_seed))
+    # the global RNG is left as it was
+    a = _adapter()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    set_trainable(a, SFTConfig(lm="lora", lora_r=4), seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_sft_examples_from_a_synthetic_dataset(tmp_path):
     from isrt.engine.io import read_jsonl
     from isrt.engine.synthetic import make_dataset
