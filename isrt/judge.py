@@ -260,3 +260,14 @@ def decide(y1: str, y2: str, raw_verdicts: list[str | None]) -> tuple[list[str |
     if verdicts[0] != verdicts[1]:
         return verdicts, False, "disagreement"
     return verdicts, True, "kept"
+
+
+def swap_agreement(judgments: list[dict]) -> tuple[int, int]:
+    """(agreeing, counted): of the judgments of two different responses whose verdicts in both
+    orders parsed, how many name the same response. Identical pairs have no order to swap (a
+    likelihood judge scores them as a tie), so they are not counted."""
+    counted = [j for j in judgments if len(j.get("raw_verdicts") or []) == 2 and None not in j["raw_verdicts"]
+               and j.get("reason") != "identical"]
+    agree = sum(1 for j in counted if (j.get("verdicts") or [None, None])[0] is not None
+                and j["verdicts"][0] == j["verdicts"][1])
+    return agree, len(counted)

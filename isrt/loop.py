@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from isrt import prompts, stages
+from isrt import judge, prompts, stages
 from isrt.config import RunConfig, to_yaml
 from isrt.data import iteration_prompts, load_pool, shard_by_video
 from isrt.engine import distributed
@@ -298,10 +298,9 @@ class Run:
         reasons = {}
         for j in judgments:
             reasons[j["reason"]] = reasons.get(j["reason"], 0) + 1
-        parsed = [j for j in judgments if None not in j["raw_verdicts"]]
-        agree = sum(j["verdicts"][0] == j["verdicts"][1] and j["verdicts"][0] is not None for j in parsed)
+        agree, counted = judge.swap_agreement(judgments)
         return {"judged": len(judgments), "kept": len(prefs), "dropped": reasons,
-                "swap_agreement": agree / len(parsed) if parsed else 0.0}
+                "swap_agreement": agree / counted if counted else 0.0}
 
     def stage3(self, t: int, it: Path, adapter) -> dict:
         prefs = read_jsonl(it / "preferences.jsonl")

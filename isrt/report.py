@@ -49,6 +49,7 @@ import tempfile
 from pathlib import Path
 
 from isrt.engine.io import atomic_write_text, read_jsonl
+from isrt.judge import swap_agreement
 from isrt.scoring import is_short_answer, length_stats, score_answer
 
 LENGTH_GROWTH_LIMIT = 0.10
@@ -157,12 +158,8 @@ def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> dict:
         row["judged"] = len(judgments)
         row["kept"] = reasons.pop("kept", 0)
         row["dropped"] = reasons
-        # identical responses have no order to swap (a likelihood judge scores them as a tie)
-        parsed = [j for j in judgments if len(j.get("raw_verdicts") or []) == 2 and None not in j["raw_verdicts"]
-                  and j.get("reason") != "identical"]
-        agree = sum(1 for j in parsed if (j.get("verdicts") or [None, None])[0] is not None
-                    and j["verdicts"][0] == j["verdicts"][1])
-        row.update(swap_n=len(parsed), swap_agreement=_ratio(agree, len(parsed)))
+        agree, counted = swap_agreement(judgments)
+        row.update(swap_n=counted, swap_agreement=_ratio(agree, counted))
         # every single verdict against the ground truth (pairs with exactly one correct response)
         by_id = {r.get("id"): r for r in responses or []}
         hits = total = 0

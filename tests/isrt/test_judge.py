@@ -172,3 +172,14 @@ def test_score_verdict_sampled_follows_softmax():
     # no overflow for huge gaps
     assert score_verdict(0.0, -1e9, 0.0, temperature=1e-3, u=0.999) == "A"
     assert score_verdict(-1e9, 0.0, 0.0, temperature=1e-3, u=1e-9) == "B"
+
+
+def test_swap_agreement_counts_different_responses_with_both_verdicts():
+    from isrt.judge import swap_agreement
+    js = [{"raw_verdicts": ["A", "B"], "verdicts": ["y1", "y1"], "reason": "kept"},
+          {"raw_verdicts": ["A", "A"], "verdicts": ["y1", "y2"], "reason": "disagreement"},
+          {"raw_verdicts": ["tie", "B"], "verdicts": [None, "y1"], "reason": "tie"},
+          {"raw_verdicts": [None, "B"], "verdicts": [None, "y1"], "reason": "unparseable"},
+          {"raw_verdicts": ["tie", "tie"], "verdicts": [None, None], "reason": "identical"}]
+    assert swap_agreement(js) == (1, 3)
+    assert swap_agreement([]) == (0, 0)
