@@ -474,6 +474,18 @@ def _header_size(path: Path) -> tuple[int, int]:
         return stream.codec_context.width, stream.codec_context.height
 
 
+def _checked_frame_count(path: Path, frame_count: int | None, max_pixels: int | None, deadline: _Deadline) -> int:
+    """n as PyAV counts it (probed now, with its truncation checks, unless the manifest already
+    gave it; then only the header is read), after the resolution check."""
+    if frame_count is None:
+        info, _ = _probe_pyav(path, deadline)
+        frame_count, w, h = info.num_frames, info.width, info.height
+    else:
+        w, h = _header_size(path)
+    _check_pixels(path, w, h, max_pixels)
+    return frame_count
+
+
 def _read_decord(path: Path, num_frames: int | None, indices: Sequence[int] | None,
                  frame_count: int | None, max_pixels: int | None,
                  deadline: _Deadline) -> tuple[np.ndarray, int]:
@@ -486,12 +498,7 @@ def _read_decord(path: Path, num_frames: int | None, indices: Sequence[int] | No
     """
     import decord
     decord.logging.set_level(decord.logging.QUIET)  # FFmpeg warnings would flood the log
-    if frame_count is None:
-        info, _ = _probe_pyav(path, deadline)
-        frame_count, w, h = info.num_frames, info.width, info.height
-    else:
-        w, h = _header_size(path)
-    _check_pixels(path, w, h, max_pixels)
+    frame_count = _checked_frame_count(path, frame_count, max_pixels, deadline)
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=deadline.threads)
     try:
         n = len(vr)
@@ -543,12 +550,7 @@ def _read_torchcodec(path: Path, num_frames: int | None, indices: Sequence[int] 
     One native call decodes all targets, so `timeout_s` is checked only before and after it.
     """
     from torchcodec.decoders import VideoDecoder
-    if frame_count is None:
-        info, _ = _probe_pyav(path, deadline)
-        frame_count, w, h = info.num_frames, info.width, info.height
-    else:
-        w, h = _header_size(path)
-    _check_pixels(path, w, h, max_pixels)
+    frame_count = _checked_frame_count(path, frame_count, max_pixels, deadline)
     deadline.check()
     # An absolute path: torchcodec hands a str to FFmpeg, which would read a name like
     # "http:x.mp4" as a URL; "/abs/http:x.mp4" is always a file. device="cpu" explicitly: the
