@@ -135,10 +135,9 @@ def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, *, seed_key, 
     for _, chunk in _batches(list(enumerate(records)), cfg.sampling.batch_size):
         chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], r["context"])) for _, r in chunk]
         feats = [cache.get(adapter, r["video_path"]) for _, r in chunk]
-        ys = [r["responses"][0] for _, r in chunk] + [r["responses"][1] for _, r in chunk]
-        lp = sequence_logps(adapter, chat * 2, ys, feats * 2, backend=cfg.dpo.backend).tolist()
-        for k, (i, rec) in enumerate(chunk):
-            s1, s2 = lp[k], lp[len(chunk) + k]
+        scores = _pair_logps(adapter, chat, feats, [r["responses"][0] for _, r in chunk],
+                             [r["responses"][1] for _, r in chunk], cfg.dpo.backend)
+        for (i, rec), (s1, s2) in zip(chunk, scores):
             for order in judge.ORDERS:
                 sa, sb = (s1, s2) if order == "AB" else (s2, s1)
                 raw[i, order] = judge.score_verdict(sa, sb, j.tie_margin, temperature=j.temperature,
@@ -167,7 +166,14 @@ def reference_logps(adapter, cache, prefs: list[dict], cfg) -> None:
     for _, chunk in _batches(prefs, cfg.dpo.batch_size):
         chat = [adapter.chat_prompt(prompts.response_prompt(p["prompt"])) for p in chunk]
         feats = [cache.get(adapter, p["video_path"]) for p in chunk]
-        lp = sequence_logps(adapter, chat * 2, [p["chosen"] for p in chunk] + [p["rejected"] for p in chunk],
-                            feats * 2, backend=cfg.dpo.backend).tolist()
-        for k, p in enumerate(chunk):
-            p["ref_chosen_logp"], p["ref_rejected_logp"] = lp[k], lp[len(chunk) + k]
+        scores = _pair_logps(adapter, chat, feats, [p["chosen"] for p in chunk], [p["rejected"] for p in chunk],
+                             cfg.dpo.backend)
+        for p, (chosen, rejected) in zip(chunk, scores):
+            p["ref_chosen_logp"], p["ref_rejected_logp"] = chosen, rejected
+
+
+def _pair_logps(adapter, chat: list[str], feats: list, first: list[str], second: list[str],
+                backend: str) -> list[tuple[float, float]]:
+    """(log p(first_b), log p(second_b)) per prompt b, both halves in one `sequence_logps` batch."""
+    lp = sequence_logps(adapter, chat * 2, first + second, feats * 2, backend=backend).tolist()
+    return list(zip(lp[:len(chat)], lp[len(chat):]))
