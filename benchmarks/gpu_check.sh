@@ -9,11 +9,13 @@
 #              the GPU section of benchmarks/bench_video.py (720p H.264: DALI vs decord / PyAV
 #              with 16 worker processes) under a time budget; ~3-4 minutes on a warm H100
 #     kernels  isrt.kernels: GPU tests, then the kernel benchmark at full sizes (~6 minutes)
+#     dali-scaling  benchmarks/dali_scaling.py on the 720p clips: clips/s of P DALI pipelines
+#              decoding at once (threads, processes); SCALING_ARGS passes its options
 #
 # Knobs (environment): T_TESTS / T_BENCH (kernel tests / benchmark seconds), OTHER_TESTS=0 (skip
 # gpu tests outside tests/kernels in the kernel section), PYTEST_K (a -k filter for the kernel
 # tests), BENCH_ARGS (extra bench_kernels.py arguments), T_VIDEO_TESTS / T_VIDEO_BENCH (video
-# tests / benchmark seconds), VIDEO_BENCH_ARGS (extra bench_video.py arguments).
+# tests / benchmark seconds; T_VIDEO_BENCH=0 skips the benchmark), VIDEO_BENCH_ARGS (extra bench_video.py arguments).
 # Needs no network. Wheels in .whl/ (if any) are also installed to /tmp/site. CSV rows go to
 # benchmarks/results/ and, when $OUT is set, are copied there with the logs.
 set -uo pipefail
@@ -140,6 +142,7 @@ print('dali', nvidia.dali.__version__, '| av', av.__version__, '| decord', d, '|
   [ "$rc" = 124 ] && last="TIMED OUT after ${T_VIDEO_TESTS}s; $last"
   note "video tests: ${last:-no result} ($(( $(date +%s) - t0 )) s)"
 
+  if [ "$T_VIDEO_BENCH" = 0 ]; then note "video benchmark: not run (T_VIDEO_BENCH=0)"; return; fi
   echo "== video benchmark (GPU section, budget ${T_VIDEO_BENCH}s)"
   mkdir -p benchmarks/results
   VCSV=benchmarks/results/gpu-video-$STAMP.csv
@@ -157,6 +160,15 @@ print('dali', nvidia.dali.__version__, '| av', av.__version__, '| decord', d, '|
   else
     note "video benchmark: no CSV (see $LOGDIR/gpu_bench_video.log)"
   fi
+}
+
+section_dali_scaling() {  # after video (needs its DALI): aggregate clips/s of P pipelines at once
+  echo
+  echo "######## dali-scaling: P DALI pipelines in threads / processes"
+  python3 -c "import nvidia.dali" 2> /dev/null || install_parts || { note "dali-scaling: SKIPPED (no DALI)"; return; }
+  timeout 240 python3 -P benchmarks/dali_scaling.py --clip-dir .gpu_parts/clips ${SCALING_ARGS:-} 2>&1 \
+    | tee "$LOGDIR/gpu_dali_scaling.log"
+  while IFS= read -r line; do note "  $line"; done < <(grep -E "^ +(threads|processes) " "$LOGDIR/gpu_dali_scaling.log")
 }
 
 section_kernels() {
@@ -216,7 +228,8 @@ for s in "${SECS[@]}"; do
     probe) ;;
     video) section_video ;;
     kernels) section_kernels ;;
-    *) echo "unknown section '$s' (probe, video, kernels)"; exit 2 ;;
+    dali-scaling) section_dali_scaling ;;
+    *) echo "unknown section '$s' (probe, video, kernels, dali-scaling)"; exit 2 ;;
   esac
 done
 

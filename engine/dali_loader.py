@@ -50,8 +50,8 @@ GPU (device="gpu"): `fn.decoders.video(device="mixed")` decodes with NVDEC and t
 normalize run on the same GPU; outputs reach torch through DLPack (zero-copy, stream-ordered, as
 DALI's own iterator does under the dynamic executor) and are stacked into the batch tensor on
 cuda:device_id. NVDEC refuses frames below a per-codec minimum (`video.NVDEC_MIN_SIZE`, e.g.
-VP9 128x128, MJPEG 64x64, H.264 48x16): such clips take the host fallback like unsupported
-codecs. This branch is exercised only by the tests marked `gpu`.
+VP9 128x128, H.264 48x16), and DALI's GPU decoder reads no MJPEG: such clips take the host
+fallback like unsupported codecs. This branch is exercised only by the tests marked `gpu`.
 """
 from __future__ import annotations
 

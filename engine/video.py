@@ -574,18 +574,20 @@ def _read_torchcodec(path: Path, num_frames: int | None, indices: Sequence[int] 
 # ---------------------------------------------------------------------------------------------
 # DALI backend (optional; nvidia-dali-cuda130). fn.decoders.video with an explicit per-sample
 # frame list. Its CPU variant decodes only VP8, VP9 and MJPEG; H.264/HEVC/AV1 need NVDEC
-# (device="mixed", a CUDA GPU). This backend returns host arrays like the others; the batched
-# GPU-tensor pipeline for batches is isrt.engine.dali_loader.DaliClipLoader.
+# (device="mixed", a CUDA GPU), and MJPEG has only the CPU variant. This backend returns host
+# arrays like the others; the batched GPU-tensor pipeline is isrt.engine.dali_loader.DaliClipLoader.
 
 _DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 # What DALI 2.4's mixed decoder hands to NVDEC. AV1 needs an Ampere GA10x/Ada/Blackwell NVDEC
 # (not GA100 or Hopper: DALI then fails with "Codec configuration not supported on this GPU").
-_DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mjpeg"})
+# No MJPEG: DALI 2.4's GPU variant leaves it out of its codec list (seen on an H100: "Codec 7
+# (mjpeg) is not supported by the GPU variant of this operator"), so MJPEG takes the CPU decoder.
+_DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg4"})
 # NVDEC's smallest frame per codec (cuvidGetDecoderCaps nMinWidth x nMinHeight; DALI's
 # FramesDecoderGpu refuses smaller ones with "Video is too small in at least one dimension").
-# H.264 / MPEG-4 / VP8 48x16 and MJPEG 64x64 as nvdecinfo prints them; HEVC 144x144, VP9 and AV1
-# 128x128 as the Video Codec SDK's decoder table gives them.
-NVDEC_MIN_SIZE = {"h264": (48, 16), "mpeg4": (48, 16), "vp8": (48, 16), "mjpeg": (64, 64),
+# H.264 / MPEG-4 / VP8 48x16 as nvdecinfo prints them; HEVC 144x144, VP9 and AV1 128x128 as the
+# Video Codec SDK's decoder table gives them.
+NVDEC_MIN_SIZE = {"h264": (48, 16), "mpeg4": (48, 16), "vp8": (48, 16),
                   "hevc": (144, 144), "vp9": (128, 128), "av1": (128, 128)}
 _dali_pipe: dict = {}  # (pid, device, device_id) -> built pipeline; rebuilt after any failure
 
@@ -617,8 +619,8 @@ def _dali_device() -> str:
 def _dali_decoder_for(path: Path, codec: str, width: int, height: int) -> str:
     """"mixed" (NVDEC) or "cpu": the DALI decoder device for this stream, or VideoDecodeError.
 
-    On a GPU machine a stream below NVDEC's minimum size goes to DALI's CPU decoder when that
-    reads its codec (VP8/VP9/MJPEG), and is refused otherwise (e.g. H.264 under 48x16).
+    On a GPU machine MJPEG, and a stream below NVDEC's minimum size, go to DALI's CPU decoder
+    when that reads the codec (VP8/VP9/MJPEG); the rest is refused (e.g. H.264 under 48x16).
     """
     device = _dali_device()
     if device == "mixed":
@@ -675,8 +677,8 @@ def _read_dali(path: Path, num_frames: int | None, indices: Sequence[int] | None
 
     A codec DALI cannot decode on this device is refused before any pipeline runs (a failed
     DALI run invalidates the pipeline), so "auto"/callers fall back cleanly. On a GPU machine
-    NVDEC decodes (device "mixed") unless the frame is below its minimum size for the codec;
-    then VP8/VP9/MJPEG go to DALI's CPU decoder.
+    NVDEC decodes (device "mixed") unless the codec is MJPEG or the frame is below NVDEC's minimum
+    size for the codec; then VP8/VP9/MJPEG go to DALI's CPU decoder.
     """
     info, _ = _probe_pyav(path, deadline)  # n, codec, size, truncation checks
     if frame_count is not None and frame_count != info.num_frames:

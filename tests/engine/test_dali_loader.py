@@ -293,7 +293,7 @@ def test_bad_arguments():
 
 
 # --- GPU (NVDEC, device="gpu"): run on a CUDA machine with DALI installed --------------------
-# NVDEC refuses frames below a per-codec minimum (VP9 128x128, MJPEG 64x64, H.264 48x16), so the
+# NVDEC refuses frames below a per-codec minimum (VP9 128x128, H.264 48x16), so the
 # GPU fixtures are 160x160 (image_size 160: identity resize, the index pattern read back as on
 # the CPU) plus 144x240 / 240x144 clips for the resize checks; the 64x64 VP9 clip of the CPU
 # fixtures is the too-small case.
@@ -308,7 +308,7 @@ def gpu_root(tmp_path_factory):
     for k, (name, n) in enumerate(GPU_N.items()):  # h30.mkv: H.264 in Matroska (B-frames, g=16)
         _clip(r, name, n, GPU_SIDE, GPU_SIDE, scene=10 + k)
     _clip(r, "land.webm", 12, 144, 240, scene=7)   # landscape: crop along W
-    _clip(r, "port.avi", 12, 240, 144, scene=8)    # portrait: crop along H
+    _clip(r, "port.mkv", 12, 240, 144, scene=8)    # portrait: crop along H
     _clip(r, "tiny.webm", 20, 64, 64, scene=9)     # VP9 below NVDEC's 128x128
     return r
 
@@ -321,10 +321,12 @@ def _gpu_loader(recs, F, root, **kw):
 @pytest.mark.gpu
 @pytest.mark.parametrize("F", [1, 8, 16, 40])
 def test_gpu_exact_frame_indices_h264_and_others(gpu_root, F):
-    """H.264 (mp4, mkv; B-frames) through NVDEC, plus VP9/MJPEG on the mixed decoder: exact
-    indices (repeats for F > n), float32 on cuda:0, batches joined back."""
+    """H.264 (mp4, mkv; B-frames) and VP9 through NVDEC, MJPEG (which DALI's GPU decoder does not
+    read) through the host fallback in the same batches: exact indices (repeats for F > n),
+    float32 on cuda:0, batches joined back."""
     videos = list(GPU_N)
-    loader = _gpu_loader(_records(videos), F, gpu_root)
+    loader = _gpu_loader(_records(videos), F, gpu_root, fallback="pyav")
+    assert [it.video for b in loader._plan() for it in b.items if not it.dali] == ["a21.avi"]
     got = []
     for batch in loader:
         assert batch.pixels.device == torch.device("cuda", 0) and batch.pixels.dtype == torch.float32
@@ -341,7 +343,7 @@ def test_gpu_pixels_close_to_pyav_and_adapter_pixels(gpu_root, size):
     """NVDEC frames vs PyAV's, both through adapter.pixels on the GPU: the decoder difference
     stays within DECODER_MEAN; vs the same loader on the CPU path (same DALI resize semantics)
     for VP9, within the two decoders' difference."""
-    videos = ["h22.mp4", "land.webm", "port.avi"]
+    videos = ["h22.mp4", "land.webm", "port.mkv"]
     loader = _gpu_loader(_records(videos, 1), 8, gpu_root, image_size=size)
     (batch,) = list(loader)
     assert batch.videos == videos

@@ -91,7 +91,7 @@ def test_nvdec_minimum_sizes_route_small_streams(clips, tmp_path, monkeypatch):
     minimum size goes to DALI's CPU decoder when that reads the codec (64x64 VP9, under VP9's
     128x128), and is refused with the reason otherwise (32x32 H.264 is fine: 48x16 is H.264's
     minimum; 32x8 is not)."""
-    assert V.nvdec_can_decode("h264", 64, 64) and V.nvdec_can_decode("mjpeg", 64, 64)
+    assert V.nvdec_can_decode("h264", 64, 64) and not V.nvdec_can_decode("mjpeg", 640, 480)
     assert not V.nvdec_can_decode("vp9", 64, 64) and V.nvdec_can_decode("vp9", 128, 128)
     assert not V.nvdec_can_decode("hevc", 128, 128) and not V.nvdec_can_decode("gif", 640, 480)
     assert not V.nvdec_can_decode("h264", 32, 8)
@@ -99,6 +99,7 @@ def test_nvdec_minimum_sizes_route_small_streams(clips, tmp_path, monkeypatch):
     p = tmp_path / "x.mp4"
     assert V._dali_decoder_for(p, "vp9", 64, 64) == "cpu"
     assert V._dali_decoder_for(p, "mjpeg", 48, 80) == "cpu"
+    assert V._dali_decoder_for(p, "mjpeg", 640, 480) == "cpu"  # DALI's GPU decoder reads no MJPEG
     assert V._dali_decoder_for(p, "vp9", 160, 160) == "mixed"
     assert V._dali_decoder_for(p, "h264", 64, 64) == "mixed"
     with pytest.raises(VideoDecodeError, match="NVDEC's minimum is 48x16"):
@@ -113,7 +114,7 @@ def test_nvdec_minimum_sizes_route_small_streams(clips, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def nvdec_clips(tmp_path_factory):
     """container -> 40-frame 160x160 clip: above NVDEC's minimum for every codec we write (VP9
-    needs 128x128, MJPEG 64x64), so the mixed decoder itself reads each of them."""
+    needs 128x128), so the mixed decoder itself reads each of them but MJPEG (the CPU one)."""
     root = tmp_path_factory.mktemp("nvdec")
     frames = syn.render_frames(syn.make_scene(0, 1, 160, 160, True), N, 160, 160, index_pattern=True)
     return {c: syn.write_video(root / f"clip.{c}", frames, fps=8, container=c)
@@ -123,11 +124,13 @@ def nvdec_clips(tmp_path_factory):
 @pytest.mark.gpu
 @pytest.mark.parametrize("container", ["mp4", "mkv", "webm", "avi"])
 def test_dali_nvdec_exact_indices(nvdec_clips, container):
-    """H.264 (B-frames) through NVDEC, VP9 and MJPEG through NVDEC too: exact indices, repeats
-    included (F = N + 13). Runs only on a CUDA machine with DALI installed."""
+    """H.264 (B-frames) and VP9 through NVDEC, MJPEG through DALI's CPU decoder on the same GPU
+    machine: exact indices, repeats included (F = N + 13). Runs only on a CUDA machine with DALI
+    installed."""
     if "dali" not in BACKENDS:
         pytest.skip("nvidia-dali not installed")
-    assert V._dali_decoder_for(nvdec_clips[container], probe(nvdec_clips[container]).codec, 160, 160) == "mixed"
+    decoder = V._dali_decoder_for(nvdec_clips[container], probe(nvdec_clips[container]).codec, 160, 160)
+    assert decoder == ("cpu" if container == "avi" else "mixed")
     for F in (1, 8, 16, N + 13):
         frames = read_frames(nvdec_clips[container], F, backend="dali")
         assert frames.shape == (F, 160, 160, 3) and frames.dtype == np.uint8
