@@ -159,7 +159,9 @@ class WarmStartConfig:
     on synthetic clips generated with another seed than the loop's pool and evaluation."""
     videos: int = 0  # synthetic videos for the warm start; 0: none (pi_0 is the model as loaded)
     questions_per_video: int = 2
-    judge_per_video: int = 1  # judge examples per video (pairwise verdicts with the gold caption)
+    # judge examples per video, with the gold caption: A/B verdicts for judge.mode score/generate,
+    # "answer from the description" (the likelihood judge's prompt) for judge.mode likelihood
+    judge_per_video: int = 1
     sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self):

@@ -134,8 +134,11 @@ class Run:
             return
         self.log("== supervised warm start ==")
         records = read_jsonl(self.out / "sft_data" / "prompts.jsonl")
+        # The judge examples teach the judge the loop runs: its likelihood prompt, or A/B verdicts.
+        judge_kind = "judge_answer" if cfg.judge.mode == "likelihood" else "judge"
         result = warm_start(self.out / "warm_start", self.initial_source(), records, cfg.warmstart.sft, self.d,
                             seed=cfg.seed, num_frames=cfg.model.num_frames, video_root=self.out / "sft_data",
+                            kinds=("qa", "describe", judge_kind),
                             judge_per_video=cfg.warmstart.judge_per_video or None, dtype=DTYPES[cfg.model.dtype],
                             family=cfg.model.family)
         self.log(f"warm start: {result.metrics.get('steps')} steps, final loss {result.metrics.get('loss')}")

@@ -50,9 +50,12 @@ from pathlib import Path
 
 from isrt.engine.io import atomic_write_text, read_jsonl
 from isrt.judge import swap_agreement
-from isrt.scoring import is_short_answer, length_stats, score_answer
+from isrt.scoring import is_short_answer, kind_of, length_stats, normalize, score_answer
 
 LENGTH_GROWTH_LIMIT = 0.10
+# A kind whose last greedy answers are this often one word (and far more often than any gold
+# answer) is reported as collapsed.
+COLLAPSE_SHARE = 0.8
 PLOTS = ("overview", "accuracy", "length", "judge", "dpo")
 DROP_REASONS = ("tie", "disagreement", "unparseable", "identical")
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
@@ -104,6 +107,30 @@ def _short(rec: dict) -> bool:
     return is_short_answer(rec.get("answer"))
 
 
+def answer_spread(records: list[dict]) -> dict:
+    """Per closed answer kind (colour, shape, direction, count) of the one-word gold answers:
+    {kind: {"n", "top", "top_share", "gold_top_share"}}, top = the most frequent answer of that
+    kind among the predictions (None: none named one). A top_share far above gold_top_share
+    means the policy answers the same word whatever the video (DPO can learn such a global
+    preference from a judge with a word bias)."""
+    by: dict[str, tuple[list, list]] = {}
+    for r in records:
+        gold = normalize(r.get("answer")) if _short(r) else []
+        kind = kind_of(gold[0]) if len(gold) == 1 else None
+        if kind is None or not isinstance(r.get("prediction"), str):
+            continue
+        said = next((w for w in normalize(r["prediction"]) if kind_of(w) == kind), None)
+        by.setdefault(kind, ([], []))[0].append(said)
+        by[kind][1].append(gold[0])
+    out = {}
+    for kind, (said, golds) in sorted(by.items()):
+        named = [w for w in said if w is not None]
+        top = max(sorted(set(named)), key=named.count) if named else None
+        out[kind] = {"n": len(said), "top": top, "top_share": named.count(top) / len(said) if top else 0.0,
+                     "gold_top_share": max(golds.count(g) for g in set(golds)) / len(golds)}
+    return out
+
+
 def _eval_stats(records: list[dict] | None, tokenizer) -> dict:
     """Greedy-answer numbers of one eval file: exact accuracy over records with a short
     answer and a prediction, lengths, and the LLM judge's numbers where records carry them."""
@@ -115,7 +142,7 @@ def _eval_stats(records: list[dict] | None, tokenizer) -> dict:
     lengths = length_stats(preds, tokenizer)
     out = {"greedy_records": len(records), "greedy_n": len(scored), "greedy_correct": correct,
            "greedy_acc": _ratio(correct, len(scored)), "greedy_words_mean": lengths["words_mean"],
-           "greedy_tokens_mean": lengths.get("tokens_mean")}
+           "greedy_tokens_mean": lengths.get("tokens_mean"), "spread": answer_spread(records)}
     scores = [r["judge_score"] for r in records if isinstance(r.get("judge_score"), (int, float))]
     if scores:
         out.update(judge_n=len(scores), judge_acc=sum(s >= 3 for s in scores) / len(scores),
@@ -299,6 +326,19 @@ def conclusions(data: dict) -> dict:
                             "needs two iterations.")
     else:
         out["lines"].append("**Length**: no stage-1 responses in the run's files yet.")
+
+    spreads = [r["spread"] for r in rows if r.get("spread")] + ([data["final"]["spread"]]
+                                                                if data["final"].get("spread") else [])
+    if len(spreads) >= 2:
+        first, last = spreads[0], spreads[-1]
+        collapsed = [k for k, v in last.items() if v["n"] >= 10 and v["top_share"] >= COLLAPSE_SHARE
+                     and v["top_share"] > v["gold_top_share"] + 0.2 and first.get(k, {}).get("top_share", 1) < v["top_share"]]
+        if collapsed:
+            out["lines"].append("**Answer collapse**: " + "; ".join(
+                f"{k} questions got '{last[k]['top']}' for {_pct(last[k]['top_share'], 0)} of the last greedy "
+                f"answers (pi_0: '{first[k]['top']}' {_pct(first[k]['top_share'], 0)}; the most frequent gold "
+                f"answer is {_pct(last[k]['gold_top_share'], 0)})" for k in collapsed)
+                + ": the policy learned a word, not the video (see Answer spread).")
 
     gt_hits = sum(r["gt_hits"] for r in rows if r.get("gt_n"))
     gt_n = sum(r["gt_n"] for r in rows if r.get("gt_n"))
@@ -548,6 +588,19 @@ def render_markdown(data: dict, concl: dict) -> str:
         table.append(line)
     out += ["## Per policy", "", "Row pi_t: iteration t's stage-1 samples, judge and DPO (which makes pi_{t+1}).", ""]
     out += [_table(header, table) if table else "(no rows)", ""]
+
+    spread_rows = [(f"pi_{r['t']}", r["spread"]) for r in rows if r.get("spread")]
+    if data["final"].get("spread"):
+        spread_rows.append((f"pi_{data['planned'] if data['planned'] is not None else len(rows)} (final)",
+                            data["final"]["spread"]))
+    kinds = sorted({k for _, sp in spread_rows for k in sp})
+    if kinds:
+        out += ["## Answer spread (greedy answers, one-word gold answers of a closed kind)", "",
+                "Most frequent answer and its share per kind; in brackets the most frequent gold answer's share.", ""]
+        out += [_table(["policy"] + kinds,
+                       [[name] + [f"{sp[k]['top']} {_pct(sp[k]['top_share'], 0)} ({_pct(sp[k]['gold_top_share'], 0)}, "
+                                  f"n={sp[k]['n']})" if k in sp else "-" for k in kinds]
+                        for name, sp in spread_rows]), ""]
 
     reasons = list(DROP_REASONS) + sorted({k for r in rows for k in (r.get("dropped") or {})} - set(DROP_REASONS))
     drop_rows = [[f"iter_{r['t']:02d}", _f(r.get("judged")), _f(r.get("kept"))]

@@ -52,13 +52,17 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
                 (one per record; the other response is a wrong answer of the same kind, the
                 correct one's position alternates) -- teaches the score-mode judge to read
                 the context
+      judge_answer  chat_prompt(judge_answer_prompt(q, caption)) -> answer  (one per record)
+                -- the likelihood judge's own prompt: teaches it to answer from the description
+                in its context, so its verdicts follow the description rather than its prior
 
     Prompts come from isrt/templates via isrt.prompts, so they are exactly the loop's prompts.
     Each video is decoded once (adapter.num_frames frames) and its pixels are shared by its
     examples; `cache` (an isrt.engine.features.FeatureCache) is not used for pixels (features
-    change while the vision side trains). Records without an answer skip qa/judge, without a
-    caption skip describe/retro. judge_per_video caps the judge examples per video (judge
-    prompts are ~3x longer than QA prompts, so they are the expensive kind); None: one per record.
+    change while the vision side trains). Records without an answer skip qa/judge/judge_answer,
+    without a caption skip describe/retro/judge/judge_answer. judge_per_video caps each judge
+    kind's examples per video (judge prompts are ~3x longer than QA prompts, so they are the
+    expensive kind); None: one per record.
     `cache` is accepted for call compatibility and unused.
     """
     from isrt import prompts as P
@@ -72,6 +76,7 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
     out: list[SFTExample] = []
     described: set[str] = set()
     judged: dict[str, int] = {}
+    answered: dict[str, int] = {}
     for rec in records:
         path = _resolve(rec, video_root)
         if path not in pixels:
@@ -97,6 +102,11 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
                 a, b = (ans, wrong) if first else (wrong, ans)
                 prompt = adapter.chat_prompt(P.judge_prompt(q, cap, a, b)) + P.VERDICT_PREFIX
                 out.append(SFTExample(prompt, P.VERDICT_CHOICES[0 if first else 1], px, kind="judge", video=path))
+        room = judge_per_video is None or answered.get(path, 0) < judge_per_video
+        if "judge_answer" in kinds and q and ans and cap and room:
+            answered[path] = answered.get(path, 0) + 1
+            out.append(SFTExample(adapter.chat_prompt(P.judge_answer_prompt(q, cap)), ans, px, kind="judge_answer",
+                                  video=path))
     return out
 
 

@@ -14,9 +14,10 @@ from isrt import prompts as P
 from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter, unwrap
 from isrt.engine.logprobs import sequence_logps
-from isrt.engine.sft import SFTConfig, SFTExample, align_vision, caption_phrases, set_trainable, train_sft
+from isrt.engine.sft import (SFTConfig, SFTExample, align_vision, caption_phrases, content_tokens, set_trainable,
+                             train_sft)
 from isrt.warmstart import answer_correct, question_type, sft_examples
-from isrt.engine.synthetic import caption, make_scene, render_frames
+from isrt.engine.synthetic import COLORS, DIRECTIONS, SHAPES, caption, make_scene, render_frames
 
 F = 2
 
@@ -175,6 +176,11 @@ def test_sft_examples_from_a_synthetic_dataset(tmp_path):
     for e in ex:
         if e.kind == "judge":
             assert e.prompt.endswith(P.VERDICT_PREFIX) and e.target in P.VERDICT_CHOICES
+    # the likelihood judge's kind: its own prompt with the gold caption -> the answer, capped per video
+    ja = [e for e in sft_examples(recs, a, video_root=tmp_path / "d", kinds=("judge_answer",), judge_per_video=1)]
+    firsts = [r for k, r in enumerate(recs) if k == 0 or r["video"] != recs[k - 1]["video"]]
+    assert [e.target for e in ja] == [r["answer"] for r in firsts]
+    assert ja[0].prompt == a.chat_prompt(P.judge_answer_prompt(recs[0]["prompt"], recs[0]["caption"]))
 
 
 def test_align_vision_trains_only_the_vision_side_and_lowers_its_loss():
@@ -189,6 +195,20 @@ def test_align_vision_trains_only_the_vision_side_and_lowers_its_loss():
     assert {n: p.requires_grad for n, p in a.model.named_parameters()} == req  # flags restored
     # no describe example: nothing to align
     assert align_vision(a, [e for e in ex if e.kind == "qa"], steps=5)["steps"] == 0
+
+
+def test_content_tokens_keep_every_attribute_word():
+    """Shape words are in ~70% of the synthetic captions (3 shapes, ~2 objects per video): the
+    default max_df of 0.5 leaves them out of stage 0 (see SFTConfig.align_max_df); at 0.9 every
+    colour, shape and direction word is a content token and the template words are not."""
+    tok = _adapter().tokenizer
+    caps = [caption(make_scene(3, i, 64, 64)) for i in range(200)]
+    ids = lambda w: set(tok(" " + w, add_special_tokens=False).input_ids)  # noqa: E731
+    words = [*COLORS, *SHAPES, *DIRECTIONS]
+    vocab = set(content_tokens(caps, tok, 0.9))
+    assert all(ids(w) <= vocab for w in words)
+    assert not ids("background") & vocab and not ids("moving") & vocab
+    assert not any(ids(w) <= set(content_tokens(caps, tok, SFTConfig().align_max_df)) for w in SHAPES)
 
 
 def test_caption_phrases_bind_words_of_one_object():

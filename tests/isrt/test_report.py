@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from isrt.report import collect, conclusions, main, write_report
+from isrt.report import answer_spread, collect, conclusions, main, write_report
 
 PROMPTS = [("p1", "What color is the circle?", "red"), ("p2", "How many objects are there?", "two"),
            ("p3", "Which direction does the square move?", "left"),
@@ -178,6 +178,36 @@ def test_report_says_the_method_helped_with_greedy_eval(tmp_path):
     assert "| pi_2 (final) |" in text
     # every kept pair chose the correct response
     assert "chose the correct one 4 times (100.0%" in text
+
+
+def _shapes(said: list[str]):
+    gold = ["circle", "square", "triangle"] * 4
+    return [{"id": f"s{i}", "prompt": "What shape is the red object?", "answer": g, "prediction": w}
+            for i, (g, w) in enumerate(zip(gold, said))]
+
+
+def test_answer_spread_and_collapse(tmp_path):
+    """Per closed kind: the most frequent answer's share vs the gold's; a kind that ends on one
+    word far more often than any gold answer is called out as collapsed."""
+    rows = _shapes(["circle", "square", "triangle"] * 4) + [
+        {"id": "c0", "answer": "red", "prediction": "It is Red."},
+        {"id": "c1", "answer": "blue", "prediction": "no idea"},
+        {"id": "n0", "answer": "a man walks", "prediction": "a man"}]  # not a one-word closed kind
+    sp = answer_spread(rows)
+    assert sp["shape"] == {"n": 12, "top": "circle", "top_share": 1 / 3, "gold_top_share": 1 / 3}
+    assert sp["color"] == {"n": 2, "top": "red", "top_share": 0.5, "gold_top_share": 0.5}
+    assert set(sp) == {"shape", "color"}
+    run = tmp_path / "collapse"
+    run.mkdir()
+    (run / "config.yaml").write_text("iterations: 1\n")
+    _iteration(run, 0, {"p1": ["red", "blue"]}, {"p1": KEEP_Y1}, eval_rows=_shapes(["circle", "square", "triangle"] * 4))
+    _jsonl(run / "final_eval.jsonl", _shapes(["circle"] * 11 + ["square"]))
+    text = write_report(run).read_text()
+    assert "**Answer collapse**: shape questions got 'circle' for 92% of the last greedy answers (pi_0: 'circle' 33%" in text
+    assert "| pi_1 (final) | circle 92% (33%, n=12) |" in text
+    # no collapse line when the answers stay spread
+    _jsonl(run / "final_eval.jsonl", _shapes(["circle", "square", "triangle"] * 4))
+    assert "Answer collapse" not in write_report(run).read_text()
 
 
 def test_small_gain_is_called_noise(tmp_path):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -198,6 +199,9 @@ def test_warm_start_runs_once_and_becomes_pi_0(pool, tmp_path):
     run_isrt(out, pool, *ws)
     metrics = json.loads((out / "warm_start" / "sft.json").read_text())
     assert metrics["steps"] == 2 and math.isfinite(metrics["loss"])
+    # its judge examples teach the judge the loop runs
+    mode = yaml.safe_load((out / "config.yaml").read_text())["judge"]["mode"]
+    assert set(metrics["kinds"]) == {"qa", "describe", "judge_answer" if mode == "likelihood" else "judge"}
     # the warm start trained its own clips (a third seed), not the loop's pool
     sft_videos = {r["video"] for r in read_jsonl(out / "sft_data" / "prompts.jsonl")}
     assert sft_videos and (out / "sft_data").is_dir()
