@@ -122,6 +122,11 @@ class JudgeConfig:
     # A random model's greedy verdict is pure position bias (it names the same letter in both
     # orders, so nothing is kept); the smoke preset samples to exercise every stage anyway.
     temperature: float = 0.0
+    # true: per iteration, as many "a over b" as "b over a" preferences for every two short
+    # responses (isrt.judge.balance_pairs; the surplus is dropped as "unbalanced"), so DPO cannot
+    # learn a preference for a word that holds whatever the video. Not in the paper (its
+    # responses are long and rarely repeat); the demo needs it: docs/demo_model.md.
+    balance: bool = False
 
     def __post_init__(self):
         _one_of(self.mode, "judge.mode", ("score", "generate", "likelihood"))

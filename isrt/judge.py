@@ -271,3 +271,39 @@ def swap_agreement(judgments: list[dict]) -> tuple[int, int]:
     agree = sum(1 for j in counted if (j.get("verdicts") or [None, None])[0] is not None
                 and j["verdicts"][0] == j["verdicts"][1])
     return agree, len(counted)
+
+
+def balance_pairs(prefs: list[dict], seed: int, *, max_words: int = 3) -> tuple[list[dict], set]:
+    """(kept preferences, ids dropped): for every two short responses a, b (at most `max_words`
+    words, compared by isrt.scoring.normalize), as many "a over b" as "b over a" stay; the surplus
+    of the more frequent direction is dropped, drawn with `seed`. Longer responses all stay.
+
+    Why: with one-word answers a judge preference that holds whatever the video (a word the
+    judge's descriptions favour) is the easiest thing for DPO to learn, and one pass turns most
+    answers into that word (docs/demo_model.md). In a balanced set such a preference has no net
+    gradient at the reference policy; what is left to learn depends on the video.
+    """
+    import random
+
+    from isrt.scoring import normalize
+
+    def key(text: str):
+        words = normalize(text)
+        return tuple(words) if 0 < len(words) <= max_words else None
+
+    groups: dict[tuple, dict[bool, list[dict]]] = {}
+    for p in prefs:
+        a, b = key(p["chosen"]), key(p["rejected"])
+        if a is None or b is None or a == b:
+            continue
+        groups.setdefault(tuple(sorted((a, b))), {True: [], False: []})[a < b].append(p)
+    rng = random.Random(seed)
+    dropped = set()
+    for pair in sorted(groups):
+        sides = groups[pair]
+        n = min(len(sides[True]), len(sides[False]))
+        for side in (True, False):
+            ranked = sorted(sides[side], key=lambda p: p["id"])
+            rng.shuffle(ranked)
+            dropped.update(p["id"] for p in ranked[n:])
+    return [p for p in prefs if p["id"] not in dropped], dropped

@@ -296,6 +296,11 @@ class Run:
             return {}
         judgments = sorted((j for s in shards for j in s["judgments"]), key=lambda j: j["id"])
         prefs = sorted((p for s in shards for p in s["preferences"]), key=lambda p: p["id"])
+        if self.cfg.judge.balance:  # over the whole iteration, so after the shards are joined
+            prefs, dropped = judge.balance_pairs(prefs, seed=stages._seed(self.cfg.seed, t, "balance"))
+            for j in judgments:
+                if j["id"] in dropped:
+                    j.update(kept=False, reason="unbalanced")
         write_jsonl(it / "judgments.jsonl", judgments)
         write_jsonl(it / "preferences.jsonl", prefs)
         reasons = {}

@@ -57,7 +57,7 @@ LENGTH_GROWTH_LIMIT = 0.10
 # answer) is reported as collapsed.
 COLLAPSE_SHARE = 0.8
 PLOTS = ("overview", "accuracy", "length", "judge", "dpo")
-DROP_REASONS = ("tie", "disagreement", "unparseable", "identical")
+DROP_REASONS = ("tie", "disagreement", "unparseable", "identical", "unbalanced")
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
 
 

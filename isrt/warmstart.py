@@ -5,7 +5,6 @@ lives in the `isrt` layer because it uses the method's prompt templates).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from isrt.engine import distributed
 from isrt.engine.sft import KINDS, SFTConfig, SFTExample, train_sft
+from isrt.scoring import score_answer
 
 
 def _resolve(rec: dict, video_root) -> str:
@@ -140,19 +140,6 @@ def _wrong_answer(question: str, answer: str, rng: np.random.Generator) -> str |
     return others[int(rng.integers(len(others)))]
 
 
-def answer_correct(question: str, answer: str, response: str) -> bool:
-    """The response names the gold answer and no other option of the question's type (so
-    "red or blue" is wrong); for questions of other types, the gold answer appears as a word."""
-    words = set(re.findall(r"[a-z]+", response.lower()))
-    gold = answer.lower().strip()
-    opts = _options().get(question_type(question))
-    if opts is None:
-        return gold in words
-    if gold == "one" and "one" in words and question_type(question) != "count":
-        words.discard("one")
-    return gold in words and not any(o in words for o in opts if o != gold)
-
-
 CHANCE = {"color": 1 / 5, "shape": 1 / 3, "count": 1 / 3, "direction": 1 / 4}
 
 
@@ -160,8 +147,8 @@ CHANCE = {"color": 1 / 5, "shape": 1 / 3, "count": 1 / 3, "direction": 1 / 4}
 def evaluate_qa(adapter, records: list[dict], *, video_root=None, cache=None, max_new_tokens: int = 8,
                 batch_size: int = 16, score=None) -> dict:
     """Greedy answers to `records` (response prompt, as the loop asks) scored by
-    `score(prediction, answer) -> bool` (default: `answer_correct` with the record's question;
-    pass isrt.scoring.score_answer to score as the run's report does):
+    `score(prediction, answer) -> bool` (default: isrt.scoring.score_answer, the rule the run's
+    report uses):
     {"accuracy", "n", "by_type": {type: {"accuracy", "n", "chance"}}, "answers": [...]}."""
     from isrt import prompts as P
     from isrt.engine.generation import generate
@@ -183,7 +170,7 @@ def evaluate_qa(adapter, records: list[dict], *, video_root=None, cache=None, ma
     by: dict[str, list[bool]] = {}
     answers = []
     for r, o in zip(recs, outs):
-        ok = bool(score(o[0], r["answer"])) if score is not None else answer_correct(r["prompt"], r["answer"], o[0])
+        ok = bool((score or score_answer)(o[0], r["answer"]))
         by.setdefault(question_type(r["prompt"]), []).append(ok)
         answers.append({"id": r["id"], "question": r["prompt"], "answer": r["answer"], "response": o[0],
                         "correct": ok})
@@ -229,5 +216,5 @@ def warm_start(out_dir, source: str, records: list[dict], cfg: SFTConfig, d: dis
     return WarmStartResult(out, metrics)
 
 
-__all__ = ["CHANCE", "WarmStartResult", "answer_correct", "evaluate_qa", "question_type", "sft_examples",
+__all__ = ["CHANCE", "WarmStartResult", "evaluate_qa", "question_type", "sft_examples",
            "warm_start"]

@@ -17,7 +17,7 @@ import torch
 from isrt.engine import manifest as M
 from isrt.engine import synthetic as syn
 from isrt.engine import video as V
-from isrt.engine.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
+from isrt.engine.preprocess import CLIP_MEAN, CLIP_STD
 
 if not V._dali_available():
     pytest.skip("nvidia-dali is not installed (optional: nvidia-dali-cuda130==2.4.0)", allow_module_level=True)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from isrt.judge import ORDERS, decide, parse_verdict, score_verdict, to_response
+from isrt.judge import ORDERS, balance_pairs, decide, parse_verdict, score_verdict, to_response
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -183,3 +183,26 @@ def test_swap_agreement_counts_different_responses_with_both_verdicts():
           {"raw_verdicts": ["tie", "tie"], "verdicts": [None, None], "reason": "identical"}]
     assert swap_agreement(js) == (1, 3)
     assert swap_agreement([]) == (0, 0)
+
+
+def _prefs(pairs):
+    return [{"id": f"p{k:02d}", "chosen": c, "rejected": r} for k, (c, r) in enumerate(pairs)]
+
+
+def test_balance_pairs_keeps_as_many_of_each_direction():
+    """blue > green 3x and green > blue once: one of each stays; red > white only: dropped; a
+    pair of long responses and a pair differing only in case/punctuation are not short-answer
+    pairs of two words, so they stay."""
+    prefs = _prefs([("blue", "green"), ("Blue.", "green"), ("blue", "Green"), ("green", "blue"),
+                    ("red", "white"), ("a man walks in a park", "a woman runs"), ("Red", "red.")])
+    kept, dropped = balance_pairs(prefs, seed=0)
+    ids = {p["id"] for p in kept}
+    assert {"p03", "p05", "p06"} <= ids and "p04" in dropped
+    assert sum(i in ids for i in ("p00", "p01", "p02")) == 1 and len(dropped) == 3
+    assert kept == [p for p in prefs if p["id"] in ids]  # order kept
+    # deterministic per seed, and the seed picks which of the surplus goes
+    assert balance_pairs(prefs, seed=0) == (kept, dropped)
+    picks = {next(p["id"] for p in balance_pairs(prefs, seed=s)[0] if p["id"] in ("p00", "p01", "p02"))
+             for s in range(20)}
+    assert len(picks) > 1
+    assert balance_pairs([], seed=0) == ([], set())

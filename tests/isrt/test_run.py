@@ -7,7 +7,6 @@ one truncated video, which every run must count and skip.
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +215,21 @@ def test_warm_start_runs_once_and_becomes_pi_0(pool, tmp_path):
     before = (out / "warm_start" / "sft.json").stat().st_mtime_ns
     run_isrt(out, pool, *ws)
     assert (out / "warm_start" / "sft.json").stat().st_mtime_ns == before
+
+
+def test_balanced_judge_keeps_as_many_of_each_direction(pool, tmp_path):
+    """judge.balance: the kept pairs of short responses are balanced per pair of answers, the
+    surplus is recorded as "unbalanced", and kept judgments still equal the preference pairs."""
+    from collections import Counter
+
+    from isrt.scoring import normalize
+    out = tmp_path / "bal"
+    run_isrt(out, pool, "judge.balance=true", "sampling.max_new_tokens=2", "iterations=1")
+    it = out / "iter_00"
+    judgments, prefs = read_jsonl(it / "judgments.jsonl"), read_jsonl(it / "preferences.jsonl")
+    assert sorted(j["id"] for j in judgments if j["kept"]) == sorted(p["id"] for p in prefs)
+    assert any(j["reason"] == "unbalanced" for j in judgments)
+    keys = [(tuple(normalize(p["chosen"])), tuple(normalize(p["rejected"]))) for p in prefs]
+    short = Counter(k for k in keys if all(0 < len(w) <= 3 for w in k) and k[0] != k[1])
+    assert all(short[(b, a)] == n for (a, b), n in short.items())
+    assert json.loads((it / "stage2.json").read_text())["dropped"]["unbalanced"] >= 1
