@@ -4,7 +4,9 @@ pipelines run at once, in P threads of one process or in P processes.
 Why: on an H100 one mixed (NVDEC) pipeline gave ~30 clips/s of 720p H.264 (250 frames, one
 keyframe) whatever its num_threads (8 or 16) and F (8, 16, 32), i.e. one clip at a time. An H100
 has 7 NVDEC engines; separate pipelines hold separate decoder sessions, which the driver can spread
-over them.
+over them. Measured there (benchmarks/results/gpu-h100-dali-scaling-20261126.txt): 29.4 clips/s
+with one pipeline, 36-39 with 4-8 in threads (median of 3); fewer in processes. Short passes
+(the file's run 1: 5 timed batches) are dominated by start-up.
 
     python benchmarks/dali_scaling.py --clip-dir .gpu_parts/clips --pipelines 1,2,4,8
 
@@ -36,7 +38,8 @@ def _items(paths, clips, F):
 
 def _decode(items, batch, device, threads, barrier, result, key):
     """Build one pipeline, decode its first batch (warm-up), wait for the others, then time the
-    rest. result[key] = (clips after warm-up, seconds)."""
+    rest. result[key] = (clips after warm-up, seconds). A pipeline that fails breaks the barrier,
+    so the others stop instead of waiting for it."""
     import nvidia.dali as dali
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
@@ -54,12 +57,15 @@ def _decode(items, batch, device, threads, barrier, result, key):
         return fn.decoders.video(enc, frames=frames, device="mixed" if device == "gpu" else "cpu",
                                  pad_mode="none")
 
-    p = pipe()
-    p.build()
-    (out,) = p.run()
-    first = len(out)
-    del out
-    barrier.wait()
+    try:
+        p = pipe()
+        p.build()
+        (out,) = p.run()
+        del out
+    except BaseException:
+        barrier.abort()
+        raise
+    barrier.wait(timeout=600)
     t0, got = time.perf_counter(), 0
     while True:
         try:
@@ -71,7 +77,7 @@ def _decode(items, batch, device, threads, barrier, result, key):
     if device == "gpu":
         import torch
         torch.cuda.synchronize()
-    result[key] = (got, time.perf_counter() - t0, first)
+    result[key] = (got, time.perf_counter() - t0)
 
 
 def _proc_main(paths, clips, F, batch, device, threads, barrier, result, key):
@@ -97,7 +103,7 @@ def run(mode, P, paths, a):
     if len(result) != P:
         raise RuntimeError(f"{P - len(result)} of {P} pipelines failed")
     # Pipelines end at different times: total clips over the slowest one's time.
-    return sum(g for g, _, _ in result.values()) / max(s for _, s, _ in result.values())
+    return sum(g for g, _ in result.values()) / max(s for _, s in result.values())
 
 
 def main(argv=None) -> int:

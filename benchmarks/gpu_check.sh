@@ -166,6 +166,7 @@ section_dali_scaling() {  # after video (needs its DALI): aggregate clips/s of P
   echo
   echo "######## dali-scaling: P DALI pipelines in threads / processes"
   python3 -c "import nvidia.dali" 2> /dev/null || install_parts || { note "dali-scaling: SKIPPED (no DALI)"; return; }
+  [ -d .gpu_parts/clips ] || { note "dali-scaling: SKIPPED (no .gpu_parts/clips: carry them)"; return; }
   timeout 240 python3 -P benchmarks/dali_scaling.py --clip-dir .gpu_parts/clips ${SCALING_ARGS:-} 2>&1 \
     | tee "$LOGDIR/gpu_dali_scaling.log"
   while IFS= read -r line; do note "  $line"; done < <(grep -E "^ +(threads|processes) " "$LOGDIR/gpu_dali_scaling.log")

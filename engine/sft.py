@@ -394,8 +394,9 @@ def align_vision(adapter, examples: list[SFTExample], d: distributed.Dist | None
 
     How (multiple-instance, phrase level): the "describe" examples' captions are split into
     phrases (`caption_phrases`); content tokens are those in at most `max_df` of the captions
-    (`content_tokens`: colours, shapes, directions, counts for the synthetic data; template words
-    drop out).
+    (`content_tokens`; template words drop out). On the synthetic data, max_df 0.5 keeps colours,
+    directions and counts but no shape word (each is in ~70% of the captions); 0.9 adds the
+    shapes (see SFTConfig.align_max_df for why 0.5 is still the default).
     A video's projected tokens F [n, D] score content token w by s_tw = scale * cos(F_t, E_w) + b_w,
     E the LM's frozen input embeddings. In every frame, each phrase must be matched by its OWN
     token of that frame (greedy one-to-one assignment), all its words at once:

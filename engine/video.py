@@ -632,7 +632,8 @@ def _dali_decoder_for(path: Path, codec: str, width: int, height: int) -> str:
             min_w, min_h = NVDEC_MIN_SIZE[codec]
             raise VideoDecodeError(path, f"dali (mixed) cannot decode {codec} at {width}x{height}: "
                                          f"NVDEC's minimum is {min_w}x{min_h}")
-    supported = _DALI_GPU_CODECS if device == "mixed" else _DALI_CPU_CODECS
+    # on a GPU machine the CPU decoder still takes MJPEG and small VP8/VP9 (above)
+    supported = _DALI_GPU_CODECS | _DALI_CPU_CODECS if device == "mixed" else _DALI_CPU_CODECS
     if codec not in supported:
         raise VideoDecodeError(path, f"dali ({device}) cannot decode codec {codec}; "
                                      f"it reads {', '.join(sorted(supported))}")

@@ -164,8 +164,8 @@ class WarmStartConfig:
     on synthetic clips generated with another seed than the loop's pool and evaluation."""
     videos: int = 0  # synthetic videos for the warm start; 0: none (pi_0 is the model as loaded)
     questions_per_video: int = 2
-    # judge examples per video, with the gold caption: A/B verdicts for judge.mode score/generate,
-    # "answer from the description" (the likelihood judge's prompt) for judge.mode likelihood
+    # judge examples per video (0: none), with the gold caption: A/B verdicts for judge.mode
+    # score/generate, "answer from the description" (the likelihood judge's prompt) for likelihood
     judge_per_video: int = 1
     sft: SFTConfig = field(default_factory=SFTConfig)
 

@@ -32,7 +32,10 @@ from __future__ import annotations
 import ast
 import json
 import math
+import random
 import re
+
+from isrt.scoring import SHORT_ANSWER_WORDS, answer_words, closed_word
 
 ORDERS = ("AB", "BA")
 
@@ -273,23 +276,24 @@ def swap_agreement(judgments: list[dict]) -> tuple[int, int]:
     return agree, len(counted)
 
 
-def balance_pairs(prefs: list[dict], seed: int, *, max_words: int = 3) -> tuple[list[dict], set]:
+def balance_pairs(prefs: list[dict], seed: int, *, max_words: int = SHORT_ANSWER_WORDS) -> tuple[list[dict], set]:
     """(kept preferences, ids dropped): for every two short responses a, b (at most `max_words`
-    words, compared by isrt.scoring.normalize), as many "a over b" as "b over a" stay; the surplus
-    of the more frequent direction is dropped, drawn with `seed`. Longer responses all stay.
+    words), as many "a over b" as "b over a" stay; the surplus of the more frequent direction is
+    dropped, drawn with `seed`. A short response is compared by the closed-kind word it names
+    ("It is blue." and "blue" are one answer, isrt.scoring.closed_word), else by its words.
+    Longer responses all stay.
 
     Why: with one-word answers a judge preference that holds whatever the video (a word the
     judge's descriptions favour) is the easiest thing for DPO to learn, and one pass turns most
     answers into that word (docs/demo_model.md). In a balanced set such a preference has no net
     gradient at the reference policy; what is left to learn depends on the video.
     """
-    import random
-
-    from isrt.scoring import normalize
-
     def key(text: str):
-        words = normalize(text)
-        return tuple(words) if 0 < len(words) <= max_words else None
+        words = answer_words(text)
+        if not 0 < len(words) <= max_words:
+            return None
+        word = closed_word(text)
+        return (word,) if word is not None else tuple(words)
 
     groups: dict[tuple, dict[bool, list[dict]]] = {}
     for p in prefs:

@@ -27,6 +27,9 @@ Definitions (also written into the report):
   share whose chosen response is the correct one (0.5 = chance).
 - GT agreement (verdicts): the same for every single parsed verdict of every judged pair,
   before the swap filter.
+- answer spread: per closed answer kind (colour, shape, direction, count) of the one-word gold
+  answers, the most frequent greedy answer and its share next to the most frequent gold
+  answer's; a summary line flags a kind that collapsed onto one word (`_collapsed`).
 - the conclusion compares the first and the last policy that has the accuracy (greedy if two
   policies have it, else sampled) and mean response length (words) of stage 1; an accuracy
   change below two standard errors of the difference is called noise; length growth above
@@ -50,12 +53,14 @@ from pathlib import Path
 
 from isrt.engine.io import atomic_write_text, read_jsonl
 from isrt.judge import swap_agreement
-from isrt.scoring import is_short_answer, kind_of, length_stats, normalize, score_answer
+from isrt.scoring import answer_words, closed_word, is_short_answer, kind_of, length_stats, score_answer
 
 LENGTH_GROWTH_LIMIT = 0.10
-# A kind whose last greedy answers are this often one word (and far more often than any gold
-# answer) is reported as collapsed.
+# Answer collapse (`_collapsed`): at least COLLAPSE_MIN_N answers of a kind, the most frequent one
+# at least COLLAPSE_SHARE of them and COLLAPSE_MARGIN above the most frequent gold answer's share.
 COLLAPSE_SHARE = 0.8
+COLLAPSE_MARGIN = 0.2
+COLLAPSE_MIN_N = 10
 PLOTS = ("overview", "accuracy", "length", "judge", "dpo")
 DROP_REASONS = ("tie", "disagreement", "unparseable", "identical", "unbalanced")
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
@@ -115,12 +120,11 @@ def answer_spread(records: list[dict]) -> dict:
     preference from a judge with a word bias)."""
     by: dict[str, tuple[list, list]] = {}
     for r in records:
-        gold = normalize(r.get("answer")) if _short(r) else []
+        gold = answer_words(r.get("answer")) if _short(r) else []
         kind = kind_of(gold[0]) if len(gold) == 1 else None
         if kind is None or not isinstance(r.get("prediction"), str):
             continue
-        said = next((w for w in normalize(r["prediction"]) if kind_of(w) == kind), None)
-        by.setdefault(kind, ([], []))[0].append(said)
+        by.setdefault(kind, ([], []))[0].append(closed_word(r["prediction"], kind))
         by[kind][1].append(gold[0])
     out = {}
     for kind, (said, golds) in sorted(by.items()):
@@ -280,6 +284,20 @@ def accuracy_series(data: dict) -> tuple[str, list[tuple[int, int, int]]]:
     return "greedy", greedy
 
 
+def _top(v: dict) -> str:
+    return f"'{v['top']}' {_pct(v['top_share'], 0)}" if v["top"] is not None else "no answer of the kind"
+
+
+def _collapsed(first: dict, last: dict) -> list[str]:
+    """Kinds (of `answer_spread`) whose last answers collapsed onto one word: enough of them
+    (COLLAPSE_MIN_N), the top answer at least COLLAPSE_SHARE of them, COLLAPSE_MARGIN above the
+    gold's most frequent answer, and more frequent than the first policy's top answer was."""
+    return [k for k, v in last.items()
+            if v["n"] >= COLLAPSE_MIN_N and v["top"] is not None and v["top_share"] >= COLLAPSE_SHARE
+            and v["top_share"] > v["gold_top_share"] + COLLAPSE_MARGIN
+            and first.get(k, {}).get("top_share", 1.0) < v["top_share"]]
+
+
 def conclusions(data: dict) -> dict:
     """The summary in words, each sentence computed from the numbers; also the flags
     {"accuracy_up", "accuracy_up_beyond_noise", "length_growth", "length_grew", "helped"}."""
@@ -327,17 +345,17 @@ def conclusions(data: dict) -> dict:
     else:
         out["lines"].append("**Length**: no stage-1 responses in the run's files yet.")
 
-    spreads = [r["spread"] for r in rows if r.get("spread")] + ([data["final"]["spread"]]
-                                                                if data["final"].get("spread") else [])
+    spreads = [(r["t"], r["spread"]) for r in rows if r.get("spread")]
+    if data["final"].get("spread"):
+        spreads.append((None, data["final"]["spread"]))
     if len(spreads) >= 2:
-        first, last = spreads[0], spreads[-1]
-        collapsed = [k for k, v in last.items() if v["n"] >= 10 and v["top_share"] >= COLLAPSE_SHARE
-                     and v["top_share"] > v["gold_top_share"] + 0.2 and first.get(k, {}).get("top_share", 1) < v["top_share"]]
+        (t_first, first), last = spreads[0], spreads[-1][1]
+        collapsed = _collapsed(first, last)
         if collapsed:
             out["lines"].append("**Answer collapse**: " + "; ".join(
                 f"{k} questions got '{last[k]['top']}' for {_pct(last[k]['top_share'], 0)} of the last greedy "
-                f"answers (pi_0: '{first[k]['top']}' {_pct(first[k]['top_share'], 0)}; the most frequent gold "
-                f"answer is {_pct(last[k]['gold_top_share'], 0)})" for k in collapsed)
+                f"answers (pi_{t_first}: {_top(first[k])}; the most frequent gold answer is "
+                f"{_pct(last[k]['gold_top_share'], 0)})" for k in collapsed)
                 + ": the policy learned a word, not the video (see Answer spread).")
 
     gt_hits = sum(r["gt_hits"] for r in rows if r.get("gt_n"))
@@ -598,8 +616,9 @@ def render_markdown(data: dict, concl: dict) -> str:
         out += ["## Answer spread (greedy answers, one-word gold answers of a closed kind)", "",
                 "Most frequent answer and its share per kind; in brackets the most frequent gold answer's share.", ""]
         out += [_table(["policy"] + kinds,
-                       [[name] + [f"{sp[k]['top']} {_pct(sp[k]['top_share'], 0)} ({_pct(sp[k]['gold_top_share'], 0)}, "
-                                  f"n={sp[k]['n']})" if k in sp else "-" for k in kinds]
+                       [[name] + [f"{sp[k]['top'] or '-'} {_pct(sp[k]['top_share'], 0)} "
+                                  f"({_pct(sp[k]['gold_top_share'], 0)}, n={sp[k]['n']})" if k in sp else "-"
+                                  for k in kinds]
                         for name, sp in spread_rows]), ""]
 
     reasons = list(DROP_REASONS) + sorted({k for r in rows for k in (r.get("dropped") or {})} - set(DROP_REASONS))

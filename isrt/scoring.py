@@ -124,14 +124,31 @@ def _is_count(words: list[str], i: int) -> bool:
     return True
 
 
+def answer_words(text: str | int | None) -> list[str]:
+    """Canonical words of a short answer without leading articles ("A circle." -> ["circle"])."""
+    words = normalize(text)
+    while len(words) > 1 and words[0] in _ARTICLES:
+        words = words[1:]
+    return words
+
+
+def closed_word(text: str | None, kind: str | None = None) -> str | None:
+    """The first canonical word of a closed kind (`kind`, or any) that `text` names: negated
+    words and "one" as a pronoun ("the red one") do not count; None when it names none."""
+    words = normalize(text)
+    for i, w in enumerate(words):
+        k = kind_of(w)
+        if k and (kind is None or k == kind) and not _negated(words, i) and (k != "count" or _is_count(words, i)):
+            return w
+    return None
+
+
 def score_answer(prediction: str | None, answer: str | int | None) -> bool:
     """True when `prediction` gives the short ground truth `answer` (rule: module docstring);
     a numeric answer (2) counts as its digits."""
     if not prediction or answer is None or answer == "":
         return False
-    target = normalize(answer)
-    while len(target) > 1 and target[0] in _ARTICLES:
-        target = target[1:]
+    target = answer_words(answer)
     words = normalize(prediction)
     if not target or not words:
         return False

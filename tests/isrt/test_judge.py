@@ -206,3 +206,11 @@ def test_balance_pairs_keeps_as_many_of_each_direction():
              for s in range(20)}
     assert len(picks) > 1
     assert balance_pairs([], seed=0) == ([], set())
+
+
+def test_balance_pairs_compares_the_named_word():
+    """"It is blue." and "blue", "a circle" and "circle" are one answer: blue > green once each
+    way (in different phrasing) is balanced, and so is circle > square against square > a circle."""
+    prefs = _prefs([("It is blue.", "green"), ("green", "blue"), ("a circle", "square"), ("square", "circle")])
+    kept, dropped = balance_pairs(prefs, seed=1)
+    assert dropped == set() and kept == prefs

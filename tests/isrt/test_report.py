@@ -192,11 +192,15 @@ def test_answer_spread_and_collapse(tmp_path):
     rows = _shapes(["circle", "square", "triangle"] * 4) + [
         {"id": "c0", "answer": "red", "prediction": "It is Red."},
         {"id": "c1", "answer": "blue", "prediction": "no idea"},
+        {"id": "k0", "answer": "two", "prediction": "the red one"},  # "one" as a pronoun: no count named
+        {"id": "k1", "answer": "one", "prediction": "One."},
+        {"id": "g0", "answer": "A square", "prediction": "not a circle but a square"},
         {"id": "n0", "answer": "a man walks", "prediction": "a man"}]  # not a one-word closed kind
     sp = answer_spread(rows)
-    assert sp["shape"] == {"n": 12, "top": "circle", "top_share": 1 / 3, "gold_top_share": 1 / 3}
+    assert sp["shape"] == {"n": 13, "top": "square", "top_share": 5 / 13, "gold_top_share": 5 / 13}
     assert sp["color"] == {"n": 2, "top": "red", "top_share": 0.5, "gold_top_share": 0.5}
-    assert set(sp) == {"shape", "color"}
+    assert sp["count"] == {"n": 2, "top": "1", "top_share": 0.5, "gold_top_share": 0.5}
+    assert set(sp) == {"shape", "color", "count"}
     run = tmp_path / "collapse"
     run.mkdir()
     (run / "config.yaml").write_text("iterations: 1\n")

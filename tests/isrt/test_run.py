@@ -193,14 +193,15 @@ def test_warm_start_runs_once_and_becomes_pi_0(pool, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "ws"
+    # the likelihood judge, as in `make run`: its warm start trains the judge_answer kind
     ws = ["warmstart.videos=2", "warmstart.sft.steps=2", "warmstart.sft.align_steps=2", "warmstart.sft.batch_size=2",
-          "iterations=1"]
+          "iterations=1", "judge.mode=likelihood"]
     run_isrt(out, pool, *ws)
     metrics = json.loads((out / "warm_start" / "sft.json").read_text())
     assert metrics["steps"] == 2 and math.isfinite(metrics["loss"])
     # its judge examples teach the judge the loop runs
-    mode = yaml.safe_load((out / "config.yaml").read_text())["judge"]["mode"]
-    assert set(metrics["kinds"]) == {"qa", "describe", "judge_answer" if mode == "likelihood" else "judge"}
+    assert yaml.safe_load((out / "config.yaml").read_text())["judge"]["mode"] == "likelihood"
+    assert set(metrics["kinds"]) == {"qa", "describe", "judge_answer"} and metrics["kinds"]["judge_answer"] == 2
     # the warm start trained its own clips (a third seed), not the loop's pool
     sft_videos = {r["video"] for r in read_jsonl(out / "sft_data" / "prompts.jsonl")}
     assert sft_videos and (out / "sft_data").is_dir()

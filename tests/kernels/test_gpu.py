@@ -155,12 +155,14 @@ def test_auto_backend_and_ln2_on_gpu():
     assert loss.item() == pytest.approx(0.6931471824645996, abs=1e-7)
     loss, m = fused_linear_dpo(h3, w, y2, lp[:2], lp[2:])
     # The fused path sums log-probs from its own matmul (cuBLAS bf16 logits by default), so its
-    # sums differ from lp's by rounding (seen on an H100: 6e-4 over 300 tokens, loss ln2 + 3e-5):
-    # the loss is exactly DPO of its own sums, and ln2 within beta * that drift.
+    # sums differ from lp's by rounding (seen on an H100: 6e-4 over 300 tokens, loss ln2 + 3e-5).
+    # The checks: the loss is exactly DPO of its own sums, and those sums stay within 1e-2 of lp
+    # (about 15x what the H100 showed; a wrong label or row costs nats). ln2 within beta * drift
+    # then follows; it is asserted as the statement the test is named for.
     own, _ = preference_loss(m["logps/chosen"], m["logps/rejected"], lp[:2], lp[2:])
     assert loss.item() == pytest.approx(own.item(), abs=1e-6)
     drift = (torch.cat([m["logps/chosen"], m["logps/rejected"]]) - lp).abs().max().item()
-    assert drift <= 300 * 2e-3, drift  # per token far below one wrong label (~10 nats)
+    assert drift <= 1e-2, drift
     assert abs(loss.item() - 0.6931471824645996) <= 0.1 * drift + 1e-6
     loss.backward()
     assert torch.isfinite(h3.grad).all() and torch.isfinite(w.grad).all()
