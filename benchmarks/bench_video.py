@@ -306,12 +306,36 @@ def time_dali_loader(recs, man, F, dev, batch, threads, image_size, repeats):
     return per, startup, check
 
 
-def time_dali_decode(recs, man, F, dev, batch, threads, repeats):
-    """A bare fn.decoders.video pipeline (uint8 FHWC frames left on the device): seconds per clip
-    after the first batch, per pass. Encoded files are read once, up front."""
+def bare_decode_pipeline(items, batch: int, threads: int, gpu: bool):
+    """A built fn.decoders.video pipeline (uint8 FHWC frames, on the device when `gpu`) over
+    `items` [(encoded bytes uint8, frame list int32)] in batches of `batch`, prefetch depth 2;
+    its run() raises StopIteration after the last batch. Shared with dali_scaling.py."""
     import nvidia.dali as dali
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
+    chunks = iter([items[k:k + batch] for k in range(0, len(items), batch)])
+
+    def source():
+        c = next(chunks)  # StopIteration ends the pass
+        return [e for e, _ in c], [f for _, f in c]
+
+    @dali.pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if gpu else None,
+                       prefetch_queue_depth=2, exec_dynamic=True)
+    def pipe():
+        enc, frames = fn.external_source(source=source, num_outputs=2, batch=True,
+                                         dtype=[types.UINT8, types.INT32])
+        extra = {"affine": False} if gpu else {}
+        return fn.decoders.video(enc, frames=frames, device="mixed" if gpu else "cpu",
+                                 pad_mode="none", **extra)
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def time_dali_decode(recs, man, F, dev, batch, threads, repeats):
+    """A bare fn.decoders.video pipeline (uint8 FHWC frames left on the device): seconds per clip
+    after the first batch, per pass. Encoded files are read once, up front."""
     data = {}
     for r in recs:
         p = str(man.full_path(r["video"]))
@@ -322,25 +346,8 @@ def time_dali_decode(recs, man, F, dev, batch, threads, repeats):
     per, startup, check = [], [], "ok"
     gpu = dev == "gpu"
     for rep in range(repeats):
-        chunks = [items[k:k + batch] for k in range(0, len(items), batch)]
-        it = iter(chunks)
-
-        def source():
-            c = next(it)  # StopIteration ends the pass
-            return [e for e, _ in c], [f for _, f in c]
-
-        @dali.pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if gpu else None,
-                           prefetch_queue_depth=2, exec_dynamic=True)
-        def pipe():
-            enc, frames = fn.external_source(source=source, num_outputs=2, batch=True,
-                                             dtype=[types.UINT8, types.INT32])
-            extra = {"affine": False} if gpu else {}
-            return fn.decoders.video(enc, frames=frames, device="mixed" if gpu else "cpu",
-                                     pad_mode="none", **extra)
-
         t0 = time.perf_counter()
-        p = pipe()
-        p.build()
+        p = bare_decode_pipeline(items, batch, threads, gpu)
         got, first, t1 = 0, 0, None
         while True:
             try:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_video import bare_decode_pipeline  # same folder: run as a script
+
 
 def _items(paths, clips, F):
     from isrt.engine.video import frame_indices, probe
@@ -40,26 +42,8 @@ def _decode(items, batch, device, threads, barrier, result, key):
     """Build one pipeline, decode its first batch (warm-up), wait for the others, then time the
     rest. result[key] = (clips after warm-up, seconds). A pipeline that fails breaks the barrier,
     so the others stop instead of waiting for it."""
-    import nvidia.dali as dali
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    chunks = iter([items[k:k + batch] for k in range(0, len(items), batch)])
-
-    def source():
-        c = next(chunks)
-        return [e for e, _ in c], [f for _, f in c]
-
-    @dali.pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if device == "gpu" else None,
-                       prefetch_queue_depth=2, exec_dynamic=True)
-    def pipe():
-        enc, frames = fn.external_source(source=source, num_outputs=2, batch=True,
-                                         dtype=[types.UINT8, types.INT32])
-        return fn.decoders.video(enc, frames=frames, device="mixed" if device == "gpu" else "cpu",
-                                 pad_mode="none")
-
     try:
-        p = pipe()
-        p.build()
+        p = bare_decode_pipeline(items, batch, threads, device == "gpu")
         (out,) = p.run()
         del out
     except BaseException:

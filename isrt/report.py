@@ -284,6 +284,15 @@ def accuracy_series(data: dict) -> tuple[str, list[tuple[int, int, int]]]:
     return "greedy", greedy
 
 
+def spread_series(data: dict) -> list[tuple[int, dict]]:
+    """[(policy index, answer spread)] of every policy with greedy answers, pi_T last."""
+    series = [(r["t"], r["spread"]) for r in data["iterations"] if r.get("spread")]
+    if data["final"].get("spread"):
+        series.append((data["planned"] if data["planned"] is not None else len(data["iterations"]),
+                       data["final"]["spread"]))
+    return series
+
+
 def _top(v: dict) -> str:
     return f"'{v['top']}' {_pct(v['top_share'], 0)}" if v["top"] is not None else "no answer of the kind"
 
@@ -345,9 +354,7 @@ def conclusions(data: dict) -> dict:
     else:
         out["lines"].append("**Length**: no stage-1 responses in the run's files yet.")
 
-    spreads = [(r["t"], r["spread"]) for r in rows if r.get("spread")]
-    if data["final"].get("spread"):
-        spreads.append((None, data["final"]["spread"]))
+    spreads = spread_series(data)
     if len(spreads) >= 2:
         (t_first, first), last = spreads[0], spreads[-1][1]
         collapsed = _collapsed(first, last)
@@ -607,10 +614,9 @@ def render_markdown(data: dict, concl: dict) -> str:
     out += ["## Per policy", "", "Row pi_t: iteration t's stage-1 samples, judge and DPO (which makes pi_{t+1}).", ""]
     out += [_table(header, table) if table else "(no rows)", ""]
 
-    spread_rows = [(f"pi_{r['t']}", r["spread"]) for r in rows if r.get("spread")]
-    if data["final"].get("spread"):
-        spread_rows.append((f"pi_{data['planned'] if data['planned'] is not None else len(rows)} (final)",
-                            data["final"]["spread"]))
+    series, has_final = spread_series(data), bool(data["final"].get("spread"))
+    spread_rows = [(f"pi_{t}" + (" (final)" if has_final and k == len(series) - 1 else ""), sp)
+                   for k, (t, sp) in enumerate(series)]
     kinds = sorted({k for _, sp in spread_rows for k in sp})
     if kinds:
         out += ["## Answer spread (greedy answers, one-word gold answers of a closed kind)", "",

@@ -75,8 +75,16 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
     pixels: dict[str, torch.Tensor] = {}
     out: list[SFTExample] = []
     described: set[str] = set()
-    judged: dict[str, int] = {}
-    answered: dict[str, int] = {}
+    per_video: dict[tuple[str, str], int] = {}  # (judge kind, video) -> examples so far
+
+    def room(kind: str, path: str) -> bool:
+        """Whether `kind` may add an example for this video (counted when it may)."""
+        n = per_video.get((kind, path), 0)
+        if kind not in kinds or (judge_per_video is not None and n >= judge_per_video):
+            return False
+        per_video[(kind, path)] = n + 1
+        return True
+
     for rec in records:
         path = _resolve(rec, video_root)
         if path not in pixels:
@@ -93,18 +101,14 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
                 prev = _corrupt_caption(cap, rng)
                 out.append(SFTExample(adapter.chat_prompt(P.context_prompt(prev)), cap, px, kind="retro", video=path))
             described.add(path)
-        room = judge_per_video is None or judged.get(path, 0) < judge_per_video
-        if "judge" in kinds and q and ans and cap and room:
-            judged[path] = judged.get(path, 0) + 1
+        if q and ans and cap and room("judge", path):
             wrong = _wrong_answer(q, ans, rng)
             if wrong is not None:
                 first = bool(rng.integers(2))
                 a, b = (ans, wrong) if first else (wrong, ans)
                 prompt = adapter.chat_prompt(P.judge_prompt(q, cap, a, b)) + P.VERDICT_PREFIX
                 out.append(SFTExample(prompt, P.VERDICT_CHOICES[0 if first else 1], px, kind="judge", video=path))
-        room = judge_per_video is None or answered.get(path, 0) < judge_per_video
-        if "judge_answer" in kinds and q and ans and cap and room:
-            answered[path] = answered.get(path, 0) + 1
+        if q and ans and cap and room("judge_answer", path):
             out.append(SFTExample(adapter.chat_prompt(P.judge_answer_prompt(q, cap)), ans, px, kind="judge_answer",
                                   video=path))
     return out
