@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
@@ -218,6 +219,34 @@ def questions(scene: list[SceneObject], rng: np.random.Generator, k: int) -> lis
     order = rng.permutation(len(pool))[:k]
     return [pool[int(i)] for i in order]
 
+
+
+_PHRASE = re.compile(r"\ba (\w+) (\w+) moving (\w+)")
+_QUESTIONS = [  # (question pattern, which attribute answers it, which attributes name the object)
+    (re.compile(r"what colou?r is the (\w+)\?"), 0, (1,)),
+    (re.compile(r"what shape is the (\w+) object\?"), 1, (0,)),
+    (re.compile(r"which direction does the (\w+) (\w+) move\?"), 2, (0, 1)),
+]
+
+
+def answer_from_caption(question: str, text: str) -> str | None:
+    """The answer a description in `caption`'s wording gives to one of `questions`' questions:
+    the count is its first word, the others come from the phrase "a <colour> <shape> moving
+    <direction>" of the object the question names. None when the text does not name it, or its
+    phrases for that object disagree. So `answer_from_caption(q, caption(scene)) == a` for every
+    (q, a) of a scene; on a model's own description it says whether that description would let
+    a reader answer (how good the i-SRT judge's evidence is)."""
+    q, t = question.strip().lower(), (text or "").strip().lower()
+    if q == "how many objects are there?":
+        first = t.split()[0] if t.split() else ""
+        return first if first in NUMBER_WORDS.values() else None
+    phrases = _PHRASE.findall(t)
+    for pattern, answer, names in _QUESTIONS:
+        m = pattern.fullmatch(q)
+        if m:
+            said = {p[answer] for p in phrases if all(p[i] == w for i, w in zip(names, m.groups()))}
+            return said.pop() if len(said) == 1 else None
+    return None
 
 # ---------------------------------------------------------------------------------------------
 # Encoding (PyAV). Container -> (format, codec, pixel format, codec options).

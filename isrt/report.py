@@ -52,6 +52,7 @@ import tempfile
 from pathlib import Path
 
 from isrt.engine.io import atomic_write_text, read_jsonl
+from isrt.engine.synthetic import answer_from_caption
 from isrt.judge import swap_agreement
 from isrt.scoring import answer_words, closed_word, is_short_answer, kind_of, length_stats, score_answer
 
@@ -154,6 +155,22 @@ def _eval_stats(records: list[dict] | None, tokenizer) -> dict:
     return out
 
 
+def _context_stats(responses: list[dict]) -> dict:
+    """How often c_t, the judge's evidence, names the answer: over the records whose gold caption
+    is in the synthetic data's wording (`answer_from_caption` reads the gold answer from it),
+    the share whose context gives the gold answer too, and the sampled accuracy on the same
+    records. {} when no record qualifies (real data)."""
+    graded = [r for r in responses if _short(r) and isinstance(r.get("prompt"), str)
+              and isinstance(r.get("context"), str) and isinstance(r.get("caption"), str)
+              and answer_from_caption(r["prompt"], r["caption"]) == str(r["answer"]).lower()]
+    if not graded:
+        return {}
+    named = sum(answer_from_caption(r["prompt"], r["context"]) == str(r["answer"]).lower() for r in graded)
+    scored = [score_answer(y, r["answer"]) for r in graded for y in (r.get("responses") or []) if isinstance(y, str)]
+    return {"context_n": len(graded), "context_correct": named, "context_acc": _ratio(named, len(graded)),
+            "context_sampled_n": len(scored), "context_sampled_correct": sum(scored)}
+
+
 def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> dict:
     row: dict = {"t": t, "dir": it.name}
     stages = {n: reader.json(it / f"stage{n}.json") for n in (1, 2, 3)}
@@ -176,6 +193,7 @@ def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> dict:
                   if isinstance(y, str)]
         correct = sum(score_answer(y, a) for y, a in scored)
         row.update(sampled_n=len(scored), sampled_correct=correct, sampled_acc=_ratio(correct, len(scored)))
+        row.update(_context_stats(responses))
     elif stages[1] is not None:
         row.update(words_mean=s1.get("response_words_mean"), words_median=s1.get("response_words_median"))
 
@@ -379,6 +397,20 @@ def conclusions(data: dict) -> dict:
                            "is unknown.")
         out["lines"].append(judge_line)
 
+    ctx = [r for r in rows if r.get("context_n")]
+    if ctx:
+        k, n = sum(r["context_correct"] for r in ctx), sum(r["context_n"] for r in ctx)
+        ks, ns = sum(r["context_sampled_correct"] for r in ctx), sum(r["context_sampled_n"] for r in ctx)
+        line = (f"**Evidence**: the contexts c_t named the answer for {_pct(k / n)} of the pool's questions ({k}/{n}, "
+                f"read from the synthetic captions' wording); the policy's own sampled answers were right for "
+                f"{_pct(ks / ns) if ns else '-'}")
+        if ns and k / n < ks / ns:
+            line += (": the judge, which reads c_t, had worse evidence than the policy, so self-judgment cannot be "
+                     "expected to help (the method assumes the description is the better view of the video).")
+        else:
+            line += ": the judge had at least the policy's evidence, the premise the method needs."
+        out["lines"].append(line)
+
     if out["accuracy_up"] is None:
         verdict = ("**Verdict**: not enough measured policies to say whether the method helped "
                    "(accuracy needs two policies with ground-truth answers).")
@@ -577,7 +609,9 @@ def render_markdown(data: dict, concl: dict) -> str:
     has_tokens = any(r.get("tokens_mean") is not None for r in rows)
     has_greedy = any(r.get("greedy_n") for r in rows) or bool(data["final"].get("greedy_n"))
     has_judge = any(r.get("judge_n") for r in rows) or bool(data["final"].get("judge_n"))
-    header = ["policy", "prompts", "sampled acc"] + (["greedy acc"] if has_greedy else []) \
+    has_context = any(r.get("context_n") for r in rows)
+    header = ["policy", "prompts", "sampled acc"] + (["c_t names answer"] if has_context else []) \
+        + (["greedy acc"] if has_greedy else []) \
         + (["LLM-judge acc / score"] if has_judge else []) + ["words mean", "words median"] \
         + (["tokens mean", "tokens median"] if has_tokens else []) \
         + ["swap agree", "GT agree (kept)", "GT agree (verdicts)", "kept / judged", "DPO loss (first -> last)",
@@ -585,6 +619,8 @@ def render_markdown(data: dict, concl: dict) -> str:
     table = []
     for r in rows:
         line = [f"pi_{r['t']}", _f(r.get("prompts")), _frac(r, "sampled_acc", "sampled_n")]
+        if has_context:
+            line.append(_frac(r, "context_acc", "context_n"))
         if has_greedy:
             line.append(_frac(r, "greedy_acc", "greedy_n"))
         if has_judge:
@@ -606,7 +642,8 @@ def render_markdown(data: dict, concl: dict) -> str:
     if data["final"]:
         f = data["final"]
         t = data["planned"] if data["planned"] is not None else len(rows)
-        line = [f"pi_{t} (final)", "-", "-"] + ([_frac(f, "greedy_acc", "greedy_n")] if has_greedy else [])
+        line = [f"pi_{t} (final)", "-", "-"] + (["-"] if has_context else []) \
+            + ([_frac(f, "greedy_acc", "greedy_n")] if has_greedy else [])
         if has_judge:
             line.append(f"{_pct(f['judge_acc'])} / {_f(f['judge_score'], 2)}" if f.get("judge_n") else "-")
         line += ["-"] * (len(header) - len(line))
@@ -655,10 +692,15 @@ def render_markdown(data: dict, concl: dict) -> str:
     if status or data["problems"]:
         out += ["## Problems and gaps", ""] + [f"- {s}" for s in status + data["problems"]] + [""]
 
+    context_definition = [
+        "- **c_t names answer**: of the prompts whose gold caption is in the synthetic data's wording, the share "
+        "whose context c_t (the judge's evidence) gives the gold answer when read the same way "
+        "(`isrt.engine.synthetic.answer_from_caption`; a missing object counts as not named)."]
     out += ["## Definitions", "",
             "- **sampled acc**: both stage-1 responses of each prompt whose ground truth has at most 3 words, scored "
             "by exact/keyword match (`isrt.scoring.score_answer`); **greedy acc**: the same for `eval.jsonl` "
             "predictions of pi_t (`final_eval.jsonl`: pi_T).",
+            *(context_definition if has_context else []),
             "- **LLM-judge acc / score**: share of eval records the judge scored >= 3, and the mean score (1-5).",
             "- **words**: whitespace words of the stage-1 responses; **tokens**: the policy tokenizer's tokens.",
             "- **swap agree**: of the pairs of two different responses with both verdicts (AB, BA) parsed, the share "

@@ -172,6 +172,35 @@ def test_answers_match_the_decoded_pixels(mp4_set):
     assert kinds == {"How", "What", "Which"}
 
 
+def test_answer_from_caption_reads_every_question_back():
+    n = 0
+    for i in range(200):
+        scene = syn.make_scene(7, i, 64, 64)
+        for q, a in syn.questions(scene, np.random.default_rng(i), 4):
+            assert syn.answer_from_caption(q, syn.caption(scene)) == a
+            n += 1
+    assert n == 800
+
+
+@pytest.mark.parametrize("question,text,expected", [
+    ("What color is the square?", "Two objects: a red square moving left and a blue circle moving up.", "red"),
+    ("What colour is the square?", "Two objects: a red square moving left, and a blue circle moving up.", "red"),
+    ("What shape is the blue object?", "Two objects: a red square moving left and a blue circle moving up.", "circle"),
+    ("Which direction does the blue circle move?", "a red square moving left, a blue circle moving up", "up"),
+    ("How many objects are there?", "Three objects on a plain black background: a red square moving left.", "three"),
+    # not named: a missing object, a phrase for another object, phrases that disagree, other wording
+    ("What color is the triangle?", "Two objects: a red square moving left and a blue circle moving up.", None),
+    ("Which direction does the blue square move?", "a blue circle moving up", None),
+    ("What color is the square?", "a red square moving left and a blue square moving up", None),
+    ("What color is the square?", "There is a red square that moves left.", None),
+    ("How many objects are there?", "Many objects: a red square moving left.", None),
+    ("How many objects are there?", "", None),
+    ("Is the square red?", "a red square moving left", None),
+])
+def test_answer_from_caption_cases(question, text, expected):
+    assert syn.answer_from_caption(question, text) == expected
+
+
 @pytest.mark.parametrize("container", ["gif", "frames"])
 def test_answers_match_pixels_other_containers(tmp_path, container):
     jsonl = syn.make_dataset(tmp_path, 4, seed=11, num_frames=8, container=container,

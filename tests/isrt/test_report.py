@@ -214,6 +214,47 @@ def test_answer_spread_and_collapse(tmp_path):
     assert "Answer collapse" not in write_report(run).read_text()
 
 
+GOLD = "Two objects on a plain black background: a red circle moving up and a blue square moving left."
+
+
+def _context_run(tmp_path, contexts: list[str], answers: list[list[str]]):
+    """One iteration, prompts about GOLD's scene; contexts[i] is prompt i's c_t."""
+    questions = [("What color is the circle?", "red"), ("How many objects are there?", "two"),
+                 ("Which direction does the blue square move?", "left"), ("What shape is the blue object?", "square")]
+    run = tmp_path / "ctx"
+    it = run / "iter_00"
+    it.mkdir(parents=True)
+    recs = [{"id": f"q{i}", "prompt": q, "answer": a, "caption": GOLD, "context": c, "responses": ys}
+            for i, ((q, a), c, ys) in enumerate(zip(questions, contexts, answers))]
+    recs.append({"id": "real", "prompt": "What happens?", "answer": "a dog runs", "caption": "A dog runs.",
+                 "context": "A dog runs.", "responses": ["x", "y"]})  # not the synthetic wording: left out
+    _jsonl(it / "responses.jsonl", recs)
+    (it / "stage1.json").write_text(json.dumps({"prompts": len(recs)}))
+    return run
+
+
+def test_context_names_the_answer(tmp_path):
+    """The share of prompts whose c_t gives the gold answer, read like the synthetic captions,
+    against the policy's sampled accuracy on the same prompts."""
+    wrong = "Three objects on a plain black background: a green circle moving up and a blue triangle moving right."
+    run = _context_run(tmp_path, [GOLD, wrong, GOLD, "I see a video."],
+                       [["red", "red"], ["two", "three"], ["up", "left"], ["square", "square"]])
+    row = collect(run)["iterations"][0]
+    assert (row["context_n"], row["context_correct"], row["context_acc"]) == (4, 2, 0.5)
+    assert (row["context_sampled_n"], row["context_sampled_correct"]) == (8, 6)
+    text = write_report(run).read_text()
+    assert "**Evidence**: the contexts c_t named the answer for 50.0% of the pool's questions (2/4" in text
+    assert "were right for 75.0%: the judge, which reads c_t, had worse evidence than the policy" in text
+    assert "| c_t names answer |" in text and "| 50.0% (n=4) |" in text
+    run2 = _context_run(tmp_path / "b", [GOLD] * 4, [["blue", "red"], ["two", "three"], ["up", "left"], ["x", "y"]])
+    assert "the judge had at least the policy's evidence" in write_report(run2).read_text()
+
+
+def test_no_context_column_without_synthetic_captions(failing_run):
+    text = write_report(failing_run).read_text()
+    assert "c_t names answer" not in text and "**Evidence**" not in text and "answer_from_caption" not in text
+
+
 def test_small_gain_is_called_noise(tmp_path):
     run = tmp_path / "noisy"
     run.mkdir()
