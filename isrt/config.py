@@ -164,6 +164,9 @@ class WarmStartConfig:
     on synthetic clips generated with another seed than the loop's pool and evaluation."""
     videos: int = 0  # synthetic videos for the warm start; 0: none (pi_0 is the model as loaded)
     questions_per_video: int = 2
+    # example kinds besides the judge's (isrt.warmstart.sft_examples): qa (question -> answer),
+    # describe (c_0 prompt -> caption), retro (c_t prompt with a one-word-wrong c_{t-1} -> caption)
+    kinds: list[str] = field(default_factory=lambda: ["qa", "describe"])
     # judge examples per video (0: none), with the gold caption: A/B verdicts for judge.mode
     # score/generate, "answer from the description" (the likelihood judge's prompt) for likelihood
     judge_per_video: int = 1
@@ -173,6 +176,10 @@ class WarmStartConfig:
         _check(self.videos >= 0, "warmstart.videos", "must be >= 0")
         _check(self.questions_per_video >= 1, "warmstart.questions_per_video", "must be >= 1")
         _check(self.judge_per_video >= 0, "warmstart.judge_per_video", "must be >= 0")
+        _check(len(self.kinds) > 0, "warmstart.kinds", "needs at least one of qa, describe, retro")
+        for k in self.kinds:
+            _one_of(k, "warmstart.kinds", ("qa", "describe", "retro"))
+        _check(len(set(self.kinds)) == len(self.kinds), "warmstart.kinds", f"lists a kind twice: {list(self.kinds)}")
 
 
 @dataclass

@@ -138,7 +138,7 @@ class Run:
         judge_kind = "judge_answer" if cfg.judge.mode == "likelihood" else "judge"
         result = warm_start(self.out / "warm_start", self.initial_source(), records, cfg.warmstart.sft, self.d,
                             seed=cfg.seed, num_frames=cfg.model.num_frames, video_root=self.out / "sft_data",
-                            kinds=("qa", "describe", judge_kind),
+                            kinds=(*cfg.warmstart.kinds, judge_kind),
                             judge_per_video=cfg.warmstart.judge_per_video, dtype=DTYPES[cfg.model.dtype],
                             family=cfg.model.family)
         self.log(f"warm start: {result.metrics.get('steps')} steps, final loss {result.metrics.get('loss')}")

@@ -25,6 +25,10 @@ def test_presets_load_and_overrides_apply():
     (["model.dtype=float8"], "model.dtype"),
     (["data.prompts=/no/such/file.jsonl"], "data.prompts"),
     (["dpo.beta"], "dpo.beta"),
+    (["warmstart.kinds=[]"], "warmstart.kinds"),
+    (["warmstart.kinds=[qa,judge]"], "warmstart.kinds"),
+    (["warmstart.kinds=[qa,qa]"], "warmstart.kinds"),
+    (["warmstart.kinds=qa"], "warmstart.kinds"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -218,6 +218,14 @@ def test_warm_start_runs_once_and_becomes_pi_0(pool, tmp_path):
     assert (out / "warm_start" / "sft.json").stat().st_mtime_ns == before
 
 
+def test_warm_start_kinds_come_from_the_config(pool, tmp_path):
+    out = tmp_path / "ws_kinds"
+    run_isrt(out, pool, "warmstart.videos=2", "warmstart.sft.steps=1", "warmstart.sft.align_steps=1",
+             "warmstart.sft.batch_size=2", "iterations=1", "judge.mode=likelihood", "warmstart.kinds=[describe,retro]")
+    kinds = json.loads((out / "warm_start" / "sft.json").read_text())["kinds"]
+    assert kinds == {"describe": 2, "retro": 2, "judge_answer": 2}
+
+
 def test_balanced_judge_keeps_as_many_of_each_direction(pool, tmp_path):
     """judge.balance: the kept pairs of short responses are balanced per pair of answers, the
     surplus is recorded as "unbalanced", and kept judgments still equal the preference pairs."""
