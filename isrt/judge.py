@@ -286,7 +286,9 @@ def balance_pairs(prefs: list[dict], seed: int, *, max_words: int = SHORT_ANSWER
     Why: with one-word answers a judge preference that holds whatever the video (a word the
     judge's descriptions favour) is the easiest thing for DPO to learn, and one pass turns most
     answers into that word (docs/demo_model.md). In a balanced set such a preference has no net
-    gradient at the reference policy; what is left to learn depends on the video.
+    gradient at the reference policy; what is left to learn depends on the video. The cost: a
+    policy's own word bias is protected too (when the policy says "blue" whatever the video, a
+    right judge's "red over blue" pairs are dropped, as no pair goes the other way).
     """
     def key(text: str):
         words = answer_words(text)
