@@ -265,6 +265,15 @@ def decide(y1: str, y2: str, raw_verdicts: list[str | None]) -> tuple[list[str |
     return verdicts, True, "kept"
 
 
+def reason_counts(judgments: list[dict]) -> dict[str, int]:
+    """{reason: judgments with it}: "kept" and the drop reasons (tie, disagreement, unparseable,
+    identical, unbalanced)."""
+    counts: dict[str, int] = {}
+    for j in judgments:
+        counts[str(j.get("reason"))] = counts.get(str(j.get("reason")), 0) + 1
+    return counts
+
+
 def swap_agreement(judgments: list[dict]) -> tuple[int, int]:
     """(agreeing, counted): of the judgments of two different responses whose verdicts in both
     orders parsed, how many name the same response. Identical pairs have no order to swap (a

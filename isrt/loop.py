@@ -297,17 +297,14 @@ class Run:
         judgments = sorted((j for s in shards for j in s["judgments"]), key=lambda j: j["id"])
         prefs = sorted((p for s in shards for p in s["preferences"]), key=lambda p: p["id"])
         if self.cfg.judge.balance:  # over the whole iteration, so after the shards are joined
-            prefs, dropped = judge.balance_pairs(prefs, seed=stages._seed(self.cfg.seed, t, "balance"))
+            prefs, dropped = judge.balance_pairs(prefs, seed=stages.stable_seed(self.cfg.seed, t, "balance"))
             for j in judgments:
                 if j["id"] in dropped:
                     j.update(kept=False, reason="unbalanced")
         write_jsonl(it / "judgments.jsonl", judgments)
         write_jsonl(it / "preferences.jsonl", prefs)
-        reasons = {}
-        for j in judgments:
-            reasons[j["reason"]] = reasons.get(j["reason"], 0) + 1
         agree, counted = judge.swap_agreement(judgments)
-        return {"judged": len(judgments), "kept": len(prefs), "dropped": reasons,
+        return {"judged": len(judgments), "kept": len(prefs), "dropped": judge.reason_counts(judgments),
                 "swap_agreement": agree / counted if counted else 0.0}
 
     def stage3(self, t: int, it: Path, adapter) -> dict:
@@ -322,7 +319,7 @@ class Run:
                 first[0] = False
                 _crash_point(f"iter_{t:02d}/stage3")
 
-        metrics = train_dpo(adapter, pairs, self.cfg.dpo, self.d, seed=stages._seed(self.cfg.seed, t, "dpo"),
+        metrics = train_dpo(adapter, pairs, self.cfg.dpo, self.d, seed=stages.stable_seed(self.cfg.seed, t, "dpo"),
                             on_step=on_step)
         if self.d.is_main:
             tmp = atomic_dir(it / "checkpoint")

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from isrt.engine.io import atomic_write_text, read_jsonl
 from isrt.engine.synthetic import answer_from_caption
-from isrt.judge import swap_agreement
+from isrt.judge import reason_counts, swap_agreement
 from isrt.scoring import answer_words, closed_word, is_short_answer, kind_of, length_stats, score_answer
 
 LENGTH_GROWTH_LIMIT = 0.10
@@ -201,9 +201,7 @@ def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> dict:
     judgments = reader.jsonl(it / "judgments.jsonl") if stages[2] is not None else None
     prefs = reader.jsonl(it / "preferences.jsonl") if stages[2] is not None else None
     if judgments is not None:
-        reasons: dict[str, int] = {}
-        for j in judgments:
-            reasons[str(j.get("reason"))] = reasons.get(str(j.get("reason")), 0) + 1
+        reasons = reason_counts(judgments)
         row["judged"] = len(judgments)
         row["kept"] = reasons.pop("kept", 0)
         row["dropped"] = reasons

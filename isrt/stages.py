@@ -19,7 +19,7 @@ from isrt.engine.logprobs import sequence_logps
 from isrt.engine.video import VideoDecodeError
 
 
-def _seed(*parts) -> int:
+def stable_seed(*parts) -> int:
     """A stable per-call seed (Python's hash() of str is salted per process)."""
     h = 0
     for p in parts:
@@ -57,7 +57,7 @@ def generate_contexts(adapter, cache, videos: list[str], previous: dict[str, str
         texts = generate(adapter, [adapter.chat_prompt(prompts.context_prompt(previous.get(v))) for v in chunk],
                          [cache.get(adapter, v) for v in chunk], max_new_tokens=s.context_max_new_tokens,
                          do_sample=temperature > 0, temperature=temperature or 1.0, top_p=s.top_p, num_return_sequences=1,
-                         seed=_seed(seed_key, "context", b), batch_size=s.batch_size)
+                         seed=stable_seed(seed_key, "context", b), batch_size=s.batch_size)
         out.update({v: t[0].strip() for v, t in zip(chunk, texts)})
     return out
 
@@ -73,7 +73,7 @@ def generate_responses(adapter, cache, records: list[dict], cfg, *, seed_key, sh
             texts = generate(adapter, [adapter.chat_prompt(prompts.response_prompt(r["prompt"])) for r in chunk],
                              [cache.get(adapter, r["video_path"]) for r in chunk], max_new_tokens=s.max_new_tokens,
                              do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=2,
-                             seed=_seed(seed_key, "responses", attempt, b), batch_size=s.batch_size)
+                             seed=stable_seed(seed_key, "responses", attempt, b), batch_size=s.batch_size)
             pairs.update({r["id"]: [y.strip() for y in t] for r, t in zip(chunk, texts)})
             bar.update(len(chunk))
         bar.close()
@@ -84,7 +84,7 @@ def generate_responses(adapter, cache, records: list[dict], cfg, *, seed_key, sh
 
 
 def _uniform(*key) -> float:
-    return random.Random(_seed(*key)).random()
+    return random.Random(stable_seed(*key)).random()
 
 
 def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool) -> list[dict]:
@@ -114,7 +114,7 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
         else:
             texts = generate(adapter, [p for _, _, p in chunk], feats, max_new_tokens=j.max_new_tokens,
                              do_sample=j.temperature > 0, temperature=j.temperature or 1.0, top_p=1.0,
-                             num_return_sequences=1, seed=_seed(seed_key, "judge", b), batch_size=s.batch_size)
+                             num_return_sequences=1, seed=stable_seed(seed_key, "judge", b), batch_size=s.batch_size)
             for (i, order, _), t in zip(chunk, texts):
                 raw[i, order] = judge.parse_verdict(t[0])
                 outputs[i, order] = t[0]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from isrt.judge import ORDERS, balance_pairs, decide, parse_verdict, score_verdict, to_response
+from isrt.judge import ORDERS, balance_pairs, decide, parse_verdict, reason_counts, score_verdict, to_response
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -172,6 +172,12 @@ def test_score_verdict_sampled_follows_softmax():
     # no overflow for huge gaps
     assert score_verdict(0.0, -1e9, 0.0, temperature=1e-3, u=0.999) == "A"
     assert score_verdict(-1e9, 0.0, 0.0, temperature=1e-3, u=1e-9) == "B"
+
+
+def test_reason_counts():
+    js = [{"reason": r} for r in ("kept", "tie", "kept", "unbalanced", "identical", "kept")] + [{}]
+    assert reason_counts(js) == {"kept": 3, "tie": 1, "unbalanced": 1, "identical": 1, "None": 1}
+    assert reason_counts([]) == {}
 
 
 def test_swap_agreement_counts_different_responses_with_both_verdicts():
