@@ -146,9 +146,18 @@ class DPOConfig:
     batch_size: int = 4  # pairs per rank per optimizer step
     max_grad_norm: float = 1.0
     backend: str = "auto"  # isrt.kernels backend: auto | torch | triton
+    # What DPO trains in the LM (the video side stays frozen): "full", or "lora" (PEFT LoRA on the
+    # LM's attention and MLP projections, merged into pi_{t+1} after the iteration; the adapter
+    # is also kept in iter_XX/lora_adapter, loadable with peft onto pi_t)
+    lm: str = "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
 
     def __post_init__(self):
         _check(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
+        _one_of(self.lm, "dpo.lm", ("full", "lora"))
+        _check(self.lora_r >= 1, "dpo.lora_r", f"must be >= 1, got {self.lora_r}")
+        _check(self.lora_alpha > 0, "dpo.lora_alpha", f"must be > 0, got {self.lora_alpha}")
         _one_of(self.loss_type, "dpo.loss_type", ("sigmoid", "ipo", "hinge", "robust"))
         _check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
         _check(self.learning_rate > 0, "dpo.learning_rate", f"must be > 0, got {self.learning_rate}")

@@ -14,6 +14,7 @@ Run directory:
     iter_XX/judgments.jsonl     {id, verdicts, kept, reason, ...}
     iter_XX/preferences.jsonl   {id, video, prompt, chosen, rejected, ref_*_logp, ...}
     iter_XX/checkpoint/         pi_{t+1}, save_pretrained (safetensors)
+    iter_XX/lora_adapter/       dpo.lm lora: the iteration's PEFT adapter (pi_t + adapter = pi_{t+1})
     iter_XX/stageN.json         the stage's metrics; written last, so it marks the stage done
     final_eval.jsonl/.json      greedy answers of the final policy pi_T (when configured)
     metrics.jsonl               one row per finished stage, rebuilt from the stageN.json files
@@ -39,6 +40,7 @@ from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter
 from isrt.engine.features import FeatureCache
 from isrt.engine.io import atomic_dir, atomic_write_text, commit_dir, read_json, read_jsonl, write_json, write_jsonl
+from isrt.engine.sft import SFTConfig, finish_training, set_trainable
 from isrt.engine.training import Pair, train_dpo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -319,8 +321,18 @@ class Run:
                 first[0] = False
                 _crash_point(f"iter_{t:02d}/stage3")
 
-        metrics = train_dpo(adapter, pairs, self.cfg.dpo, self.d, seed=stages.stable_seed(self.cfg.seed, t, "dpo"),
+        c = self.cfg.dpo
+        if c.lm == "lora" and pairs:
+            set_trainable(adapter, SFTConfig(lm="lora", lora_r=c.lora_r, lora_alpha=c.lora_alpha, train_vision=False,
+                                             train_projector=False), seed=stages.stable_seed(self.cfg.seed, t, "lora"))
+        metrics = train_dpo(adapter, pairs, c, self.d, seed=stages.stable_seed(self.cfg.seed, t, "dpo"),
                             on_step=on_step)
+        if self.d.is_main and hasattr(adapter.model, "peft_config"):
+            # the adapter alone (MBs): PeftModel.from_pretrained(<pi_t>, iter_XX/lora_adapter) is pi_{t+1}
+            tmp = atomic_dir(it / "lora_adapter")
+            adapter.model.save_pretrained(tmp)
+            commit_dir(tmp, it / "lora_adapter")
+        finish_training(adapter)  # merges LoRA: the checkpoint is a plain HF folder either way
         if self.d.is_main:
             tmp = atomic_dir(it / "checkpoint")
             adapter.save_pretrained(tmp)

@@ -29,6 +29,9 @@ def test_presets_load_and_overrides_apply():
     (["warmstart.kinds=[qa,judge]"], "warmstart.kinds"),
     (["warmstart.kinds=[qa,qa]"], "warmstart.kinds"),
     (["warmstart.kinds=qa"], "warmstart.kinds"),
+    (["dpo.lm=frozen"], "dpo.lm"),
+    (["dpo.lora_r=0"], "dpo.lora_r"),
+    (["dpo.lora_alpha=0"], "dpo.lora_alpha"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -140,6 +140,32 @@ def test_checkpoint_loads_with_plain_transformers(full_run):
     assert load_file(next(ckpt.glob("*.safetensors")))
 
 
+def test_lora_dpo_keeps_the_adapter_and_merges_it_into_the_checkpoint(pool, tmp_path):
+    """dpo.lm=lora: only LoRA weights train (first step still ln 2); iter_XX/lora_adapter is a
+    PEFT adapter that turns pi_t into the saved pi_{t+1}; the checkpoint is a plain HF folder."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import VideoLlavaForConditionalGeneration
+
+    out = tmp_path / "lora"
+    run_isrt(out, pool, "iterations=1", "dpo.lm=lora", "dpo.lora_r=4", "dpo.learning_rate=1e-3")
+    s3 = json.loads((out / "iter_00" / "stage3.json").read_text())
+    assert s3["steps"] > 0 and s3["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    ckpt = load_file(next((out / "iter_00" / "checkpoint").glob("*.safetensors")))
+    assert not any("lora_" in k for k in ckpt)
+    adapter_dir = out / "iter_00" / "lora_adapter"
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 4
+    trained = dict(VideoLlavaForConditionalGeneration.from_pretrained(out / "iter_00" / "checkpoint").named_parameters())
+    base = VideoLlavaForConditionalGeneration.from_pretrained(out / "init_model")  # pi_0 (no warm start)
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    merged = dict(PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().named_parameters())
+    changed = [n for n in trained if not torch.equal(trained[n], before[n])]
+    assert changed and all("language_model" in n for n in changed)  # the video side stays frozen
+    for n in trained:
+        torch.testing.assert_close(merged[n], trained[n], rtol=0, atol=1e-6)
+
+
 def test_finished_run_reruns_as_a_no_op(full_run, pool):
     out, _ = full_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
