@@ -147,7 +147,9 @@ def set_trainable(adapter, cfg: SFTConfig, *, seed: int = 0) -> dict:
     its A matrices drawn from `seed`; `finish_training` merges it back). Everything else is
     frozen. Returns parameter counts."""
     model = adapter.model
-    used = _vision_used_parameters(adapter, model)
+    vision = cfg.train_vision or cfg.train_projector
+    # the probe needs Video-LLaVA's video tower; LoRA on the LM alone (DPO) works on any family
+    used = _vision_used_parameters(adapter, model) if vision else set()
     if cfg.lm == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -172,8 +174,8 @@ def set_trainable(adapter, cfg: SFTConfig, *, seed: int = 0) -> dict:
             p.requires_grad_(True)
         for p in base.get_output_embeddings().parameters():
             p.requires_grad_(True)
-    tower, proj = _video_modules(model)
-    for on, mod in ((cfg.train_vision, tower), (cfg.train_projector, proj)):
+    modules = _video_modules(model) if vision else ()
+    for on, mod in zip((cfg.train_vision, cfg.train_projector), modules):
         if on:
             for n, p in mod.named_parameters():
                 # softmax(q.(k + b)) does not depend on the key bias b: its true gradient is 0,
@@ -182,8 +184,8 @@ def set_trainable(adapter, cfg: SFTConfig, *, seed: int = 0) -> dict:
                     p.requires_grad_(True)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    vision = sum(p.numel() for mod in (tower, proj) for p in mod.parameters() if p.requires_grad)
-    return {"params": total, "trainable": trainable, "trainable_vision": vision}
+    trainable_vision = sum(p.numel() for mod in modules for p in mod.parameters() if p.requires_grad)
+    return {"params": total, "trainable": trainable, "trainable_vision": trainable_vision}
 
 
 def finish_training(adapter) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -189,6 +190,9 @@ class WarmStartConfig:
         for k in self.kinds:
             _one_of(k, "warmstart.kinds", ("qa", "describe", "retro"))
         _check(len(set(self.kinds)) == len(self.kinds), "warmstart.kinds", f"lists a kind twice: {list(self.kinds)}")
+        _check(not self.videos or "describe" in self.kinds or self.sft.align_steps == 0, "warmstart.kinds",
+               "stage 0 (warmstart.sft.align_steps > 0) learns from describe examples: add describe, "
+               "or set warmstart.sft.align_steps=0")
 
 
 @dataclass
@@ -246,3 +250,14 @@ def _load_yaml(path: Path):
 
 def to_yaml(cfg: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def same_config(saved_yaml: str, cfg: RunConfig) -> bool:
+    """True when a run directory's saved configuration (`to_yaml` text), read over this version's
+    defaults, is `cfg`. Keys added since that run started take their defaults, which keep the
+    old behaviour, so upgrading the code does not lock a run out of its own directory."""
+    try:
+        saved = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(saved_yaml))
+        return OmegaConf.to_container(saved) == OmegaConf.to_container(OmegaConf.structured(cfg))
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError):  # an unknown key, a wrong type, not YAML
+        return False

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from isrt import judge, prompts, stages
-from isrt.config import RunConfig, to_yaml
+from isrt.config import RunConfig, same_config, to_yaml
 from isrt.data import iteration_prompts, load_pool, shard_by_video
 from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter
@@ -68,7 +68,7 @@ class Run:
         text = to_yaml(cfg)
         # Every rank checks (the file is written atomically, so it is whole or absent), so
         # every rank stops on a mismatch instead of waiting for rank 0 at a barrier.
-        if (out / "config.yaml").exists() and (out / "config.yaml").read_text() != text:
+        if (out / "config.yaml").exists() and not same_config((out / "config.yaml").read_text(), cfg):
             raise RunDirMismatch(f"{out}: holds a run with another configuration "
                                  f"(see {out / 'config.yaml'}); use a new --output_dir")
         if self.d.is_main:
@@ -322,12 +322,13 @@ class Run:
                 _crash_point(f"iter_{t:02d}/stage3")
 
         c = self.cfg.dpo
-        if c.lm == "lora" and pairs:
+        lora = c.lm == "lora" and bool(pairs)  # no pairs: no training, pi_{t+1} = pi_t, no adapter
+        if lora:
             set_trainable(adapter, SFTConfig(lm="lora", lora_r=c.lora_r, lora_alpha=c.lora_alpha, train_vision=False,
                                              train_projector=False), seed=stages.stable_seed(self.cfg.seed, t, "lora"))
         metrics = train_dpo(adapter, pairs, c, self.d, seed=stages.stable_seed(self.cfg.seed, t, "dpo"),
                             on_step=on_step)
-        if self.d.is_main and hasattr(adapter.model, "peft_config"):
+        if self.d.is_main and lora:
             # the adapter alone (MBs): PeftModel.from_pretrained(<pi_t>, iter_XX/lora_adapter) is pi_{t+1}
             tmp = atomic_dir(it / "lora_adapter")
             adapter.model.save_pretrained(tmp)

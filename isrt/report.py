@@ -399,14 +399,17 @@ def conclusions(data: dict) -> dict:
     if ctx:
         k, n = sum(r["context_correct"] for r in ctx), sum(r["context_n"] for r in ctx)
         ks, ns = sum(r["context_sampled_correct"] for r in ctx), sum(r["context_sampled_n"] for r in ctx)
-        line = (f"**Evidence**: the contexts c_t named the answer for {_pct(k / n)} of the pool's questions ({k}/{n}, "
-                f"read from the synthetic captions' wording); the policy's own sampled answers were right for "
-                f"{_pct(ks / ns) if ns else '-'}")
-        if ns and k / n < ks / ns:
-            line += (": the judge, which reads c_t, had worse evidence than the policy, so self-judgment cannot be "
+        line = (f"**Evidence**: the contexts c_t named the answer for {_pct(k / n)} of the pool's prompts over all "
+                f"iterations ({k}/{n}, read from the synthetic captions' wording)")
+        if not ns:
+            line += "; no sampled answers to compare with."
+        elif k / n < ks / ns:
+            line += (f"; the policy's own sampled answers were right for {_pct(ks / ns)}"
+                     ": the judge, which reads c_t, had worse evidence than the policy, so self-judgment cannot be "
                      "expected to help (the method assumes the description is the better view of the video).")
         else:
-            line += ": the judge had at least the policy's evidence, the premise the method needs."
+            line += (f"; the policy's own sampled answers were right for {_pct(ks / ns)}: the judge had at least the "
+                     "policy's evidence, the premise the method needs.")
         out["lines"].append(line)
 
     if out["accuracy_up"] is None:

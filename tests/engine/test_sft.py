@@ -136,6 +136,19 @@ def test_set_trainable_counts():
     assert counts["trainable"] == sum(p.numel() for p in a.model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
+def test_lora_on_the_lm_alone_works_for_every_family(family):
+    """dpo.lm=lora: LoRA on the LM with the video side frozen needs no Video-LLaVA video tower."""
+    from isrt.engine.adapters import load_adapter
+
+    a = load_adapter(family, "tiny", num_frames=2, seed=0)
+    counts = set_trainable(a, SFTConfig(lm="lora", lora_r=4, train_vision=False, train_projector=False))
+    trainable = [n for n, p in a.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    assert counts["trainable_vision"] == 0 and counts["trainable"] == sum(
+        p.numel() for p in a.model.parameters() if p.requires_grad)
+
+
 def test_lora_init_depends_on_the_seed_not_on_the_global_rng():
     def lora_a(global_seed, seed):
         a = _adapter()

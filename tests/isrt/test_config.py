@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from isrt.config import ConfigError, load_config, preset_names
+from isrt.config import ConfigError, load_config, preset_names, same_config, to_yaml
 
 
 def test_presets_load_and_overrides_apply():
@@ -29,6 +29,7 @@ def test_presets_load_and_overrides_apply():
     (["warmstart.kinds=[qa,judge]"], "warmstart.kinds"),
     (["warmstart.kinds=[qa,qa]"], "warmstart.kinds"),
     (["warmstart.kinds=qa"], "warmstart.kinds"),
+    (["warmstart.videos=2", "warmstart.kinds=[qa]"], "warmstart.kinds"),  # stage 0 needs describe
     (["dpo.lm=frozen"], "dpo.lm"),
     (["dpo.lora_r=0"], "dpo.lora_r"),
     (["dpo.lora_alpha=0"], "dpo.lora_alpha"),
@@ -55,3 +56,16 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == "error: dpo.beta: must be > 0, got -3.0"
     assert not (tmp_path / "r").exists()
+
+
+def test_a_saved_config_from_an_older_version_still_matches():
+    """A run directory's config.yaml written before a key existed matches the same settings
+    now (the key takes its default); any real difference does not."""
+    cfg = load_config("smoke")
+    text = to_yaml(cfg)
+    assert same_config(text, cfg)
+    older = "\n".join(line for line in text.splitlines() if line.strip() not in ("lm: full", "lora_r: 16"))
+    assert older != text and same_config(older, cfg)
+    assert not same_config(text.replace("beta: 0.1", "beta: 0.3"), cfg)
+    assert not same_config(text + "no_such_key: 1\n", cfg)
+    assert not same_config("{not yaml", cfg)

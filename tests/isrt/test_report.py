@@ -243,11 +243,14 @@ def test_context_names_the_answer(tmp_path):
     assert (row["context_n"], row["context_correct"], row["context_acc"]) == (4, 2, 0.5)
     assert (row["context_sampled_n"], row["context_sampled_correct"]) == (8, 6)
     text = write_report(run).read_text()
-    assert "**Evidence**: the contexts c_t named the answer for 50.0% of the pool's questions (2/4" in text
+    assert "**Evidence**: the contexts c_t named the answer for 50.0% of the pool's prompts over all iterations (2/4" in text
     assert "were right for 75.0%: the judge, which reads c_t, had worse evidence than the policy" in text
     assert "| c_t names answer |" in text and "| 50.0% (n=4) |" in text
     run2 = _context_run(tmp_path / "b", [GOLD] * 4, [["blue", "red"], ["two", "three"], ["up", "left"], ["x", "y"]])
     assert "the judge had at least the policy's evidence" in write_report(run2).read_text()
+    run3 = _context_run(tmp_path / "c", [GOLD] * 4, [[]] * 4)  # no sampled answers: no comparison
+    assert "(4/4, read from the synthetic captions' wording); no sampled answers to compare with." \
+        in write_report(run3).read_text()
 
 
 def test_no_context_column_without_synthetic_captions(failing_run):
