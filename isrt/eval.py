@@ -3,6 +3,7 @@
     python -m isrt.eval --model DIR --data QA.jsonl [--video_root R] --out OUT.jsonl
         [--judge_url URL --judge_model NAME --judge_api_key_env VAR]
         [--family video_llava] [--num_frames 8 --batch_size 8 --max_new_tokens 64]
+        [--describe [--describe_max_new_tokens 96]]
 
 1. Greedy answers (do_sample=False) of every record {id, video, prompt, answer?, caption?}
    through the engine: the same adapter, feature cache and prompt template as the loop's
@@ -24,9 +25,17 @@
    judge that never answered after the first few records, stops judging with a one-line
    error (exit status 1) after the predictions are written.
 
+4. With --describe: the greedy first description c_0 of every video (the loop's context prompt),
+   and, for records whose gold caption is in the synthetic data's wording, whether that
+   description names the gold answer when read like a caption
+   (`isrt.engine.synthetic.answer_from_caption`). Set against the exact-match accuracy of the
+   answers on the same records, it says whether the description is the better view of the video,
+   the premise of i-SRT's self-judgment, before a loop is run.
+
 Output: OUT.jsonl, one line per evaluated record (written atomically):
     {id, video, prompt, answer, caption?, prediction, words, exact, judge_score, judge_pred,
-     judge_status: ok | malformed | failed | skipped | no_answer | off, judge_reply}
+     judge_status: ok | malformed | failed | skipped | no_answer | off, judge_reply,
+     description?, description_names_answer? (true | false | null: not a synthetic caption)}
 and OUT.summary.json with the counts and accuracies that are also printed.
 """
 from __future__ import annotations
@@ -106,6 +115,41 @@ def greedy_answers(adapter, cache, records: list[dict], *, batch_size: int, max_
         bar.update(len(chunk))
     bar.close()
     return out
+
+
+def greedy_descriptions(adapter, cache, videos: list[str], *, batch_size: int, max_new_tokens: int,
+                        show: bool = False) -> dict[str, str]:
+    """{video path: greedy c_0}, the loop's first-context prompt; `videos` must decode."""
+    from tqdm import tqdm
+
+    from isrt import prompts
+    from isrt.engine.generation import generate
+
+    out = {}
+    bar = tqdm(total=len(videos), desc="eval descriptions", unit="video", disable=not show, leave=False)
+    for start in range(0, len(videos), batch_size):
+        chunk = videos[start:start + batch_size]
+        texts = generate(adapter, [adapter.chat_prompt(prompts.context_prompt(None))] * len(chunk),
+                         [cache.get(adapter, v) for v in chunk], max_new_tokens=max_new_tokens, do_sample=False,
+                         num_return_sequences=1, batch_size=batch_size)
+        out.update({v: t[0].strip() for v, t in zip(chunk, texts)})
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def description_names_answer(record: dict, description: str) -> bool | None:
+    """Does `description` give the record's answer, read like a synthetic caption? None when the
+    record's own gold caption does not give it that way (not the synthetic wording)."""
+    from isrt.engine.synthetic import answer_from_caption
+
+    prompt, answer, caption = record.get("prompt"), record.get("answer"), record.get("caption")
+    if not (isinstance(prompt, str) and isinstance(caption, str) and is_short_answer(answer)):
+        return None
+    gold = str(answer).strip().lower()
+    if answer_from_caption(prompt, caption) != gold:
+        return None
+    return answer_from_caption(prompt, description) == gold
 
 
 # ---- the LLM judge -----------------------------------------------------------------------
@@ -320,6 +364,13 @@ def summarize(results: list[dict], *, bad_videos: list[str], bad_records: list[s
             judge_yes_share=(preds.count("yes") / len(preds)) if preds else None,
             judge_malformed=judge["malformed"], judge_failed=judge["failed"], judge_skipped=judge["skipped"],
             judge_no_answer=judge["no_answer"], judge_retried=judge["retried"], judge_error=judge["error"])
+    described = [r for r in results if r.get("description_names_answer") is not None]
+    if any("description" in r for r in results):
+        out.update(description_n=len(described),
+                   description_accuracy=(sum(r["description_names_answer"] for r in described) / len(described)
+                                         if described else None),
+                   description_answers_accuracy=(sum(bool(r["exact"]) for r in described) / len(described)
+                                                 if described else None))
     out["bad_video_examples"] = bad_videos[:5]
     out["bad_record_examples"] = bad_records[:5]
     return out
@@ -343,6 +394,10 @@ def print_summary(s: dict, file=None) -> None:
           f"{s['bad_records']} bad pool records)", file=file)
     print(f"exact match (ground truth <= 3 words): {_fmt(s['exact_accuracy'], True)} of {s['exact_n']}", file=file)
     print(f"answer length: {_fmt(s['words_mean'])} words mean, {_fmt(s['words_median'])} median", file=file)
+    if "description_n" in s:
+        print(f"descriptions (synthetic captions): name the answer for {_fmt(s['description_accuracy'], True)} of "
+              f"{s['description_n']} records; the answers on the same records: "
+              f"{_fmt(s['description_answers_accuracy'], True)}", file=file)
     if "judge_n" in s:
         print(f"LLM judge: accuracy (score >= {ACCURACY_SCORE}) {_fmt(s['judge_accuracy'], True)}, mean score "
               f"{_fmt(s['judge_score_mean'])}, yes-share {_fmt(s['judge_yes_share'], True)} over {s['judge_n']} "
@@ -364,6 +419,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto",
                    help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
+    p.add_argument("--describe", action="store_true",
+                   help="also the greedy description c_0 of every video, and whether it names the answer")
+    p.add_argument("--describe_max_new_tokens", type=int, default=96)
     p.add_argument("--judge_url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge_model", default=None, help="model name sent to the judge endpoint")
     p.add_argument("--judge_api_key_env", default=None, help="name of the environment variable holding the API key")
@@ -382,7 +440,7 @@ def _check_args(a) -> tuple[JudgeClient | None, str | None]:
         return None, f"--video_root: {a.video_root}: no such folder"
     if a.model != "tiny" and not (Path(a.model) / "config.json").is_file():
         return None, f"--model: {a.model}: not a save_pretrained folder (no config.json)"
-    for name in ("num_frames", "batch_size", "max_new_tokens", "judge_workers"):
+    for name in ("num_frames", "batch_size", "max_new_tokens", "describe_max_new_tokens", "judge_workers"):
         if getattr(a, name) < 1:
             return None, f"--{name}: must be >= 1, got {getattr(a, name)}"
     if a.judge_retries < 0 or a.judge_timeout <= 0 or a.judge_backoff < 0:
@@ -437,11 +495,20 @@ def main(argv=None) -> int:
         return 2
 
     bad_videos: list[str] = []
-    results = greedy_answers(adapter, FeatureCache(a.num_frames), pool.records, batch_size=a.batch_size,
+    cache = FeatureCache(a.num_frames)
+    results = greedy_answers(adapter, cache, pool.records, batch_size=a.batch_size,
                              max_new_tokens=a.max_new_tokens, bad=bad_videos, show=True)
     for r in results:
         r["words"] = word_count(r["prediction"])
         r["exact"] = score_answer(r["prediction"], r["answer"]) if is_short_answer(r.get("answer")) else None
+    if a.describe:
+        path_of = {rec["id"]: rec["video_path"] for rec in pool.records}
+        videos = list(dict.fromkeys(path_of[r["id"]] for r in results))
+        descriptions = greedy_descriptions(adapter, cache, videos, batch_size=a.batch_size,
+                                           max_new_tokens=a.describe_max_new_tokens, show=True)
+        for r in results:
+            r["description"] = descriptions[path_of[r["id"]]]
+            r["description_names_answer"] = description_names_answer(r, r["description"])
     judge = None
     if client is not None:
         judge = judge_results(results, client, workers=a.judge_workers, show=True)

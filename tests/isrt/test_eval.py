@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from isrt.eval import (JudgeClient, MalformedReply, chat_completions_url, greedy_answers, judge_messages,
-                       judge_results, main, parse_judge_reply, summary_path)
+from isrt.eval import (JudgeClient, MalformedReply, chat_completions_url, description_names_answer, greedy_answers,
+                       judge_messages, judge_results, main, parse_judge_reply, summary_path)
 
 
 # ---- a fake judge server -----------------------------------------------------------------
@@ -264,6 +264,45 @@ def test_eval_cli_without_judge(tiny, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["judge_status"] for r in rows} == {"off"}
     assert "judge_n" not in json.loads(summary_path(out).read_text())
+
+
+def test_description_names_answer():
+    rec = {"prompt": "What color is the square?", "answer": "red",
+           "caption": "Two objects on a plain black background: a red square moving left and a blue circle moving up."}
+    assert description_names_answer(rec, "Two objects on a plain black background: a red square moving up.") is True
+    assert description_names_answer(rec, "Two objects: a blue square moving left.") is False
+    assert description_names_answer(rec, "Two objects: a red circle moving left.") is False  # no square named
+    assert description_names_answer(rec, "") is False
+    assert description_names_answer(dict(rec, caption="A red square on black."), "a red square moving up") is None
+    assert description_names_answer(dict(rec, answer="a man walks slowly in the park"), "a red square") is None
+    assert description_names_answer({"prompt": "What color is the square?", "answer": "red"}, "a red square") is None
+
+
+def test_eval_cli_describe(tiny, tmp_path, capsys):
+    """--describe: every record gets its video's greedy c_0; synthetic records say whether it
+    names the answer; the summary sets that against the answers on the same records."""
+    model_dir, data = tiny
+    out = tmp_path / "desc.jsonl"
+    assert main(["--model", str(model_dir), "--data", str(data), "--out", str(out), "--num_frames", "4",
+                 "--max_new_tokens", "4", "--describe", "--describe_max_new_tokens", "8"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by = {r["id"]: r for r in rows}
+    synthetic = [r for r in rows if r["id"].startswith("vid")]
+    assert all(isinstance(r["description"], str) and r["description"] for r in rows)
+    assert all(r["description_names_answer"] is description_names_answer(r, r["description"]) for r in rows)
+    assert all(isinstance(r["description_names_answer"], bool) for r in synthetic)
+    assert by["zz_noanswer"]["description_names_answer"] is None and by["zz_long"]["description_names_answer"] is None
+    same_video = [r["description"] for r in rows if r["video"] == synthetic[0]["video"]]
+    assert len(set(same_video)) == 1
+    summary = json.loads(summary_path(out).read_text())
+    assert summary["description_n"] == len(synthetic) == 6
+    assert summary["description_accuracy"] == sum(r["description_names_answer"] for r in synthetic) / 6
+    assert summary["description_answers_accuracy"] == sum(r["exact"] for r in synthetic) / 6
+    assert "descriptions (synthetic captions): name the answer for" in capsys.readouterr().out
+    # without --describe there is no description anywhere
+    main(["--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "no.jsonl"), "--num_frames", "4",
+          "--max_new_tokens", "4"])
+    assert "description_n" not in json.loads(summary_path(tmp_path / "no.jsonl").read_text())
 
 
 def test_eval_cli_user_errors_are_one_line(tiny, tmp_path, capsys, monkeypatch):
