@@ -115,23 +115,27 @@ def _short(rec: dict) -> bool:
 
 def answer_spread(records: list[dict]) -> dict:
     """Per closed answer kind (colour, shape, direction, count) of the one-word gold answers:
-    {kind: {"n", "top", "top_share", "gold_top_share"}}, top = the most frequent answer of that
-    kind among the predictions (None: none named one). A top_share far above gold_top_share
+    {kind: {"n", "accuracy", "top", "top_share", "gold_top_share"}}, accuracy = share of the
+    predictions `score_answer` counts right, top = the most frequent answer of that kind among
+    the predictions (None: none named one). A top_share far above gold_top_share
     means the policy answers the same word whatever the video (DPO can learn such a global
     preference from a judge with a word bias)."""
-    by: dict[str, tuple[list, list]] = {}
+    by: dict[str, tuple[list, list, list]] = {}
     for r in records:
         gold = answer_words(r.get("answer")) if _short(r) else []
         kind = kind_of(gold[0]) if len(gold) == 1 else None
         if kind is None or not isinstance(r.get("prediction"), str):
             continue
-        by.setdefault(kind, ([], []))[0].append(closed_word(r["prediction"], kind))
-        by[kind][1].append(gold[0])
+        said, golds, right = by.setdefault(kind, ([], [], []))
+        said.append(closed_word(r["prediction"], kind))
+        golds.append(gold[0])
+        right.append(score_answer(r["prediction"], r["answer"]))
     out = {}
-    for kind, (said, golds) in sorted(by.items()):
+    for kind, (said, golds, right) in sorted(by.items()):
         named = [w for w in said if w is not None]
         top = max(sorted(set(named)), key=named.count) if named else None
-        out[kind] = {"n": len(said), "top": top, "top_share": named.count(top) / len(said) if top else 0.0,
+        out[kind] = {"n": len(said), "accuracy": sum(right) / len(said), "top": top,
+                     "top_share": named.count(top) / len(said) if top else 0.0,
                      "gold_top_share": max(golds.count(g) for g in set(golds)) / len(golds)}
     return out
 
@@ -658,9 +662,10 @@ def render_markdown(data: dict, concl: dict) -> str:
     kinds = sorted({k for _, sp in spread_rows for k in sp})
     if kinds:
         out += ["## Answer spread (greedy answers, one-word gold answers of a closed kind)", "",
-                "Most frequent answer and its share per kind; in brackets the most frequent gold answer's share.", ""]
+                "Per kind: accuracy; the most frequent answer and its share; in brackets the most frequent gold "
+                "answer's share.", ""]
         out += [_table(["policy"] + kinds,
-                       [[name] + [f"{sp[k]['top'] or '-'} {_pct(sp[k]['top_share'], 0)} "
+                       [[name] + [f"{_pct(sp[k]['accuracy'], 0)}; {sp[k]['top'] or '-'} {_pct(sp[k]['top_share'], 0)} "
                                   f"({_pct(sp[k]['gold_top_share'], 0)}, n={sp[k]['n']})" if k in sp else "-"
                                   for k in kinds]
                         for name, sp in spread_rows]), ""]

@@ -197,9 +197,9 @@ def test_answer_spread_and_collapse(tmp_path):
         {"id": "g0", "answer": "A square", "prediction": "not a circle but a square"},
         {"id": "n0", "answer": "a man walks", "prediction": "a man"}]  # not a one-word closed kind
     sp = answer_spread(rows)
-    assert sp["shape"] == {"n": 13, "top": "square", "top_share": 5 / 13, "gold_top_share": 5 / 13}
-    assert sp["color"] == {"n": 2, "top": "red", "top_share": 0.5, "gold_top_share": 0.5}
-    assert sp["count"] == {"n": 2, "top": "1", "top_share": 0.5, "gold_top_share": 0.5}
+    assert sp["shape"] == {"n": 13, "accuracy": 13 / 13, "top": "square", "top_share": 5 / 13, "gold_top_share": 5 / 13}
+    assert sp["color"] == {"n": 2, "accuracy": 0.5, "top": "red", "top_share": 0.5, "gold_top_share": 0.5}
+    assert sp["count"] == {"n": 2, "accuracy": 0.5, "top": "1", "top_share": 0.5, "gold_top_share": 0.5}
     assert set(sp) == {"shape", "color", "count"}
     run = tmp_path / "collapse"
     run.mkdir()
@@ -208,7 +208,7 @@ def test_answer_spread_and_collapse(tmp_path):
     _jsonl(run / "final_eval.jsonl", _shapes(["circle"] * 11 + ["square"]))
     text = write_report(run).read_text()
     assert "**Answer collapse**: shape questions got 'circle' for 92% of the last greedy answers (pi_0: 'circle' 33%" in text
-    assert "| pi_1 (final) | circle 92% (33%, n=12) |" in text
+    assert "| pi_1 (final) | 33%; circle 92% (33%, n=12) |" in text
     # no collapse line when the answers stay spread
     _jsonl(run / "final_eval.jsonl", _shapes(["circle", "square", "triangle"] * 4))
     assert "Answer collapse" not in write_report(run).read_text()
