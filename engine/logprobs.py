@@ -24,7 +24,7 @@ from isrt.kernels import fused_linear_dpo, linear_logprobs
 
 
 def response_batch(adapter, prompts: list[str], responses: list[str], features: list[torch.Tensor], *,
-                   model=None) -> dict:
+                   model=None, max_length: int | None = None) -> dict:
     """Right-padded prompt+response inputs.
 
     Row b = [prompt_b ids with its video placeholder expanded to features[b].shape[0] tokens]
@@ -34,13 +34,20 @@ def response_batch(adapter, prompts: list[str], responses: list[str], features: 
       labels         long [B,T], ALREADY SHIFTED: labels[b,t] is the token at t+1 when that token
                      belongs to the response (or its EOS), else -100; so hidden[:, t] predicts
                      labels[:, t]. Do not pass these labels to an HF forward (it would shift again).
+    max_length: a row longer than this keeps its prompt and the first response tokens (its EOS
+    is then cut too; TRL's keep_start); a prompt that leaves no room is a ValueError.
     """
     if not (len(prompts) == len(responses) == len(features)):
         raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses, {len(features)} feature tensors")
     rows = []
     for p, r, f in zip(prompts, responses, features):
-        pi = adapter.encode_prompt(p, f.shape[0])
-        rows.append((pi, adapter.encode_response(r)))
+        pi, ri = adapter.encode_prompt(p, f.shape[0]), adapter.encode_response(r)
+        if max_length is not None:
+            if len(pi) >= max_length:
+                raise ValueError(f"a prompt of {len(pi)} tokens (its video included) leaves no room for a "
+                                 f"response under max_length {max_length}")
+            ri = ri[:max_length - len(pi)]
+        rows.append((pi, ri))
     t = max(len(pi) + len(ri) for pi, ri in rows)
     pad = adapter.tokenizer.pad_token_id
     input_ids = torch.full((len(rows), t), pad, dtype=torch.long)
@@ -58,15 +65,16 @@ def response_batch(adapter, prompts: list[str], responses: list[str], features: 
 
 
 def sequence_logps(adapter, prompts: list[str], responses: list[str], features: list[torch.Tensor], *,
-                   model=None, backend: str = "auto") -> torch.Tensor:
+                   model=None, backend: str = "auto", max_length: int | None = None) -> torch.Tensor:
     """fp32 [B]: summed log-probs of each response (+EOS) given its video and prompt.
 
     Differentiable w.r.t. the LM parameters (embedding table, decoder, LM head: whatever
     requires grad); video features are constants. `model`: the module to run (default
     adapter.model): the HF model, a PEFT model, or a DDP wrapper of either. Under torch.no_grad
-    it is the reference log-prob computation. `backend` is passed to isrt.kernels.
+    it is the reference log-prob computation. `backend` is passed to isrt.kernels; `max_length`
+    to `response_batch` (the reference and the policy must use the same one).
     """
-    batch = response_batch(adapter, prompts, responses, features, model=model)
+    batch = response_batch(adapter, prompts, responses, features, model=model, max_length=max_length)
     hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [B,T,H]
     labels = batch["labels"]
     head = _plain_head(adapter, model)
@@ -90,7 +98,8 @@ def _plain_head(adapter, model):
 def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: list[str],
                     features: list[torch.Tensor], ref_chosen_logps: torch.Tensor,
                     ref_rejected_logps: torch.Tensor, *, beta: float, loss_type: str,
-                    label_smoothing: float = 0.0, model=None, backend: str = "auto"):
+                    label_smoothing: float = 0.0, model=None, backend: str = "auto",
+                    max_length: int | None = None):
     """(loss, metrics) of B preference pairs through `isrt.kernels.fused_linear_dpo`.
 
     The decoder runs once on the 2B sequences (chosen first, then rejected: TRL's order) to
@@ -98,7 +107,7 @@ def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: li
     log-probs, loss and head gradients in one pass over the vocabulary (6NHV, 4NHV frozen head).
     Same log-probs as `sequence_logps` (the reference path) up to summation order.
     """
-    batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model)
+    batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model, max_length=max_length)
     hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [2B,T,H]
     head = _plain_head(adapter, model)
     return fused_linear_dpo(hidden, head.weight, batch["labels"], ref_chosen_logps, ref_rejected_logps,

@@ -48,7 +48,7 @@ class _PolicyLoss(torch.nn.Module):
         c = self._cfg
         return preference_step(self._adapter, prompts, chosen, rejected, features, ref_chosen, ref_rejected,
                                beta=c.beta, loss_type=c.loss_type, label_smoothing=c.label_smoothing,
-                               model=self.model, backend=c.backend)
+                               model=self.model, backend=c.backend, max_length=c.max_length or None)
 
 
 def train_dpo(adapter, pairs: list[Pair], cfg, d: distributed.Dist, *, seed: int, on_step=None) -> dict:

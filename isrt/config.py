@@ -153,12 +153,16 @@ class DPOConfig:
     lm: str = "full"
     lora_r: int = 16
     lora_alpha: int = 32
+    # tokens per sequence (prompt with its video tokens + response); a longer response is cut,
+    # the same way for the reference log-probs and for training; 0: no limit
+    max_length: int = 0
 
     def __post_init__(self):
         _check(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
         _one_of(self.lm, "dpo.lm", ("full", "lora"))
         _check(self.lora_r >= 1, "dpo.lora_r", f"must be >= 1, got {self.lora_r}")
         _check(self.lora_alpha > 0, "dpo.lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        _check(self.max_length >= 0, "dpo.max_length", f"must be >= 0 (0: no limit), got {self.max_length}")
         _one_of(self.loss_type, "dpo.loss_type", ("sigmoid", "ipo", "hinge", "robust"))
         _check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
         _check(self.learning_rate > 0, "dpo.learning_rate", f"must be > 0, got {self.learning_rate}")

@@ -167,13 +167,14 @@ def reference_logps(adapter, cache, prefs: list[dict], cfg) -> None:
         chat = [adapter.chat_prompt(prompts.response_prompt(p["prompt"])) for p in chunk]
         feats = [cache.get(adapter, p["video_path"]) for p in chunk]
         scores = _pair_logps(adapter, chat, feats, [p["chosen"] for p in chunk], [p["rejected"] for p in chunk],
-                             cfg.dpo.backend)
+                             cfg.dpo.backend, max_length=cfg.dpo.max_length or None)
         for p, (chosen, rejected) in zip(chunk, scores):
             p["ref_chosen_logp"], p["ref_rejected_logp"] = chosen, rejected
 
 
 def _pair_logps(adapter, chat: list[str], feats: list, first: list[str], second: list[str],
-                backend: str) -> list[tuple[float, float]]:
+                backend: str, max_length: int | None = None) -> list[tuple[float, float]]:
     """(log p(first_b), log p(second_b)) per prompt b, both halves in one `sequence_logps` batch."""
-    lp = sequence_logps(adapter, chat * 2, first + second, feats * 2, backend=backend).tolist()
+    lp = sequence_logps(adapter, chat * 2, first + second, feats * 2, backend=backend,
+                        max_length=max_length).tolist()
     return list(zip(lp[:len(chat)], lp[len(chat):]))

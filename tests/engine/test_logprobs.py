@@ -1,6 +1,7 @@
 """Sequence log-probs through isrt.kernels: values, masking, gradients, PEFT and DDP."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -95,6 +96,42 @@ def test_sequence_logps_matches_naive_and_gradients(family, adapter, videos):
     assert all(n.startswith(("model.language_model.", "lm_head.")) for n in ours), "vision stays frozen"
     for n in ours:
         torch.testing.assert_close(ours[n], naive[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_max_length_keeps_the_prompt_and_cuts_the_response(adapter, videos):
+    """max_length: a long row keeps its prompt and the first response tokens (EOS cut too); the
+    reference (sequence_logps) and the DPO step (preference_step) cut alike, so the first DPO
+    loss is still ln 2; a prompt that leaves no room is a one-line error."""
+    from isrt.engine.logprobs import preference_step
+
+    prompts = [adapter.chat_prompt(q) for q in QUESTIONS]
+    feats = [f for _, f in videos]
+    tok = adapter.tokenizer
+    pis = [adapter.encode_prompt(p, adapter.n_video_tokens) for p in prompts]
+    limit = max(len(pi) for pi in pis) + 3
+    cut = response_batch(adapter, prompts, RESPONSES, feats, max_length=limit)
+    for i, (pi, r) in enumerate(zip(pis, RESPONSES)):
+        ri = (tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id])[:limit - len(pi)]
+        row = cut["labels"][i].tolist()
+        assert [x for x in row if x != IGNORE_INDEX] == ri
+        assert int(cut["attention_mask"][i].sum()) == len(pi) + len(ri) <= limit
+    assert any(len(pi) + len(tok(r).input_ids) + 1 > limit for pi, r in zip(pis, RESPONSES))  # something was cut
+    full = sequence_logps(adapter, prompts, RESPONSES, feats)
+    with torch.no_grad():
+        ref = sequence_logps(adapter, prompts, RESPONSES, feats, max_length=limit)
+    assert not torch.equal(full, ref)
+    torch.testing.assert_close(sequence_logps(adapter, prompts, RESPONSES, feats, max_length=10_000), full)
+    rejected = ["No idea, sorry: I cannot tell from this video."] * len(prompts)
+    with torch.no_grad():
+        ref_rejected = sequence_logps(adapter, prompts, rejected, feats, max_length=limit)
+        loss, _ = preference_step(adapter, prompts, RESPONSES, rejected, feats, ref, ref_rejected, beta=0.1,
+                                  loss_type="sigmoid", max_length=limit)
+        uncut, _ = preference_step(adapter, prompts, RESPONSES, rejected, feats, ref, ref_rejected, beta=0.1,
+                                   loss_type="sigmoid")
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(float(uncut) - math.log(2)) > 1e-3  # the policy must cut the way the reference did
+    with pytest.raises(ValueError, match="leaves no room for a response under max_length"):
+        response_batch(adapter, prompts, RESPONSES, feats, max_length=len(pis[0]))
 
 
 def test_no_grad_reference_equals_training_value(adapter, videos):

@@ -33,6 +33,7 @@ def test_presets_load_and_overrides_apply():
     (["dpo.lm=frozen"], "dpo.lm"),
     (["dpo.lora_r=0"], "dpo.lora_r"),
     (["dpo.lora_alpha=0"], "dpo.lora_alpha"),
+    (["dpo.max_length=-1"], "dpo.max_length"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError) as e:
