@@ -220,7 +220,6 @@ def questions(scene: list[SceneObject], rng: np.random.Generator, k: int) -> lis
     return [pool[int(i)] for i in order]
 
 
-
 _PHRASE = re.compile(r"\ba (\w+) (\w+) moving (\w+)")
 _QUESTIONS = [  # (question pattern, which attribute answers it, which attributes name the object)
     (re.compile(r"what colou?r is the (\w+)\?"), 0, (1,)),
@@ -247,6 +246,7 @@ def answer_from_caption(question: str, text: str) -> str | None:
             said = {p[answer] for p in phrases if all(p[i] == w for i, w in zip(names, m.groups()))}
             return said.pop() if len(said) == 1 else None
     return None
+
 
 # ---------------------------------------------------------------------------------------------
 # Encoding (PyAV). Container -> (format, codec, pixel format, codec options).

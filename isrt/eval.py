@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
 from pathlib import Path
 
-from isrt.scoring import is_short_answer, score_answer, word_count
+from isrt.scoring import description_names_answer, is_short_answer, score_answer, word_count
 
 JUDGE_SYSTEM = (
     "You evaluate answers that a video question-answering model gave. You compare the model's predicted "
@@ -136,20 +136,6 @@ def greedy_descriptions(adapter, cache, videos: list[str], *, batch_size: int, m
         bar.update(len(chunk))
     bar.close()
     return out
-
-
-def description_names_answer(record: dict, description: str) -> bool | None:
-    """Does `description` give the record's answer, read like a synthetic caption? None when the
-    record's own gold caption does not give it that way (not the synthetic wording)."""
-    from isrt.engine.synthetic import answer_from_caption
-
-    prompt, answer, caption = record.get("prompt"), record.get("answer"), record.get("caption")
-    if not (isinstance(prompt, str) and isinstance(caption, str) and is_short_answer(answer)):
-        return None
-    gold = str(answer).strip().lower()
-    if answer_from_caption(prompt, caption) != gold:
-        return None
-    return answer_from_caption(prompt, description) == gold
 
 
 # ---- the LLM judge -----------------------------------------------------------------------

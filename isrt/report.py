@@ -52,9 +52,9 @@ import tempfile
 from pathlib import Path
 
 from isrt.engine.io import atomic_write_text, read_jsonl
-from isrt.engine.synthetic import answer_from_caption
 from isrt.judge import reason_counts, swap_agreement
-from isrt.scoring import answer_words, closed_word, is_short_answer, kind_of, length_stats, score_answer
+from isrt.scoring import (answer_words, closed_word, description_names_answer, is_short_answer, kind_of, length_stats,
+                          score_answer)
 
 LENGTH_GROWTH_LIMIT = 0.10
 # Answer collapse (`_collapsed`): at least COLLAPSE_MIN_N answers of a kind, the most frequent one
@@ -161,16 +161,15 @@ def _eval_stats(records: list[dict] | None, tokenizer) -> dict:
 
 def _context_stats(responses: list[dict]) -> dict:
     """How often c_t, the judge's evidence, names the answer: over the records whose gold caption
-    is in the synthetic data's wording (`answer_from_caption` reads the gold answer from it),
+    is in the synthetic data's wording (`isrt.scoring.description_names_answer`),
     the share whose context gives the gold answer too, and the sampled accuracy on the same
     records. {} when no record qualifies (real data)."""
-    graded = [r for r in responses if _short(r) and isinstance(r.get("prompt"), str)
-              and isinstance(r.get("context"), str) and isinstance(r.get("caption"), str)
-              and answer_from_caption(r["prompt"], r["caption"]) == str(r["answer"]).lower()]
+    said = [(r, description_names_answer(r, r["context"])) for r in responses if isinstance(r.get("context"), str)]
+    graded = [(r, ok) for r, ok in said if ok is not None]
     if not graded:
         return {}
-    named = sum(answer_from_caption(r["prompt"], r["context"]) == str(r["answer"]).lower() for r in graded)
-    scored = [score_answer(y, r["answer"]) for r in graded for y in (r.get("responses") or []) if isinstance(y, str)]
+    named = sum(ok for _, ok in graded)
+    scored = [score_answer(y, r["answer"]) for r, _ in graded for y in (r.get("responses") or []) if isinstance(y, str)]
     return {"context_n": len(graded), "context_correct": named, "context_acc": _ratio(named, len(graded)),
             "context_sampled_n": len(scored), "context_sampled_correct": sum(scored)}
 

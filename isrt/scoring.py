@@ -171,6 +171,20 @@ def score_answer(prediction: str | None, answer: str | int | None) -> bool:
     return True
 
 
+def description_names_answer(record: dict, description: str) -> bool | None:
+    """Does `description` give the record's answer, read like a synthetic caption? None when the
+    record's own gold caption does not give it that way (not the synthetic wording)."""
+    from isrt.engine.synthetic import answer_from_caption
+
+    prompt, answer, caption = record.get("prompt"), record.get("answer"), record.get("caption")
+    if not (isinstance(prompt, str) and isinstance(caption, str) and is_short_answer(answer)):
+        return None
+    gold = str(answer).strip().lower()
+    if answer_from_caption(prompt, caption) != gold:
+        return None
+    return answer_from_caption(prompt, description) == gold
+
+
 # ---- lengths -----------------------------------------------------------------------------
 def word_count(text: str | None) -> int:
     """Whitespace-separated words (the same count the loop's stage-1 metrics use)."""
