@@ -105,7 +105,7 @@ def greedy_answers(adapter, cache, records: list[dict], *, batch_size: int, max_
     bar = tqdm(total=len(good), desc="eval answers", unit="prompt", disable=not show, leave=False)
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
-        texts = generate(adapter, [adapter.chat_prompt(prompts.response_prompt(r["prompt"])) for r in chunk],
+        texts = generate(adapter, [prompts.policy_prompt(adapter, r["prompt"]) for r in chunk],
                          [cache.get(adapter, r["video_path"]) for r in chunk], max_new_tokens=max_new_tokens,
                          do_sample=False, num_return_sequences=1, batch_size=batch_size)
         for rec, t in zip(chunk, texts):

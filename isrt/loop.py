@@ -311,7 +311,7 @@ class Run:
 
     def stage3(self, t: int, it: Path, adapter) -> dict:
         prefs = read_jsonl(it / "preferences.jsonl")
-        pairs = [Pair(adapter.chat_prompt(prompts.response_prompt(p["prompt"])), p["chosen"], p["rejected"],
+        pairs = [Pair(prompts.policy_prompt(adapter, p["prompt"]), p["chosen"], p["rejected"],
                       self.cache.get(adapter, p["video_path"]), p["ref_chosen_logp"], p["ref_rejected_logp"])
                  for p in prefs]
         first = [True]

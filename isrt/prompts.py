@@ -29,6 +29,13 @@ def response_prompt(question: str) -> str:
     return template("response").format(question=question.strip())
 
 
+def policy_prompt(adapter, question: str) -> str:
+    """The question as the policy's chat prompt: the ONE spelling shared by stage 1 sampling, the
+    reference log-probs, DPO training, the warm start and evaluation (they must agree token for
+    token, or the reference and the policy score different sequences)."""
+    return adapter.chat_prompt(response_prompt(question))
+
+
 def context_prompt(previous_context: str | None) -> str:
     if previous_context is None:
         return template("context_first")

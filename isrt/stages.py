@@ -70,7 +70,7 @@ def generate_responses(adapter, cache, records: list[dict], cfg, *, seed_key, sh
     for attempt in range(1 + s.resample_identical):
         bar = tqdm(total=len(todo), desc="stage 1 responses", unit="prompt", disable=not show, leave=False)
         for b, chunk in _batches(todo, s.batch_size):
-            texts = generate(adapter, [adapter.chat_prompt(prompts.response_prompt(r["prompt"])) for r in chunk],
+            texts = generate(adapter, [prompts.policy_prompt(adapter, r["prompt"]) for r in chunk],
                              [cache.get(adapter, r["video_path"]) for r in chunk], max_new_tokens=s.max_new_tokens,
                              do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=2,
                              seed=stable_seed(seed_key, "responses", attempt, b), batch_size=s.batch_size)
@@ -164,7 +164,7 @@ def reference_logps(adapter, cache, prefs: list[dict], cfg) -> None:
     response, through the same `sequence_logps` path that training uses."""
     adapter.model.eval()
     for _, chunk in _batches(prefs, cfg.dpo.batch_size):
-        chat = [adapter.chat_prompt(prompts.response_prompt(p["prompt"])) for p in chunk]
+        chat = [prompts.policy_prompt(adapter, p["prompt"]) for p in chunk]
         feats = [cache.get(adapter, p["video_path"]) for p in chunk]
         scores = _pair_logps(adapter, chat, feats, [p["chosen"] for p in chunk], [p["rejected"] for p in chunk],
                              cfg.dpo.backend, max_length=cfg.dpo.max_length or None)

@@ -92,7 +92,7 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
         px = pixels[path]
         q, ans, cap = rec.get("prompt"), rec.get("answer"), rec.get("caption")
         if "qa" in kinds and q and ans:
-            out.append(SFTExample(adapter.chat_prompt(P.response_prompt(q)), ans, px, kind="qa", video=path))
+            out.append(SFTExample(P.policy_prompt(adapter, q), ans, px, kind="qa", video=path))
         if cap and path not in described:
             if "describe" in kinds:
                 out.append(SFTExample(adapter.chat_prompt(P.context_prompt(None)), cap, px, kind="describe",
@@ -159,7 +159,7 @@ def evaluate_qa(adapter, records: list[dict], *, video_root=None, cache=None, ma
     from isrt.engine.video import read_frames
 
     recs = [r for r in records if r.get("answer")]
-    prompts = [adapter.chat_prompt(P.response_prompt(r["prompt"])) for r in recs]
+    prompts = [P.policy_prompt(adapter, r["prompt"]) for r in recs]
     own: dict[str, torch.Tensor] = {}
 
     def features(path):
