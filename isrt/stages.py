@@ -13,7 +13,7 @@ import random
 import torch
 from tqdm import tqdm
 
-from isrt import judge, prompts
+from isrt import judge, prompts, verdicts
 from isrt.engine.generation import choice_logprobs, generate
 from isrt.engine.logprobs import sequence_logps
 from isrt.engine.video import VideoDecodeError
@@ -116,7 +116,7 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
                              do_sample=j.temperature > 0, temperature=j.temperature or 1.0, top_p=1.0,
                              num_return_sequences=1, seed=stable_seed(seed_key, "judge", b), batch_size=s.batch_size)
             for (i, order, _), t in zip(chunk, texts):
-                raw[i, order] = judge.parse_verdict(t[0])
+                raw[i, order] = verdicts.parse_verdict(t[0])
                 outputs[i, order] = t[0]
         bar.update(len(chunk))
     bar.close()
