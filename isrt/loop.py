@@ -40,8 +40,9 @@ from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter
 from isrt.engine.features import FeatureCache
 from isrt.engine.io import atomic_dir, atomic_write_text, commit_dir, read_json, read_jsonl, write_json, write_jsonl
-from isrt.engine.sft import SFTConfig, finish_training, set_trainable
-from isrt.engine.training import Pair, train_dpo
+from isrt.engine.training.dpo import Pair, train_dpo
+from isrt.engine.training.trainable import finish_training, set_trainable
+from isrt.rundir import RunDir, public
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,6 +61,7 @@ def _crash_point(name: str) -> None:
 class Run:
     def __init__(self, cfg: RunConfig, output_dir: str | Path, d: distributed.Dist):
         self.cfg, self.out, self.d = cfg, Path(output_dir), d
+        self.dir = RunDir(self.out, d.world_size)
         self.log = print if d.is_main else (lambda *a, **k: None)
 
     # ---- set-up -------------------------------------------------------------------------
@@ -84,7 +86,7 @@ class Run:
                              seed=cfg.seed).save_pretrained(tmp)
                 commit_dir(tmp, out / "init_model")
             if cfg.model.source == "smollm2":
-                from isrt.engine.smol import build_smol_video_llava
+                from isrt.engine.adapters.smol import build_smol_video_llava
                 build_smol_video_llava(out / "init_model", seed=cfg.seed, num_frames=cfg.model.num_frames)  # cached
             if cfg.warmstart.videos and not (out / "sft_data" / "prompts.jsonl").exists():
                 # a third seed: the warm start never sees the loop's pool or its evaluation clips
@@ -151,7 +153,7 @@ class Run:
 
     def policy_source(self, t: int) -> str:
         if t > 0:
-            return str(self.out / f"iter_{t - 1:02d}" / "checkpoint")
+            return str(self.dir.iteration(t - 1) / "checkpoint")
         return str(self.out / "warm_start") if self.cfg.warmstart.videos else self.initial_source()
 
     def load_policy(self, t: int):
@@ -165,19 +167,19 @@ class Run:
     def run(self) -> list[dict]:
         self.prepare()
         for t in range(self.cfg.iterations):
-            it = self.out / f"iter_{t:02d}"
-            if (it / "stage3.json").exists():
+            it = self.dir.iteration(t)
+            if self.dir.marker(t, 3).exists():
                 continue
             self.log(f"== iteration {t} ==")
             it.mkdir(exist_ok=True)
             adapter = self.load_policy(t)
             stages_ = ((0, self.stage0),) if self.eval_pool else ()
             for n, stage in stages_ + ((1, self.stage1), (2, self.stage2), (3, self.stage3)):
-                if not (it / f"stage{n}.json").exists():
+                if not self.dir.marker(t, n).exists():
                     start = time.time()
                     metrics = stage(t, it, adapter)
                     if self.d.is_main:
-                        write_json(it / f"stage{n}.json", dict(metrics, iteration=t, stage=n,
+                        write_json(self.dir.marker(t, n), dict(metrics, iteration=t, stage=n,
                                                                seconds=round(time.time() - start, 3)))
                         self.write_metrics()
                         self.write_report(adapter)
@@ -200,12 +202,9 @@ class Run:
         except Exception as e:  # the report is a view of the run's files: never a reason to stop training
             self.log(f"warning: report.md not rewritten ({type(e).__name__}: {str(e).splitlines()[0]})")
 
-    def _shard_path(self, it: Path, n: int, rank: int) -> Path:
-        return it / f"stage{n}.shard{rank}of{self.d.world_size}.json"
-
-    def _gather_shards(self, it: Path, n: int) -> list[dict]:
+    def _gather_shards(self, folder: Path, name: str) -> list[dict]:
         distributed.barrier(self.d)
-        return [read_json(self._shard_path(it, n, r)) for r in range(self.d.world_size)]
+        return self.dir.read_shards(folder, name)
 
     def stage0(self, t: int, it: Path, adapter) -> dict:
         """Greedy answers of pi_t on the held-out evaluation prompts (iter_XX/eval.jsonl)."""
@@ -214,17 +213,16 @@ class Run:
     def evaluate(self, folder: Path, name: str, adapter) -> dict:
         from isrt.eval import greedy_answers
         from isrt.scoring import score_answer
-        shard = folder / f"{name}.shard{self.d.rank}of{self.d.world_size}.json"
+        shard = self.dir.shard(folder, name, self.d.rank)
         if not shard.exists():
             bad: list[str] = []
             mine = shard_by_video(self.eval_pool.records, self.d.rank, self.d.world_size)
             rows = greedy_answers(adapter, self.cache, mine, batch_size=self.cfg.sampling.batch_size,
                                   max_new_tokens=self.cfg.sampling.max_new_tokens, bad=bad, show=self.d.is_main)
             write_json(shard, {"rows": rows, "bad": bad})
-        distributed.barrier(self.d)
+        shards = self._gather_shards(folder, name)
         if not self.d.is_main:
             return {}
-        shards = [read_json(folder / f"{name}.shard{r}of{self.d.world_size}.json") for r in range(self.d.world_size)]
         rows = sorted((r for s in shards for r in s["rows"]), key=lambda r: r["id"])
         write_jsonl(folder / f"{name}.jsonl", rows)
         scored = [score_answer(r["prediction"], r["answer"]) for r in rows if r.get("answer")]
@@ -233,13 +231,15 @@ class Run:
                 "eval_words_mean": statistics.fmean([len(r["prediction"].split()) for r in rows]) if rows else 0.0}
 
     def stage1(self, t: int, it: Path, adapter) -> dict:
-        shard = self._shard_path(it, 1, self.d.rank)
+        shard = self.dir.shard(it, "stage1", self.d.rank)
         records = iteration_prompts(self.pool, t, self.cfg.data.prompts_per_iteration, self.cfg.seed)
         if not shard.exists():
             mine = shard_by_video(records, self.d.rank, self.d.world_size)
             good, bad = stages.load_features(adapter, self.cache, mine, show=self.d.is_main)
             videos = list(dict.fromkeys(r["video_path"] for r in good))
-            previous = {v: self.previous_context(t, v) for v in videos}
+            index = self.dir.previous_contexts(t)
+            video_of = {r["video_path"]: r["video"] for r in good}
+            previous = {v: index.get(video_of[v]) for v in videos}
             contexts = stages.generate_contexts(adapter, self.cache, videos, previous, self.cfg,
                                                 seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
             _crash_point(f"iter_{t:02d}/stage1")
@@ -247,9 +247,9 @@ class Run:
                                               seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
             write_json(shard, {
                 "contexts": [{"video_path": v, "context": contexts[v], "previous_context": previous[v]} for v in videos],
-                "responses": [dict(_public(r), context=contexts[r["video_path"]], responses=pairs[r["id"]]) for r in good],
+                "responses": [dict(public(r), context=contexts[r["video_path"]], responses=pairs[r["id"]]) for r in good],
                 "bad": bad})
-        shards = self._gather_shards(it, 1)
+        shards = self._gather_shards(it, "stage1")
         if not self.d.is_main:
             return {}
         video_of = {r["video_path"]: r["video"] for r in records}
@@ -266,18 +266,8 @@ class Run:
                 "response_words_median": statistics.median(lengths) if lengths else 0.0,
                 "context_words_mean": statistics.fmean([len(c["context"].split()) for c in contexts]) if contexts else 0.0}
 
-    def previous_context(self, t: int, video_path: str) -> str | None:
-        """c_{t-1} of a video: from the latest earlier iteration that wrote one (with fresh
-        prompts per iteration a video may skip iterations), else None (the first context)."""
-        for s in range(t - 1, -1, -1):
-            path = self.out / f"iter_{s:02d}" / "contexts.jsonl"
-            for c in read_jsonl(path):
-                if c["video_path"] == video_path:
-                    return c["context"]
-        return None
-
     def stage2(self, t: int, it: Path, adapter) -> dict:
-        shard = self._shard_path(it, 2, self.d.rank)
+        shard = self.dir.shard(it, "stage2", self.d.rank)
         records = read_jsonl(it / "responses.jsonl")
         if not shard.exists():
             mine = shard_by_video(records, self.d.rank, self.d.world_size)
@@ -288,12 +278,12 @@ class Run:
             for rec, j in zip(mine, judgments):
                 if j["kept"]:
                     win = 0 if j["verdicts"][0] == "y1" else 1
-                    prefs.append(dict(_public(rec), chosen=rec["responses"][win], rejected=rec["responses"][1 - win],
+                    prefs.append(dict(public(rec), chosen=rec["responses"][win], rejected=rec["responses"][1 - win],
                                       iteration=t, context=rec["context"], verdicts=j["verdicts"],
                                       video_path=rec["video_path"]))
             stages.reference_logps(adapter, self.cache, prefs, self.cfg)
             write_json(shard, {"judgments": judgments, "preferences": prefs})
-        shards = self._gather_shards(it, 2)
+        shards = self._gather_shards(it, "stage2")
         if not self.d.is_main:
             return {}
         judgments = sorted((j for s in shards for j in s["judgments"]), key=lambda j: j["id"])
@@ -324,8 +314,7 @@ class Run:
         c = self.cfg.dpo
         lora = c.lm == "lora" and bool(pairs)  # no pairs: no training, pi_{t+1} = pi_t, no adapter
         if lora:
-            set_trainable(adapter, SFTConfig(lm="lora", lora_r=c.lora_r, lora_alpha=c.lora_alpha, train_vision=False,
-                                             train_projector=False), seed=stages.stable_seed(self.cfg.seed, t, "lora"))
+            set_trainable(adapter, c.trainable, seed=stages.stable_seed(self.cfg.seed, t, "lora"))
         metrics = train_dpo(adapter, pairs, c, self.d, seed=stages.stable_seed(self.cfg.seed, t, "dpo"),
                             on_step=on_step)
         if self.d.is_main and lora:
@@ -346,7 +335,7 @@ class Run:
         rows = []
         for t in range(self.cfg.iterations):
             for n in (0, 1, 2, 3):
-                path = self.out / f"iter_{t:02d}" / f"stage{n}.json"
+                path = self.dir.marker(t, n)
                 if path.exists():
                     row = read_json(path)
                     row.pop("history", None)
@@ -355,9 +344,3 @@ class Run:
         write_jsonl(self.out / "metrics.jsonl", rows)
         return rows
 
-
-def _public(rec: dict) -> dict:
-    """A prompt record as written to the run's JSONL files (the resolved path stays internal,
-    except where a later stage of this run needs it)."""
-    keep = ("id", "video", "prompt", "answer", "caption", "video_path")
-    return {k: rec[k] for k in keep if k in rec}

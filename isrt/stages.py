@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from isrt import judge, prompts, verdicts
 from isrt.engine.generation import choice_logprobs, generate
-from isrt.engine.logprobs import sequence_logps
+from isrt.engine.training.logprobs import sequence_logps
 from isrt.engine.video import VideoDecodeError
 
 

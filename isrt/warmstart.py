@@ -1,6 +1,6 @@
 """The SFT warm start's data and its cached stage: synthetic QA / description / judge examples
 from the loop's own prompt templates, greedy QA evaluation per question type, and `warm_start`,
-the cached SFT stage of a run directory. The trainer itself is `isrt.engine.sft` (this part
+the cached SFT stage of a run directory. The trainer itself is `isrt.engine.training.sft` (this part
 lives in the `isrt` layer because it uses the method's prompt templates).
 """
 from __future__ import annotations
@@ -12,8 +12,12 @@ import numpy as np
 import torch
 
 from isrt.engine import distributed
-from isrt.engine.sft import KINDS, SFTConfig, SFTExample, train_sft
+from isrt.engine.training.config import SFTConfig
+from isrt.engine.training.sft import SFTExample, train_sft
 from isrt.scoring import score_answer
+
+# The method's example kinds (see sft_examples).
+KINDS = ("qa", "describe", "retro", "judge", "judge_answer")
 
 
 def _resolve(rec: dict, video_root) -> str:

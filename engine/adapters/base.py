@@ -10,7 +10,7 @@ preprocessing is configured. Everything else is shared here:
   placeholder positions, exactly what HF's forward does with pixel_values_videos, minus the
   vision encoding (done once per video by `video_features`).
 - decoder: `hidden_states(...)` runs the LM backbone to its final (normed) hidden states; the
-  LM head is applied by the caller (`isrt.engine.logprobs` through isrt.kernels), never to all
+  LM head is applied by the caller (`isrt.engine.training.logprobs` through isrt.kernels), never to all
   positions.
 
 Models passed as `model=` may be wrapped (DDP, PEFT): `unwrap` finds the HF model inside, and
@@ -171,7 +171,7 @@ class VideoLMAdapter:
         output with last_hidden_state (after the final norm)."""
         raise NotImplementedError
 
-    def _encode_video(self, model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    def encode_video(self, model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """[B,F,3,S,S] -> [B, n_tokens, D] in the LM's embedding space."""
         raise NotImplementedError
 
@@ -181,13 +181,14 @@ class VideoLMAdapter:
         raise NotImplementedError
 
     # ---- shared parts -----------------------------------------------------------------------
+    def head(self, model=None) -> nn.Linear:
+        """The LM head of `model` (default: self.model; DDP/PEFT wrappers are looked through): the
+        nn.Linear mapping final hidden states [.., H] to logits [.., V] (weight [V,H], bias or None)."""
+        return unwrap(model if model is not None else self.model).get_output_embeddings()
+
     @property
     def lm_head(self) -> nn.Linear:
-        """nn.Linear mapping final hidden states [.., H] to logits [.., V] (weight [V,H], bias or None)."""
-        return unwrap(self.model).get_output_embeddings()
-
-    def head(self, model=None) -> nn.Linear:
-        return unwrap(model if model is not None else self.model).get_output_embeddings()
+        return self.head()
 
     def freeze_vision(self) -> None:
         """requires_grad=False for the vision tower(s) and projector (the paper keeps them frozen;
@@ -214,7 +215,7 @@ class VideoLMAdapter:
         if px.ndim != 5 or px.shape[2] != 3:
             raise ValueError(f"pixels must be [F,3,S,S] or [B,F,3,S,S], got {tuple(pixels.shape)}")
         m = unwrap(model if model is not None else self.model)
-        feats = self._encode_video(m, px.to(self.device, self.dtype))
+        feats = self.encode_video(m, px.to(self.device, self.dtype))
         return feats[0] if single else feats
 
     def chat_prompt(self, text: str, *, system: str | None = None) -> str:

@@ -31,7 +31,7 @@ class LlavaNextVideoAdapter(VideoLMAdapter):
 
     @classmethod
     def build_tiny(cls, seed: int, attn_implementation: str):
-        from isrt.engine.tiny import tiny_llava_next_video
+        from isrt.engine.adapters.tiny import tiny_llava_next_video
 
         return tiny_llava_next_video(seed=seed, attn_implementation=attn_implementation)
 
@@ -49,7 +49,7 @@ class LlavaNextVideoAdapter(VideoLMAdapter):
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
         return self.num_frames * (side // cfg.spatial_pool_stride) ** 2
 
-    def _encode_video(self, model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    def encode_video(self, model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         # Positional: the argument is `pixel_values` in 5.17 and `pixel_values_videos` in 5.24.
         out = model.model.get_video_features(pixel_values_videos)
         feats = out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -29,7 +29,7 @@ class VideoLlavaAdapter(VideoLMAdapter):
 
     @classmethod
     def build_tiny(cls, seed: int, attn_implementation: str):
-        from isrt.engine.tiny import tiny_video_llava
+        from isrt.engine.adapters.tiny import tiny_video_llava
 
         return tiny_video_llava(seed=seed, attn_implementation=attn_implementation)
 
@@ -45,7 +45,7 @@ class VideoLlavaAdapter(VideoLMAdapter):
         vc = self.model.config.vision_config
         return self.num_frames * ((vc.image_size // vc.patch_size) ** 2 + 1)
 
-    def _encode_video(self, model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+    def encode_video(self, model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         # The model's own method (tower, layer selection, projector): numerically what its
         # forward does with pixel_values_videos. Returns an output object in 5.x (pooler_output
         # holds the projected features [B*F, P+1, D]); transformers 4.x returned the tensor.

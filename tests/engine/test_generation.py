@@ -101,7 +101,7 @@ def test_max_new_tokens_and_eos_cut(adapter, videos):
 
 
 def test_features_are_reused_not_recomputed(adapter, videos, tower_calls):
-    from isrt.engine.logprobs import sequence_logps
+    from isrt.engine.training.logprobs import sequence_logps
 
     prompts = [adapter.chat_prompt(q) for q in QUESTIONS]
     feats = [f for _, f in videos]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from isrt.engine.adapters import IGNORE_INDEX, load_adapter
-from isrt.engine.logprobs import response_batch, sequence_logps
+from isrt.engine.training.logprobs import response_batch, sequence_logps
 
 F = 4
 QUESTIONS = ["What colour is the ball?", "Describe this video in detail: every object and which way it moves.",
@@ -102,7 +102,7 @@ def test_max_length_keeps_the_prompt_and_cuts_the_response(adapter, videos):
     """max_length: a long row keeps its prompt and the first response tokens (EOS cut too); the
     reference (sequence_logps) and the DPO step (preference_step) cut alike, so the first DPO
     loss is still ln 2; a prompt that leaves no room is a one-line error."""
-    from isrt.engine.logprobs import preference_step
+    from isrt.engine.training.logprobs import preference_step
 
     prompts = [adapter.chat_prompt(q) for q in QUESTIONS]
     feats = [f for _, f in videos]
@@ -154,7 +154,7 @@ def test_no_grad_reference_equals_training_value(adapter, videos):
 def test_lora_through_peft(adapter, videos):
     from peft import LoraConfig, get_peft_model
 
-    from isrt.engine.tiny import tiny_video_llava
+    from isrt.engine.adapters.tiny import tiny_video_llava
 
     base, _ = tiny_video_llava(seed=0)
     # Only the language model: CLIP's attention also has q_proj/v_proj, which must stay frozen.
@@ -179,7 +179,7 @@ _DDP_WORKER = textwrap.dedent("""
     sys.path.insert(0, here)
     from test_logprobs import _ddp_data
     from isrt.engine.adapters import load_adapter
-    from isrt.engine.logprobs import sequence_logps
+    from isrt.engine.training.logprobs import sequence_logps
     a = load_adapter("video_llava", "tiny", num_frames=2, seed=0)
     a.model.train()
     prompts, responses, feats = _ddp_data(a, rank)
@@ -247,7 +247,7 @@ def test_ddp_gradients_are_averaged_across_ranks(tmp_path):
 def test_lora_on_lm_head_is_refused(adapter, videos):
     from peft import LoraConfig, get_peft_model
 
-    from isrt.engine.tiny import tiny_video_llava
+    from isrt.engine.adapters.tiny import tiny_video_llava
 
     base, _ = tiny_video_llava(seed=0)
     peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["lm_head"]))

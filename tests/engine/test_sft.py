@@ -1,4 +1,4 @@
-"""Supervised warm start (isrt.engine.sft) on the tiny model: loss value, what trains, LoRA merge,
+"""Supervised warm start (isrt.engine.training.sft) on the tiny model: loss value, what trains, LoRA merge,
 examples from a synthetic dataset, scoring, and DDP (2 gloo ranks == 1 rank on the global batch)."""
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 from isrt import prompts as P
 from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter, unwrap
-from isrt.engine.logprobs import sequence_logps
-from isrt.engine.sft import (SFTConfig, SFTExample, align_vision, caption_phrases, content_tokens, set_trainable,
-                             train_sft)
+from isrt.engine.training.logprobs import sequence_logps
+from isrt.engine.training.align_vision import align_vision, caption_phrases, content_tokens
+from isrt.engine.training.config import SFTConfig
+from isrt.engine.training.sft import SFTExample, train_sft
+from isrt.engine.training.trainable import set_trainable
 from isrt.scoring import score_answer
 from isrt.warmstart import question_type, sft_examples
 from isrt.engine.synthetic import COLORS, DIRECTIONS, SHAPES, caption, make_scene, render_frames
@@ -130,7 +132,7 @@ def test_set_trainable_rejects_nothing_to_train():
 
 def test_set_trainable_counts():
     a = _adapter()
-    counts = set_trainable(a, SFTConfig(lm="full", train_vision=True))
+    counts = set_trainable(a, SFTConfig(lm="full", train_vision=True).trainable)
     trainable = {n for n, p in a.model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("model.image_tower.") for n in trainable)
     assert counts["trainable"] == sum(p.numel() for p in a.model.parameters() if p.requires_grad)
@@ -142,7 +144,7 @@ def test_lora_on_the_lm_alone_works_for_every_family(family):
     from isrt.engine.adapters import load_adapter
 
     a = load_adapter(family, "tiny", num_frames=2, seed=0)
-    counts = set_trainable(a, SFTConfig(lm="lora", lora_r=4, train_vision=False, train_projector=False))
+    counts = set_trainable(a, SFTConfig(lm="lora", lora_r=4, train_vision=False, train_projector=False).trainable)
     trainable = [n for n, p in a.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
     assert counts["trainable_vision"] == 0 and counts["trainable"] == sum(
@@ -153,7 +155,7 @@ def test_lora_init_depends_on_the_seed_not_on_the_global_rng():
     def lora_a(global_seed, seed):
         a = _adapter()
         torch.manual_seed(global_seed)  # whatever ran before in the process
-        set_trainable(a, SFTConfig(lm="lora", lora_r=4), seed=seed)
+        set_trainable(a, SFTConfig(lm="lora", lora_r=4).trainable, seed=seed)
         return [p.detach().clone() for n, p in a.model.named_parameters() if "lora_A" in n]
 
     first, other_state, other_seed = lora_a(1, 0), lora_a(2, 0), lora_a(1, 3)
@@ -164,7 +166,7 @@ def test_lora_init_depends_on_the_seed_not_on_the_global_rng():
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    set_trainable(a, SFTConfig(lm="lora", lora_r=4), seed=0)
+    set_trainable(a, SFTConfig(lm="lora", lora_r=4).trainable, seed=0)
     assert torch.equal(torch.rand(3), expected)
 
 

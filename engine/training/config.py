@@ -1,0 +1,125 @@
+"""Trainer settings as plain dataclasses: no torch here, so a run's configuration can be parsed and
+checked (isrt.config composes these) before anything heavy is imported.
+
+Each class checks its own values in `__post_init__` and raises a one-line ValueError naming the
+key as a run's config spells it (`dpo.beta`, `sft.lm`); isrt.config turns it into a ConfigError.
+Measurements behind the defaults: docs/demo_model.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LM_MODES = ("full", "lora", "frozen")
+DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _one_of(value: str, key: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """PEFT LoRA on the LM's projections (`target`: a regex over module names, never the head)."""
+    r: int = 16
+    alpha: int = 32
+    target: str = DEFAULT_LORA_TARGET
+
+
+@dataclass(frozen=True)
+class TrainableSpec:
+    """What trains: the LM as "full", "lora" (merged back when training ends) or "frozen", and
+    the video tower / projector; everything else stays frozen (isrt.engine.training.trainable)."""
+    lm: str = "full"
+    lora: LoraSpec = LoraSpec()
+    train_vision: bool = False
+    train_projector: bool = False
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm start settings (defaults: the SmolLM2 demo preset, see docs/demo_model.md)."""
+    steps: int = 80  # optimizer steps; 0: `epochs` passes over the examples
+    epochs: int = 1
+    batch_size: int = 8  # examples per rank per optimizer step
+    learning_rate: float = 3e-4  # LM parameters (LoRA or full)
+    vision_learning_rate: float = 3e-4  # video tower + projector (after stage 0: a gentle step)
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    schedule: str = "cosine"  # cosine (to 10%) | constant, after the linear warmup
+    max_grad_norm: float = 1.0
+    train_vision: bool = True  # the video tower
+    train_projector: bool = True
+    lm: str = "lora"  # full | lora | frozen
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target: str = DEFAULT_LORA_TARGET
+    normalization: str = "example"  # example | token (see isrt.engine.training.sft)
+    backend: str = "auto"  # isrt.kernels backend
+    # Stage 0 (`align_vision`): phrase-level caption alignment of the video tower + projector to
+    # the LM's word embeddings, before the LM is involved; 0 skips it. Needs "describe" examples.
+    align_steps: int = 400
+    align_lr: float = 3e-3
+    align_batch_size: int = 32
+    # Content words: those in at most this share of the captions (template words are in all).
+    # Why 0.5 and not 0.9 (which lets shape words in): docs/demo_model.md, "stage 0 vocabulary".
+    align_max_df: float = 0.5
+
+    def __post_init__(self):
+        _one_of(self.lm, "sft.lm", LM_MODES)
+        _one_of(self.normalization, "sft.normalization", ("example", "token"))
+        _one_of(self.schedule, "sft.schedule", ("cosine", "constant"))
+        _check(self.batch_size >= 1 and self.epochs >= 1 and self.steps >= 0,
+               "sft: batch_size and epochs must be >= 1, steps >= 0")
+        _check(self.train_vision or self.train_projector or self.lm != "frozen",
+               "sft: nothing to train (train_vision, train_projector false and lm frozen)")
+
+    @property
+    def trainable(self) -> TrainableSpec:
+        return TrainableSpec(self.lm, LoraSpec(self.lora_r, self.lora_alpha, self.lora_target),
+                             self.train_vision, self.train_projector)
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    learning_rate: float = 5e-7
+    weight_decay: float = 0.0
+    epochs: int = 1
+    batch_size: int = 4  # pairs per rank per optimizer step
+    max_grad_norm: float = 1.0
+    backend: str = "auto"  # isrt.kernels backend: auto | torch | triton
+    # What DPO trains in the LM (the video side stays frozen): "full", or "lora" (PEFT LoRA on the
+    # LM's attention and MLP projections, merged into pi_{t+1} after the iteration; the adapter
+    # is also kept in iter_XX/lora_adapter, loadable with peft onto pi_t)
+    lm: str = "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    # tokens per sequence (prompt with its video tokens + response); a longer response is cut,
+    # the same way for the reference log-probs and for training; 0: no limit
+    max_length: int = 0
+
+    def __post_init__(self):
+        _check(self.beta > 0, f"dpo.beta: must be > 0, got {self.beta}")
+        _one_of(self.lm, "dpo.lm", ("full", "lora"))
+        _check(self.lora_r >= 1, f"dpo.lora_r: must be >= 1, got {self.lora_r}")
+        _check(self.lora_alpha > 0, f"dpo.lora_alpha: must be > 0, got {self.lora_alpha}")
+        _check(self.max_length >= 0, f"dpo.max_length: must be >= 0 (0: no limit), got {self.max_length}")
+        _one_of(self.loss_type, "dpo.loss_type", ("sigmoid", "ipo", "hinge", "robust"))
+        _check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing: must be in [0, 0.5)")
+        _check(self.learning_rate > 0, f"dpo.learning_rate: must be > 0, got {self.learning_rate}")
+        _check(self.epochs >= 1, "dpo.epochs: must be >= 1")
+        _check(self.batch_size >= 1, "dpo.batch_size: must be >= 1")
+        _check(self.max_grad_norm > 0, "dpo.max_grad_norm: must be > 0")
+        _one_of(self.backend, "dpo.backend", ("auto", "torch", "triton"))
+
+    @property
+    def trainable(self) -> TrainableSpec:
+        """DPO trains the LM only (the paper keeps the video side frozen)."""
+        return TrainableSpec(self.lm, LoraSpec(self.lora_r, self.lora_alpha))

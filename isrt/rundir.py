@@ -1,0 +1,48 @@
+"""Where a run keeps what: iteration folders, per-rank shard files, stage markers, and the index
+of each video's latest context c_{t-1} (self-retrospection reads it; see isrt.loop for the layout).
+
+Contexts are keyed by the record's "video" field as the pool names it (relative to the pool, or
+absolute if the pool says so), never by the resolved path: a run directory moved between
+iterations keeps its chain of contexts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from isrt.engine.io import read_json, read_jsonl
+
+
+class RunDir:
+    def __init__(self, root: str | Path, world_size: int = 1):
+        self.root, self.world_size = Path(root), world_size
+
+    def iteration(self, t: int) -> Path:
+        return self.root / f"iter_{t:02d}"
+
+    def marker(self, t: int, stage: int) -> Path:
+        """stageN.json: the stage's metrics, written last, so its presence marks the stage done."""
+        return self.iteration(t) / f"stage{stage}.json"
+
+    def shard(self, folder: Path, name: str, rank: int) -> Path:
+        """One rank's part of a stage (name "stage1", "eval", ...), written whole."""
+        return folder / f"{name}.shard{rank}of{self.world_size}.json"
+
+    def read_shards(self, folder: Path, name: str) -> list[dict]:
+        return [read_json(self.shard(folder, name, r)) for r in range(self.world_size)]
+
+    def previous_contexts(self, t: int) -> dict[str, str]:
+        """c_{t-1} of every video that has one: video -> its context from the latest iteration
+        before t that wrote one (with fresh prompts per iteration a video may skip iterations).
+        Built once per iteration: one read of each earlier contexts.jsonl."""
+        index: dict[str, str] = {}
+        for s in range(t):  # oldest first, so a later context replaces an earlier one
+            for c in read_jsonl(self.iteration(s) / "contexts.jsonl"):
+                index[c["video"]] = c["context"]
+        return index
+
+
+def public(rec: dict) -> dict:
+    """A prompt record as written to the run's JSONL files (the resolved path stays internal,
+    except where a later stage of this run needs it)."""
+    keep = ("id", "video", "prompt", "answer", "caption", "video_path")
+    return {k: rec[k] for k in keep if k in rec}
