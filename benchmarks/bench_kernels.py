@@ -5,10 +5,10 @@ W [V, H] trainable or frozen, precomputed reference log-probs, sigmoid DPO loss;
 valid, so N rows are useful work. Providers:
 
   eager        F.linear -> fp32 log_softmax -> gather (materialized [N, V] logits), preference_loss
-  ours         fused_linear_dpo(..., backend="auto") with the shipped defaults
+  ours         fused_linear_dpo(..., backend="auto") with the shipped defaults (KernelOptions())
   ours-2p-cublas  two-pass schedule: linear_logprobs + preference_loss, the generic path
   (--providers all adds the design variants: ours-1p-tile / ours-1p-cublas (single pass with
-  Triton-matmul or cuBLAS logits), ours-2p-tile)
+  Triton-matmul or cuBLAS logits), ours-2p-tile; each is a KernelOptions(schedule=, impl=))
   liger        liger_kernel LigerFusedLinearDPOLoss(use_ref_model=False, compiled=False): it
                cannot take precomputed reference log-probs, so it runs without a reference
                (the same head work as ours); "liger-compiled" (torch.compile) at the target shape
@@ -52,7 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # isrt.kernels comes from the installed package (pip install -e .), or from PYTHONPATH as set up
 # by benchmarks/gpu_check.sh; the repository root itself is not a valid import root.
-from isrt.kernels import fused_linear_dpo, preference_loss  # noqa: E402
+from isrt.kernels import KernelOptions, fused_linear_dpo, preference_loss  # noqa: E402
 
 GPU_PROVIDERS = ["eager", "ours", "ours-2p-cublas", "liger"]
 # The design variants measured once to pick the defaults (docs/kernels.md); --providers all.
@@ -77,25 +77,24 @@ def make_step(provider, h, w, y, rc, rr, liger_compiled=False):
     if provider == "eager":
         return lambda: eager_dpo(h, w, y, rc, rr).backward()
     if provider.startswith("ours"):
-        from isrt.kernels import triton_dpo as TD
-        from isrt.kernels import triton_logprobs as TL
-        variant = {"ours-1p-tile": ("single", "tile"), "ours-1p-cublas": ("single", "cublas"),
-                   "ours-2p-cublas": ("two", "cublas"), "ours-2p-tile": ("two", "tile")}
-        sched, impl = variant.get(provider, (TD.SCHEDULE, TL.IMPL))
-
-        def step():
-            old = TD.SCHEDULE, TL.IMPL
-            TD.SCHEDULE, TL.IMPL = sched, impl
-            try:
-                fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto")[0].backward()
-            finally:
-                TD.SCHEDULE, TL.IMPL = old
-        return step
+        opts = provider_options(provider)
+        return lambda: fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto",
+                                        options=opts)[0].backward()
     if provider.startswith("liger"):
         from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
         mod = LigerFusedLinearDPOLoss(beta=0.1, use_ref_model=False, compiled=liger_compiled)
         return lambda: mod(w, h, y)[0].backward()
     raise ValueError(provider)
+
+
+def provider_options(provider):
+    """KernelOptions of an "ours*" provider: the defaults, or one (schedule, impl) variant."""
+    variant = {"ours-1p-tile": ("single", "tile"), "ours-1p-cublas": ("single", "cublas"),
+               "ours-2p-cublas": ("two", "cublas"), "ours-2p-tile": ("two", "tile")}
+    if provider not in variant:
+        return KernelOptions()
+    sched, impl = variant[provider]
+    return KernelOptions(schedule=sched, impl=impl)
 
 
 def loss_value(provider, h, w, y, rc, rr):
@@ -104,7 +103,8 @@ def loss_value(provider, h, w, y, rc, rr):
         if provider == "eager":
             return eager_dpo(h, w, y, rc, rr).item()
         if provider.startswith("ours"):
-            return fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto")[0].item()
+            return fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto",
+                                    options=provider_options(provider))[0].item()
     return float("nan")
 
 
@@ -284,9 +284,8 @@ def run_order(vs, heads, ns):
     """(V, head, N) in the order they run, so that a time budget cuts what matters least.
 
     1. the target shape: largest V, first head, largest N;
-    2. every smaller V in full (largest N first): V = 32000 rows are ~5x cheaper than
-       V = 152064 ones and had never been measured on a GPU (the first H200 run spent its
-       whole budget on V = 152064 and skipped them all);
+    2. every smaller V in full (largest N first): their rows cost V_small / V_max of the
+       target's (see docs/kernels.md, Benchmark, for the run that motivated this order);
     3. the rest of the largest V (other heads, smaller N).
     """
     vmax, vs_desc, ns_desc = max(vs), sorted(set(vs), reverse=True), sorted(set(ns), reverse=True)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .torch_logprobs import acc_dtype
+
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo")
 
 
@@ -65,7 +67,7 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
     Returns `(loss, metrics)`: a 0-dim loss differentiable w.r.t. the policy log-probs, and a dict of
     detached `[B]` tensors (see the module docstring). Reference log-probs get no gradient.
     """
-    dt = torch.float64 if chosen_logps.dtype == torch.float64 else torch.float32
+    dt = acc_dtype(chosen_logps)
     pc, pr = chosen_logps.to(dt), rejected_logps.to(dt)
     rc, rr = ref_chosen_logps.detach().to(dt), ref_rejected_logps.detach().to(dt)
     margin = (pc - pr) - (rc - rr)

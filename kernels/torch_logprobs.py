@@ -17,12 +17,18 @@ never by N x V. Ignored rows are dropped before any matmul.
 Compute dtype: fp32 accumulation everywhere. On the CPU, bf16/fp16 operands are upcast to fp32
 once per call (CPU half-precision GEMMs are slow and this is also the more exact choice); on CUDA
 the matmuls run in the input dtype (tensor cores, fp32 accumulation inside the GEMM), like eager.
+
+`LinearLogprobs`, the autograd.Function here, is shared with the Triton backend: it drops the
+ignored rows, saves what backward needs and scatters results back; the backend object it is given
+(`ChunkedTorch` here, `triton_logprobs.TritonChunks`) computes on the valid rows.
 """
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
+
 
 def no_autocast(fn):
     """Inputs are cast once by the public function; inside, matmuls must keep our dtypes."""
@@ -33,6 +39,50 @@ def no_autocast(fn):
     return wrapped
 
 
+def acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype of every path: fp64 for fp64 inputs, else fp32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def valid_rows(labels: torch.Tensor, ignore_index: int, vocab: int):
+    """(row index [M] int64, labels [M] int64) of the rows whose label is not ignore_index."""
+    rows = (labels != ignore_index).nonzero().squeeze(1)
+    y = labels.index_select(0, rows).to(torch.int64)
+    if y.numel() and bool(((y < 0) | (y >= vocab)).any()):
+        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    return rows, y
+
+
+class LinearLogprobs(torch.autograd.Function):
+    """The autograd skeleton of both backends: ignored rows are dropped before any matmul, and
+    `impl` (`ChunkedTorch` here, `triton_logprobs.TritonChunks`) does the work on the M valid rows:
+
+        impl.forward(hidden, weight, bias, rows, y)  -> (LSE [M], target logit [M]), acc dtype
+        impl.backward(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b)
+                                                     -> (dH [N, H], dW [V, H], db [V]), None
+                                                        where not needed (no dW work then)
+    """
+    @staticmethod
+    @no_autocast
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, impl):
+        rows, y = valid_rows(labels, ignore_index, weight.shape[0])
+        lse, tgt = impl.forward(hidden, weight, bias, rows, y)
+        out = torch.zeros(hidden.shape[0], dtype=acc_dtype(hidden), device=hidden.device)
+        out.index_copy_(0, rows, tgt - lse)
+        ctx.save_for_backward(hidden, weight, bias, rows, y, lse)
+        ctx.impl = impl
+        return out
+
+    @staticmethod
+    @no_autocast
+    def backward(ctx, grad_out):
+        hidden, weight, bias, rows, y, lse = ctx.saved_tensors
+        grads = ctx.impl.backward(hidden, weight, bias, rows, y, lse, grad_out,
+                                  *ctx.needs_input_grad[:3])
+        return (*grads, None, None, None)
+
+
 # Rows per chunk are picked so one chunk of fp32 logits is about this many bytes (a few copies
 # of it are alive at once: logits, exp, and the operand-dtype dZ on CUDA).
 CHUNK_BYTES = 32 << 20
@@ -40,10 +90,6 @@ CHUNK_BYTES = 32 << 20
 
 def default_chunk_rows(vocab: int, budget_bytes: int | None = None) -> int:
     return max(64, (budget_bytes or CHUNK_BYTES) // (4 * max(vocab, 1)))
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _operand(t: torch.Tensor | None, upcast: bool, dt: torch.dtype) -> torch.Tensor | None:
@@ -60,43 +106,35 @@ def _chunk_logits(h, w, b, acc):
     return z
 
 
-class ChunkedLinearLogprobs(torch.autograd.Function):
-    @staticmethod
-    @no_autocast
-    def forward(ctx, hidden, weight, bias, labels, ignore_index, chunk_rows, upcast):
-        acc = _compute_dtype(hidden)
-        n, v = hidden.shape[0], weight.shape[0]
-        rows = (labels != ignore_index).nonzero().squeeze(1)  # drop ignored rows before any matmul
-        y = labels.index_select(0, rows).long()
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= v):
-            raise ValueError(f"labels must be in [0, {v}) or equal ignore_index={ignore_index}; "
-                             f"got values in [{int(y.min())}, {int(y.max())}]")
-        c = chunk_rows or default_chunk_rows(v)
-        w = _operand(weight, upcast, acc)
-        b = _operand(bias, upcast, acc)
-        m = rows.numel()
-        lse = torch.empty(m, dtype=acc, device=hidden.device)
-        tgt = torch.empty(m, dtype=acc, device=hidden.device)
-        for s in range(0, m, c):
-            h = _operand(hidden.index_select(0, rows[s:s + c]), upcast, acc)
-            z = _chunk_logits(h, w, b, acc)
-            lse[s:s + c] = torch.logsumexp(z, dim=1)
-            tgt[s:s + c] = z.gather(1, y[s:s + c, None]).squeeze(1)
-            del z, h  # free before the next chunk is allocated: peak = one chunk
-        out = torch.zeros(n, dtype=acc, device=hidden.device)
-        out.index_copy_(0, rows, tgt - lse)
-        ctx.save_for_backward(hidden, weight, bias, rows, y, lse)
-        ctx.chunk_rows, ctx.upcast = c, upcast
-        return out
+class ChunkedTorch(NamedTuple):
+    """The torch backend of `LinearLogprobs`: chunks of `chunk_rows` valid rows; `upcast` turns
+    half-precision operands into fp32 once per call (the CPU choice)."""
+    chunk_rows: int
+    upcast: bool
 
-    @staticmethod
-    @no_autocast
-    def backward(ctx, grad_out):
-        hidden, weight, bias, rows, y, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        dh, dw, db = backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w,
-                                    need_b, ctx.chunk_rows, ctx.upcast)
-        return dh, dw, db, None, None, None, None
+    def forward(self, hidden, weight, bias, rows, y):
+        return forward_stats(hidden, weight, bias, rows, y, self.chunk_rows, self.upcast)
+
+    def backward(self, hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b):
+        return backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w,
+                              need_b, self.chunk_rows, self.upcast)
+
+
+def forward_stats(hidden, weight, bias, rows, y, chunk_rows, upcast):
+    """(LSE [M], target logit [M]) of the valid rows, one chunk of logits at a time."""
+    acc = acc_dtype(hidden)
+    w = _operand(weight, upcast, acc)
+    b = _operand(bias, upcast, acc)
+    m, c = rows.numel(), chunk_rows
+    lse = torch.empty(m, dtype=acc, device=hidden.device)
+    tgt = torch.empty(m, dtype=acc, device=hidden.device)
+    for s in range(0, m, c):
+        h = _operand(hidden.index_select(0, rows[s:s + c]), upcast, acc)
+        z = _chunk_logits(h, w, b, acc)
+        lse[s:s + c] = torch.logsumexp(z, dim=1)
+        tgt[s:s + c] = z.gather(1, y[s:s + c, None]).squeeze(1)
+        del z, h  # free before the next chunk is allocated: peak = one chunk
+    return lse, tgt
 
 
 def backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b,
@@ -137,6 +175,7 @@ def torch_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     """hidden [..., H], labels [...] -> fp32 [...] (see the module docstring)."""
     if upcast is None:
         upcast = hidden.device.type != "cuda"
-    out = ChunkedLinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
-                                      labels.reshape(-1), ignore_index, chunk_rows, upcast)
+    impl = ChunkedTorch(chunk_rows or default_chunk_rows(weight.shape[0]), upcast)
+    out = LinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
+                               labels.reshape(-1), ignore_index, impl)
     return out.view(labels.shape)

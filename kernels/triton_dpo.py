@@ -2,7 +2,7 @@
 
 Once the reference log-probs are given, g_t = dL/dlogp_t of a row depends only on its own pair
 (chosen i, rejected i). So the valid rows are ordered pair by pair, cut into chunks of whole pairs
-that fit CHUNK_BYTES of logits, and for each chunk:
+that fit the memory budget, and for each chunk:
 
     Z  = H_c W^T (+ b)                       [R, V] kept in the operand dtype      2RHV
     LSE, z_y  (fp32)                         impl "tile": the Triton matmul's epilogue
@@ -19,34 +19,26 @@ that fit CHUNK_BYTES of logits, and for each chunk:
 Backward only multiplies the stored gradients by the upstream scalar. FLOPs: 6MHV trainable,
 4MHV frozen (M = valid rows), against 8MHV / 6MHV for the two-pass schedule.
 
-Memory: one call uses at most SINGLE_PASS_BYTES (default 960 MiB) beyond inputs and gradients:
+Memory: one call uses at most `KernelOptions.single_pass_bytes` beyond inputs and gradients:
 the [R, V] logits chunk plus, when chosen, an fp32 dW accumulator. dW accumulates across chunks
 in that fp32 [V, H] buffer ("fp32": exact, 4VH bytes) or in the gradient's own dtype ("native":
 cuBLAS adds each chunk with fp32 arithmetic and rounds once per chunk; no extra memory).
-DW_ACCUM="auto" takes fp32 when the buffer needs at most half the budget. A pair with more valid
-rows than fit one chunk falls back to the two-pass schedule.
+`KernelOptions.dw_accum` picks; "auto" takes fp32 when the buffer needs at most half the budget.
+A pair with more valid rows than fit one chunk falls back to the two-pass schedule.
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import torch
 
-from .fused_dpo import two_pass_dpo
 from .losses import _check, preference_loss, sequence_grad
-from . import triton_logprobs
-from .triton_logprobs import _valid_rows, mm_acc_, triton_linear_logprobs
-from .torch_logprobs import no_autocast
+from .options import DEFAULT_OPTIONS, KernelOptions
+from .torch_logprobs import acc_dtype, no_autocast, valid_rows
+from .triton_logprobs import mm_acc_, triton_linear_logprobs
 from .triton_rows import row_grad_, row_lse_update
-from .triton_tiles import acc_dtype, tile_lse
-
-SCHEDULES = ("single", "two")
-SCHEDULE = os.environ.get("ISRT_KERNELS_SCHEDULE", "single")
-DW_ACCUMS = ("auto", "fp32", "native")
-DW_ACCUM = os.environ.get("ISRT_KERNELS_DW_ACCUM", "auto")
-# Extra memory of one single-pass call: the logits chunk, the per-chunk row copies and, when
-# chosen, the fp32 dW accumulator.
-SINGLE_PASS_BYTES = int(os.environ.get("ISRT_KERNELS_SINGLE_PASS_MB", "960")) << 20
+from .triton_tiles import tile_lse
+from .two_pass import two_pass_dpo
 
 
 def plan_chunks(pair: torch.Tensor, n_pairs: int, max_rows: int):
@@ -65,15 +57,15 @@ def plan_chunks(pair: torch.Tensor, n_pairs: int, max_rows: int):
     return chunks
 
 
-def memory_plan(weight: torch.Tensor, hidden: torch.Tensor, budget: int | None = None):
-    """(dW accumulator in fp32?, rows per chunk) for a single-pass call within `budget` bytes."""
-    budget = budget or SINGLE_PASS_BYTES
+def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
+                options: KernelOptions = DEFAULT_OPTIONS):
+    """(dW accumulator in fp32?, rows per chunk) for a single-pass call within
+    `options.single_pass_bytes`, dW accumulated as `options.dw_accum` says."""
+    budget, mode = options.single_pass_bytes, options.dw_accum
     v, hdim = weight.shape
-    if DW_ACCUM not in DW_ACCUMS:
-        raise ValueError(f"DW_ACCUM={DW_ACCUM!r} is not one of {DW_ACCUMS}")
     half = weight.dtype not in (torch.float32, torch.float64)
-    auto = DW_ACCUM == "auto" and half and 4 * weight.numel() <= budget // 2
-    fp32 = weight.requires_grad and (DW_ACCUM == "fp32" or not half or auto)
+    auto = mode == "auto" and half and 4 * weight.numel() <= budget // 2
+    fp32 = weight.requires_grad and (mode == "fp32" or not half or auto)
     # "auto" pays for its fp32 buffer out of the budget; an explicit "fp32" adds it on top.
     left = budget - (4 * weight.numel() if fp32 and auto else 0)
     per_row = hidden.element_size() * (v + 2 * hdim) + 64  # logits, gathered h, dH rows, vectors
@@ -84,7 +76,7 @@ class SinglePassDPO(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, cfg):
-        beta, loss_type, ls, impl, dw_fp32 = cfg
+        beta, loss_type, ls, options, dw_fp32 = cfg
         two_b, _, hdim = hidden.shape
         n_pairs = two_b // 2
         v = weight.shape[0]
@@ -107,8 +99,8 @@ class SinglePassDPO(torch.autograd.Function):
             hc = h2.index_select(0, rows[r0:r1])
             yc, sc, pc = y[r0:r1], seq[r0:r1], pair[r0:r1]
             z = buf[: r * v].view(r, v)
-            if impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
-                lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z)
+            if options.impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
+                lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z, config=options.tile_config)
                 zb = None  # bias is already inside z
             else:  # cuBLAS logits, Triton row kernel for LSE/target
                 torch.mm(hc, weight.t(), out=z)
@@ -120,7 +112,7 @@ class SinglePassDPO(torch.autograd.Function):
             tgt_z = torch.zeros(r, dtype=acc, device=hidden.device)
             row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0)
             lse_z = mrun + torch.log(srun)
-            if impl != "tile":
+            if options.impl != "tile":
                 lse, tgt = lse_z, tgt_z
             seq_logps.index_add_(0, sc, tgt - lse)
             if not (need_h or need_w or need_b):
@@ -168,23 +160,20 @@ class SinglePassDPO(torch.autograd.Function):
 
 def triton_fused_linear_dpo(hidden, weight, labels, ref_chosen_logps, ref_rejected_logps, *,
                             beta=0.1, loss_type="sigmoid", label_smoothing=0.0, bias=None,
-                            ignore_index=-100, schedule: str | None = None,
-                            chunk_bytes: int | None = None):
-    """fused_linear_dpo on the Triton backend (see the module docstring for the schedules)."""
+                            ignore_index=-100, options: KernelOptions = DEFAULT_OPTIONS):
+    """fused_linear_dpo on the Triton backend: `options.schedule` "single" (this file, falling
+    back to two-pass when a pair does not fit one chunk) or "two" (`two_pass.two_pass_dpo`)."""
     _check(loss_type, beta, label_smoothing)
-    schedule = schedule or SCHEDULE
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or hidden.shape[0] % 2:
         raise ValueError(f"expected hidden [2B, T, H] and labels [2B, T], got {tuple(hidden.shape)} "
                          f"and {tuple(labels.shape)}")
     weight = weight.contiguous()
     plan = None
-    if schedule == "single":
+    if options.schedule == "single":
         two_b, t, _ = hidden.shape
         v = weight.shape[0]
-        dw_fp32, max_rows = memory_plan(weight, hidden, chunk_bytes)
-        rows, y = _valid_rows(labels.reshape(-1), ignore_index, v)
+        dw_fp32, max_rows = memory_plan(weight, hidden, options)
+        rows, y = valid_rows(labels.reshape(-1), ignore_index, v)
         seq = rows // t
         pair = seq % (two_b // 2)
         order = torch.sort(pair, stable=True).indices  # pair by pair, chosen rows first
@@ -194,12 +183,13 @@ def triton_fused_linear_dpo(hidden, weight, labels, ref_chosen_logps, ref_reject
             max_rows = max(r1 - r0 for _, _, r0, r1 in chunks)
             plan = (rows, y, seq, pair, chunks, max(1, max_rows))
     if plan is None:
-        return two_pass_dpo(triton_linear_logprobs, hidden, weight, labels, ref_chosen_logps,
+        logprobs_fn = functools.partial(triton_linear_logprobs, options=options)
+        return two_pass_dpo(logprobs_fn, hidden, weight, labels, ref_chosen_logps,
                             ref_rejected_logps, beta=beta, loss_type=loss_type,
                             label_smoothing=label_smoothing, bias=bias, ignore_index=ignore_index)
     loss, seq_logps = SinglePassDPO.apply(hidden, weight, bias, ref_chosen_logps,
                                           ref_rejected_logps, *plan,
-                                          (beta, loss_type, label_smoothing, triton_logprobs.IMPL, dw_fp32))
+                                          (beta, loss_type, label_smoothing, options, dw_fp32))
     b = hidden.shape[0] // 2
     _, metrics = preference_loss(seq_logps[:b], seq_logps[b:], ref_chosen_logps,
                                  ref_rejected_logps, beta=beta, loss_type=loss_type,

@@ -1,7 +1,7 @@
 """Triton path of `linear_logprobs`: log p(y_t) under a linear head, two passes, no [N, V] logits.
 
 Forward (2MHV FLOPs, M = valid rows): the valid rows are gathered first (ignored rows never reach
-a matmul), then per block of <= ROW_BLOCK rows one of
+a matmul), then per block of <= ROW_BLOCK rows one of (`KernelOptions.impl`)
 - impl "tile":   `triton_tiles.tile_lse_kernel`, a Triton matmul whose epilogue keeps per-tile
                  max / sum-exp and the target logit (only [M, V/128] partials reach memory);
 - impl "cublas": per vocabulary chunk, cuBLAS writes a [rows, chunk] logits buffer and
@@ -15,32 +15,29 @@ dH += dZ W_chunk (fp32 accumulator across chunks), dW_chunk = dZ^T H (full-K GEM
 block, written once: no accumulation error), db += column sums. FLOPs: 2MHV recompute + 2MHV dH
 + 2MHV dW (trainable head only) -> 8MHV in total, 6MHV with a frozen head.
 
-Memory beyond inputs and gradients: the chunk buffer (CHUNK_BYTES), the gathered rows
-[M, H], an fp32 dH accumulator [ROW_BLOCK, H] when V spans several chunks, and O(M) vectors.
+Memory beyond inputs and gradients: the chunk buffer (`KernelOptions.chunk_bytes`), the gathered
+rows [M, H], an fp32 dH accumulator [ROW_BLOCK, H] when V spans several chunks, O(M) vectors.
 With more than ROW_BLOCK valid rows, dW of later row blocks is added into the gradient in its own
 dtype (cuBLAS accumulates each block in fp32).
 """
 from __future__ import annotations
 
-import os
+from typing import NamedTuple
 
 import torch
 
-from .torch_logprobs import no_autocast
+from .options import DEFAULT_OPTIONS, KernelOptions
+from .torch_logprobs import LinearLogprobs, acc_dtype
 from .triton_rows import row_grad_, row_lse_update
-from .triton_tiles import acc_dtype, tile_grad, tile_lse
+from .triton_tiles import tile_grad, tile_lse
 
-IMPLS = ("cublas", "tile")
-# Which kernel produces the logits: set from the GPU benchmark (docs/kernels.md).
-IMPL = os.environ.get("ISRT_KERNELS_IMPL", "cublas")
-CHUNK_BYTES = int(os.environ.get("ISRT_KERNELS_CHUNK_MB", "512")) << 20
 ROW_BLOCK = 16384
 VOCAB_ALIGN = 128  # vocabulary chunks are multiples of this (tests lower it to force chunking)
 
 
-def vocab_chunk(rows: int, vocab: int, itemsize: int, chunk_bytes: int | None = None) -> int:
+def vocab_chunk(rows: int, vocab: int, itemsize: int, chunk_bytes: int) -> int:
     """Columns per chunk so that a [rows, chunk] buffer fits chunk_bytes (multiple of VOCAB_ALIGN)."""
-    n = (chunk_bytes or CHUNK_BYTES) // max(1, rows * itemsize)
+    n = chunk_bytes // max(1, rows * itemsize)
     n = max(VOCAB_ALIGN, n // VOCAB_ALIGN * VOCAB_ALIGN)
     return min(vocab, n)
 
@@ -67,10 +64,8 @@ def _chunk_views(buf: torch.Tensor, rows: int, n: int) -> torch.Tensor:
     return buf[: rows * n].view(rows, n)
 
 
-def forward_stats(h, w, b, y, impl: str | None = None, chunk_bytes: int | None = None):
+def forward_stats(h, w, b, y, options: KernelOptions = DEFAULT_OPTIONS):
     """(LSE [M], target logit [M]) for gathered rows h [M, H] (see the module docstring)."""
-    impl = impl or IMPL
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
     m, v = h.shape[0], w.shape[0]
     acc = acc_dtype(h)
     lse = torch.empty(m, dtype=acc, device=h.device)
@@ -78,11 +73,11 @@ def forward_stats(h, w, b, y, impl: str | None = None, chunk_bytes: int | None =
     for r0 in range(0, m, ROW_BLOCK):
         r1 = min(m, r0 + ROW_BLOCK)
         hb, yb = h[r0:r1], y[r0:r1]
-        if impl == "tile":
-            lse[r0:r1], tgt[r0:r1] = tile_lse(hb, w, b, yb)
+        if options.impl == "tile":
+            lse[r0:r1], tgt[r0:r1] = tile_lse(hb, w, b, yb, config=options.tile_config)
             continue
         rows = r1 - r0
-        vc = vocab_chunk(rows, v, h.element_size(), chunk_bytes)
+        vc = vocab_chunk(rows, v, h.element_size(), options.chunk_bytes)
         buf = torch.empty(rows * vc, dtype=h.dtype, device=h.device)
         mrun = torch.full((rows,), float("-inf"), dtype=acc, device=h.device)
         srun = torch.zeros(rows, dtype=acc, device=h.device)
@@ -95,10 +90,8 @@ def forward_stats(h, w, b, y, impl: str | None = None, chunk_bytes: int | None =
 
 
 def backward_grads(h, w, b, y, lse, g, need_h: bool, need_w: bool, need_b: bool,
-                   impl: str | None = None, chunk_bytes: int | None = None):
+                   options: KernelOptions = DEFAULT_OPTIONS):
     """(dH [M, H] | None, dW [V, H] | None, db [V] fp32 | None) for dL/dlogp_t = g [M]."""
-    impl = impl or IMPL
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
     m, k = h.shape
     v = w.shape[0]
     acc = acc_dtype(h)
@@ -115,7 +108,7 @@ def backward_grads(h, w, b, y, lse, g, need_h: bool, need_w: bool, need_b: bool,
         r1 = min(m, r0 + ROW_BLOCK)
         rows = r1 - r0
         hb, yb, lb, gb = h[r0:r1], y[r0:r1], lse[r0:r1], g[r0:r1]
-        vc = vocab_chunk(rows, v, h.element_size(), chunk_bytes)
+        vc = vocab_chunk(rows, v, h.element_size(), options.chunk_bytes)
         buf = torch.empty(rows * vc, dtype=h.dtype, device=h.device)
         dh_acc = None
         if need_h and vc < v:
@@ -124,8 +117,8 @@ def backward_grads(h, w, b, y, lse, g, need_h: bool, need_w: bool, need_b: bool,
             n = min(vc, v - v0)
             wc = w[v0:v0 + n]
             dz = _chunk_views(buf, rows, n)
-            if impl == "tile":
-                tile_grad(hb, w, b, yb, lb, gb, dz, v0)
+            if options.impl == "tile":
+                tile_grad(hb, w, b, yb, lb, gb, dz, v0, config=options.tile_config)
             else:
                 torch.mm(hb, wc.t(), out=dz)
                 row_grad_(dz, b, yb, lb, gb, v0)
@@ -146,54 +139,32 @@ def backward_grads(h, w, b, y, lse, g, need_h: bool, need_w: bool, need_b: bool,
     return dh, dw, db
 
 
-def _valid_rows(labels, ignore_index, vocab):
-    rows = (labels != ignore_index).nonzero().squeeze(1)
-    y = labels.index_select(0, rows).to(torch.int64)
-    if y.numel() and bool(((y < 0) | (y >= vocab)).any()):
-        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}")
-    return rows, y
+class TritonChunks(NamedTuple):
+    """The Triton backend of `torch_logprobs.LinearLogprobs`: the valid rows are gathered once,
+    then row blocks and vocabulary chunks as `options` says."""
+    options: KernelOptions
 
+    def forward(self, hidden, weight, bias, rows, y):
+        return forward_stats(hidden.index_select(0, rows), weight, bias, y, self.options)
 
-class TritonLinearLogprobs(torch.autograd.Function):
-    @staticmethod
-    @no_autocast
-    def forward(ctx, hidden, weight, bias, labels, ignore_index, impl):
-        acc = acc_dtype(hidden)
-        rows, y = _valid_rows(labels, ignore_index, weight.shape[0])
-        out = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
-        lse = torch.empty(0, dtype=acc, device=hidden.device)
-        if rows.numel():
-            h = hidden.index_select(0, rows)
-            lse, tgt = forward_stats(h, weight, bias, y, impl)
-            out.index_copy_(0, rows, tgt - lse)
-        ctx.save_for_backward(hidden, weight, bias, rows, y, lse)
-        ctx.impl = impl
-        return out
-
-    @staticmethod
-    @no_autocast
-    def backward(ctx, grad_out):
-        hidden, weight, bias, rows, y, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    def backward(self, hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b):
         g = grad_out.index_select(0, rows).to(lse.dtype).contiguous()
         h = hidden.index_select(0, rows)
-        dh_rows, dw, db = backward_grads(h, weight, bias, y, lse, g, need_h, need_w, need_b, ctx.impl)
+        dh_rows, dw, db = backward_grads(h, weight, bias, y, lse, g, need_h, need_w, need_b,
+                                         self.options)
         dh = None
         if need_h:
             dh = torch.zeros_like(hidden)
             dh.index_copy_(0, rows, dh_rows)
         if db is not None:
             db = db.to(bias.dtype)
-        return dh, dw, db, None, None, None
+        return dh, dw, db
 
 
 def triton_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                            bias: torch.Tensor | None = None, ignore_index: int = -100,
-                           impl: str | None = None) -> torch.Tensor:
+                           options: KernelOptions = DEFAULT_OPTIONS) -> torch.Tensor:
     """hidden [..., H], weight [V, H], labels [...] -> fp32 [...] (fp64 for fp64 inputs)."""
-    impl = impl or IMPL
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-    out = TritonLinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight.contiguous(),
-                                     bias, labels.reshape(-1), ignore_index, impl)
+    out = LinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight.contiguous(), bias,
+                               labels.reshape(-1), ignore_index, TritonChunks(options))
     return out.view(labels.shape)

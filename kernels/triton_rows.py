@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .torch_logprobs import acc_dtype
+
 BLOCK_V = 2048
 
 
@@ -65,8 +67,9 @@ def row_grad_kernel(Z, stride_z, Bias, Y, LSE, G, n, v0,
         tl.store(zrow + cols, dz.to(Z.dtype.element_ty), mask=ok)
 
 
-def _acc(z: torch.Tensor):
-    return tl.float64 if z.dtype == torch.float64 else tl.float32
+def tl_acc(t: torch.Tensor):
+    """`acc_dtype(t)` as a Triton dtype, for the ACC constexpr of every kernel."""
+    return tl.float64 if acc_dtype(t) == torch.float64 else tl.float32
 
 
 def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int) -> None:
@@ -75,7 +78,7 @@ def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int) -> None:
     if r == 0:
         return
     row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, mrun, srun, tgt, n, v0,
-                         HAS_BIAS=b is not None, ACC=_acc(mrun),
+                         HAS_BIAS=b is not None, ACC=tl_acc(mrun),
                          BLOCK=min(BLOCK_V, triton.next_power_of_2(n)))
 
 
@@ -84,6 +87,6 @@ def row_grad_(z: torch.Tensor, b, y, lse, g, v0: int) -> torch.Tensor:
     r, n = z.shape
     if r:
         row_grad_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, lse, g, n, v0,
-                              HAS_BIAS=b is not None, ACC=_acc(lse),
+                              HAS_BIAS=b is not None, ACC=tl_acc(lse),
                               BLOCK=min(BLOCK_V, triton.next_power_of_2(n)))
     return z

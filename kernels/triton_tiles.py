@@ -17,36 +17,31 @@ int64, LSE/g [M] fp32. Offsets are int64 (M x V passes 2^31 at real sizes); the 
 
 Partial results are stored per column slot of SLOT_N columns (the smallest BLOCK_N of any config)
 so that a config with a wider BLOCK_N writes its values into the first slot of the columns it
-covers and neutral values (-inf, 0) into the others: the buffer is valid whatever config the
-autotuner ran last.
+covers and neutral values (-inf, 0) into the others: the buffer is valid whatever config ran
+(autotuned, forced by `KernelOptions.tile_config`, or the interpreter's).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .options import triton_interpreting
+from .torch_logprobs import acc_dtype
+from .triton_rows import tl_acc
 
-
-def _configs():
-    if INTERPRET:
-        # The interpreter has no driver to autotune with: exactly one config.
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 4},
-                              num_warps=4, num_stages=1)]
-    # Hopper/Ampere bf16 shapes from the Triton matmul tutorial's search space.
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
-    ]
-
+# Hopper/Ampere bf16 shapes from the Triton matmul tutorial's search space: what the GPU autotunes.
+GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+]
+# The interpreter has no driver to autotune with: it runs exactly this config.
+INTERPRET_CONFIG = dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1)
 
 # Partial-LSE slot width: the narrowest BLOCK_N of any config (every BLOCK_N is a multiple).
-SLOT_N = min(c.kwargs["BLOCK_N"] for c in _configs())
+SLOT_N = min([c.kwargs["BLOCK_N"] for c in GPU_CONFIGS] + [INTERPRET_CONFIG["BLOCK_N"]])
 
 
 @triton.jit
@@ -64,18 +59,20 @@ def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 
 
 @triton.jit
-def _logits_tile(H, W, stride_h, stride_w, pid_m, pid_n, M, N, K,
+def _logits_tile(H, W, Bias, M, N, K, stride_h, stride_w, HAS_BIAS: tl.constexpr,
+                 UPCAST: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 EVEN_K: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-                 PREC: tl.constexpr):
-    """fp32 (fp64 for fp64 operands) tile h[rows] @ W[cols]^T; rows/cols wrap modulo M/N so the
-    loads need no row mask (wrapped rows and columns are discarded by the caller)."""
+                 GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+    """This program's fp32 (fp64 for fp64 operands) tile z = h[rows] @ W[cols]^T (+ b[cols]) and
+    where it sits: (z, pid_n, offs_m, offs_n, m_ok, n_ok). Rows/cols wrap modulo M/N so the
+    loads need no row mask (the masks m_ok, n_ok mark what is real)."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
     rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
     rk = tl.arange(0, BLOCK_K)
     h_ptrs = H + rm.to(tl.int64)[:, None] * stride_h + rk[None, :]
     w_ptrs = W + rn.to(tl.int64)[:, None] * stride_w + rk[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    z = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
             a = tl.load(h_ptrs)
@@ -88,16 +85,22 @@ def _logits_tile(H, W, stride_h, stride_w, pid_m, pid_n, M, N, K,
             # bf16 tl.dot is wrong under the interpreter; a GPU keeps bf16 operands.
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC, out_dtype=ACC)
+        z = tl.dot(a, tl.trans(b), z, input_precision=PREC, out_dtype=ACC)
         h_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    return acc
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    if HAS_BIAS:
+        z += tl.load(Bias + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    return z, pid_n, offs_m, offs_n, m_ok, n_ok
 
 
 _EVEN_K = {"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0}
 
 
-@triton.autotune(configs=_configs(), key=["N", "K"])
+@triton.autotune(configs=GPU_CONFIGS, key=["N", "K"])
 @triton.heuristics(_EVEN_K)
 @triton.jit
 def tile_lse_kernel(H, W, Bias, Y, PMAX, PSUM, TGT, Z, M, N, K, stride_h, stride_w, stride_z,
@@ -106,15 +109,9 @@ def tile_lse_kernel(H, W, Bias, Y, PMAX, PSUM, TGT, Z, M, N, K, stride_h, stride
                     PREC: tl.constexpr, SLOT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    z = _logits_tile(H, W, stride_h, stride_w, pid_m, pid_n, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K,
-                     EVEN_K, UPCAST, ACC, PREC)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    if HAS_BIAS:
-        z += tl.load(Bias + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    z, pid_n, offs_m, offs_n, m_ok, n_ok = _logits_tile(
+        H, W, Bias, M, N, K, stride_h, stride_w, HAS_BIAS, UPCAST, ACC, PREC,
+        BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K)
     if STORE_Z:  # single-pass DPO keeps the chunk's logits (operand dtype) for its gradient
         zp = Z + offs_m.to(tl.int64)[:, None] * stride_z + offs_n[None, :]
         tl.store(zp, z.to(Z.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -136,7 +133,7 @@ def tile_lse_kernel(H, W, Bias, Y, PMAX, PSUM, TGT, Z, M, N, K, stride_h, stride
     tl.store(TGT + offs_m, t, mask=hit)
 
 
-@triton.autotune(configs=_configs(), key=["N", "K"])
+@triton.autotune(configs=GPU_CONFIGS, key=["N", "K"])
 @triton.heuristics(_EVEN_K)
 @triton.jit
 def tile_grad_kernel(H, W, Bias, Y, LSE, G, DZ, M, N, K, stride_h, stride_w, stride_dz, v0,
@@ -146,15 +143,9 @@ def tile_grad_kernel(H, W, Bias, Y, LSE, G, DZ, M, N, K, stride_h, stride_w, str
                      GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     """DZ[:, :N] = g (onehot(y - v0) - exp(z - LSE)) for columns v0..v0+N of the vocabulary
     (W and Bias already point at row v0)."""
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    z = _logits_tile(H, W, stride_h, stride_w, pid_m, pid_n, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K,
-                     EVEN_K, UPCAST, ACC, PREC)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    if HAS_BIAS:
-        z += tl.load(Bias + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    z, pid_n, offs_m, offs_n, m_ok, n_ok = _logits_tile(
+        H, W, Bias, M, N, K, stride_h, stride_w, HAS_BIAS, UPCAST, ACC, PREC,
+        BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K)
     lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0).to(ACC)
     g = tl.load(G + offs_m, mask=m_ok, other=0.0).to(ACC)
     y = tl.load(Y + offs_m, mask=m_ok, other=-1) - v0
@@ -168,36 +159,31 @@ def tile_grad_kernel(H, W, Bias, Y, LSE, G, DZ, M, N, K, stride_h, stride_w, str
 
 def kernel_dtypes(t: torch.Tensor):
     """(UPCAST, ACC, PREC) constexprs for operands of dtype t.dtype."""
-    upcast = INTERPRET and t.dtype == torch.bfloat16
-    acc = tl.float64 if t.dtype == torch.float64 else tl.float32
+    upcast = t.dtype == torch.bfloat16 and triton_interpreting()
     # fp32 operands: exact fp32 products like eager (no TF32); half types ignore PREC.
     prec = "ieee" if t.dtype in (torch.float32, torch.float64) else "tf32"
-    return upcast, acc, prec
-
-
-def acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-# Tests set this to one config's kwargs (plus num_warps/num_stages) to run the GPU tile shapes
-# under the interpreter, bypassing the autotuner.
-FORCE_CONFIG: dict | None = None
+    return upcast, tl_acc(t), prec
 
 
 def _grid(m, n):
     return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
 
-def _launch(kernel, grid, *args, **kwargs):
-    if FORCE_CONFIG is not None:
-        return kernel.fn[grid](*args, **kwargs, **FORCE_CONFIG)
+def _launch(kernel, grid, config: dict | None, *args, **kwargs):
+    """Run `kernel` with `config` (BLOCK_* kwargs plus num_warps/num_stages) when given, the
+    interpreter's one config under TRITON_INTERPRET=1, else whatever the autotuner picks."""
+    if config is None and triton_interpreting():
+        config = INTERPRET_CONFIG
+    if config is not None:
+        return kernel.fn[grid](*args, **kwargs, **config)
     return kernel[grid](*args, **kwargs)
 
 
 def tile_lse(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor,
-             z_out: torch.Tensor | None = None):
+             z_out: torch.Tensor | None = None, config: dict | None = None):
     """(LSE [M], target logit [M]) of rows h [M, K] against the whole vocabulary W [V, K];
-    with z_out [M, V], also the logits (bias included) rounded to z_out's dtype."""
+    with z_out [M, V], also the logits (bias included) rounded to z_out's dtype. `config`
+    forces one tile config (`KernelOptions.tile_config`)."""
     m, k = h.shape
     v = w.shape[0]
     acc = acc_dtype(h)
@@ -207,9 +193,10 @@ def tile_lse(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.
     tgt = torch.empty(m, dtype=acc, device=h.device)
     upcast, accl, prec = kernel_dtypes(h)
     z = z_out if z_out is not None else h
-    _launch(tile_lse_kernel, _grid(m, v), h, w, b if b is not None else h, y, pmax, psum, tgt, z,
-            m, v, k, h.stride(0), w.stride(0), z.stride(0), n_slots, HAS_BIAS=b is not None,
-            STORE_Z=z_out is not None, UPCAST=upcast, ACC=accl, PREC=prec, SLOT=SLOT_N)
+    _launch(tile_lse_kernel, _grid(m, v), config, h, w, b if b is not None else h, y, pmax, psum,
+            tgt, z, m, v, k, h.stride(0), w.stride(0), z.stride(0), n_slots,
+            HAS_BIAS=b is not None, STORE_Z=z_out is not None, UPCAST=upcast, ACC=accl, PREC=prec,
+            SLOT=SLOT_N)
     return combine_lse(pmax, psum), tgt
 
 
@@ -219,14 +206,14 @@ def combine_lse(pmax: torch.Tensor, psum: torch.Tensor) -> torch.Tensor:
     return gmax + torch.log((psum * torch.exp(pmax - gmax)).sum(dim=0))
 
 
-def tile_grad(h, w, b, y, lse, g, dz: torch.Tensor, v0: int) -> torch.Tensor:
+def tile_grad(h, w, b, y, lse, g, dz: torch.Tensor, v0: int, config: dict | None = None):
     """Fill dz [M, n] (a chunk buffer view) with dZ for vocabulary columns v0..v0+n."""
     m, k = h.shape
     n = dz.shape[1]
     upcast, accl, prec = kernel_dtypes(h)
     wv = w[v0:v0 + n]
     bv = b[v0:v0 + n] if b is not None else h
-    _launch(tile_grad_kernel, _grid(m, n), h, wv, bv, y, lse, g, dz, m, n, k, h.stride(0), w.stride(0),
-                                  dz.stride(0), v0, HAS_BIAS=b is not None, UPCAST=upcast,
-                                  ACC=accl, PREC=prec)
+    _launch(tile_grad_kernel, _grid(m, n), config, h, wv, bv, y, lse, g, dz, m, n, k, h.stride(0),
+            w.stride(0), dz.stride(0), v0, HAS_BIAS=b is not None, UPCAST=upcast, ACC=accl,
+            PREC=prec)
     return dz

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from isrt.kernels import LOSS_TYPES, fused_linear_dpo, linear_logprobs, preference_loss
+from isrt.kernels import KernelOptions, LOSS_TYPES, fused_linear_dpo, linear_logprobs, preference_loss
 from isrt.kernels import triton_dpo as TD
 from isrt.kernels import triton_logprobs as TL
 
@@ -16,18 +16,14 @@ PATHS = [("torch", None, None), ("triton", "two", "cublas"), ("triton", "two", "
 IDS = ["torch", "two-cublas", "two-tile", "single-cublas", "single-tile"]
 
 
-def dpo(path, h, w, y, rc, rr, monkeypatch=None, **kw):
+def dpo(path, h, w, y, rc, rr, *, budget=None, dw_accum="auto", **kw):
+    """fused_linear_dpo on one path; budget = single-pass bytes (None: the default)."""
     backend, schedule, impl = path
     if backend == "triton":
         require_interpreter()
-        kw_t = {k: kw.pop(k) for k in ("chunk_bytes",) if k in kw}
-        prev = TL.IMPL
-        TL.IMPL = impl
-        try:
-            return TD.triton_fused_linear_dpo(h, w, y, rc, rr, schedule=schedule, **kw, **kw_t)
-        finally:
-            TL.IMPL = prev
-    kw.pop("chunk_bytes", None)
+        opts = KernelOptions(schedule=schedule, impl=impl, dw_accum=dw_accum,
+                             single_pass_bytes=budget or KernelOptions().single_pass_bytes)
+        return fused_linear_dpo(h, w, y, rc, rr, backend="triton", options=opts, **kw)
     return fused_linear_dpo(h, w, y, rc, rr, backend="torch", **kw)
 
 
@@ -99,10 +95,8 @@ def test_ln2_when_policy_equals_reference(path, dtype):
     if backend == "triton":
         require_interpreter()
     with torch.no_grad():  # reference log-probs from the same kernel, forward only
-        prev = TL.IMPL
-        TL.IMPL = path[2] or prev
-        lp = linear_logprobs(h, w, y, bias=bb, backend=backend).sum(-1)
-        TL.IMPL = prev
+        opts = KernelOptions(impl=path[2] or "cublas")
+        lp = linear_logprobs(h, w, y, bias=bb, backend=backend, options=opts).sum(-1)
     loss, m = dpo(path, h, w, y, lp[:3], lp[3:], bias=bb)
     assert abs(loss.item() - 0.6931471824645996) <= (1e-7 if path[1] != "single" else 1e-6)
     assert torch.all(m["rewards/margins"].abs() <= 1e-6)
@@ -151,14 +145,14 @@ def test_single_pass_chunk_independence_and_fallback(single, monkeypatch):
     real = TD.plan_chunks
     monkeypatch.setattr(TD, "plan_chunks", lambda *a: plans.append(real(*a)) or plans[-1])
     for rows in (24, 30, 61):  # several chunks of whole pairs (a pair has <= 24 rows)
-        got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, chunk_bytes=rows * (50 + 32) * 4 + rows * 64),
+        got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, budget=rows * (50 + 32) * 4 + rows * 64),
                   [h, w, bb])
         assert len(plans[-1]) > 1
         assert abs(got[0].item() - ref[0].item()) < 1e-6
         for a, r in zip(got[2], ref[2]):
             assert (a - r).abs().max() <= 2e-6 * r.abs().max()
     # a chunk smaller than one pair: falls back to the two-pass schedule, same result
-    got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, chunk_bytes=3 * (50 + 32) * 4 + 3 * 64),
+    got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, budget=3 * (50 + 32) * 4 + 3 * 64),
               [h, w, bb])
     assert plans[-1] is None
     for a, r in zip(got[2], ref[2]):
@@ -176,18 +170,18 @@ def test_plan_chunks_keeps_pairs_whole():
 @pytest.mark.parametrize("dw_accum", ["fp32", "native"])
 def test_single_pass_dw_accumulation_modes(dw_accum, single, monkeypatch):
     h, w, bb, y, rc, rr = make(4, 10, 16, 40, torch.bfloat16, seed=7)
-    monkeypatch.setattr(TD, "DW_ACCUM", dw_accum)
     plans = []
     real = TD.plan_chunks
     monkeypatch.setattr(TD, "plan_chunks", lambda *a: plans.append(real(*a)) or plans[-1])
     budget = 20 * (2 * (40 + 2 * 16) + 64)
-    assert TD.memory_plan(w, h, budget) == (dw_accum == "fp32", 20)
-    monkeypatch.setattr(TD, "DW_ACCUM", "auto")  # auto: fp32 only if it fits half the budget
-    assert TD.memory_plan(w, h, budget) == (False, 20)
-    assert TD.memory_plan(w, h, 2 * 4 * 40 * 16) == (True, (2 * 4 * 40 * 16 - 4 * 40 * 16) // 208)
-    monkeypatch.setattr(TD, "DW_ACCUM", dw_accum)
-    got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, chunk_bytes=budget),
-              [h, w, bb])
+
+    def plan(mode, budget):
+        return TD.memory_plan(w, h, KernelOptions(dw_accum=mode, single_pass_bytes=budget))
+    assert plan(dw_accum, budget) == (dw_accum == "fp32", 20)
+    assert plan("auto", budget) == (False, 20)  # auto: fp32 only if it fits half the budget
+    assert plan("auto", 2 * 4 * 40 * 16) == (True, (2 * 4 * 40 * 16 - 4 * 40 * 16) // 208)
+    got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, budget=budget,
+                                   dw_accum=dw_accum), [h, w, bb])
     assert len(plans[-1]) > 1  # dW really accumulated over chunks
     eg = run(lambda h, w, bb: reference(h, w, bb, y, rc, rr), [h, w, bb])[2]
     rg = run(lambda h, w, bb: reference(h, w, bb, y, rc.double(), rr.double()), fp64([h, w, bb]))[2]
@@ -224,3 +218,25 @@ def test_bad_inputs():
         fused_linear_dpo(h, w, y, rc, rr, loss_type="nope", backend="triton")
     with pytest.raises(ValueError):
         fused_linear_dpo(h.reshape(-1, 8), w, y.reshape(-1), rc, rr, backend="triton")
+
+
+def test_options_reach_the_kernels(monkeypatch):
+    """KernelOptions is the only switch: impl picks the tile kernels, schedule the single pass;
+    bad values fail when the options are built."""
+    require_interpreter()
+    h, w, bb, y, rc, rr = make(2, 6, 8, 20, torch.float32, seed=11)
+    calls = []
+    for mod in (TL, TD):
+        real = mod.tile_lse
+        monkeypatch.setattr(mod, "tile_lse", lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+    real_plan = TD.plan_chunks
+    monkeypatch.setattr(TD, "plan_chunks", lambda *a: calls.append(2) or real_plan(*a))
+    for schedule, impl, expected in [("two", "cublas", []), ("two", "tile", [1]),
+                                     ("single", "cublas", [2]), ("single", "tile", [2, 1])]:
+        calls.clear()
+        fused_linear_dpo(h, w, y, rc, rr, bias=bb, backend="triton",
+                         options=KernelOptions(schedule=schedule, impl=impl))
+        assert calls == expected, (schedule, impl, calls)
+    for bad in (dict(impl="cuda"), dict(schedule="one"), dict(dw_accum="bf16"), dict(chunk_bytes=0)):
+        with pytest.raises(ValueError):
+            KernelOptions(**bad)

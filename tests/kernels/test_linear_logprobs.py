@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from isrt.kernels import linear_logprobs, resolve_backend
+from isrt.kernels import KernelOptions, linear_logprobs, resolve_backend
 from isrt.kernels import triton_logprobs as TL
 from isrt.kernels import torch_logprobs as TP
 from isrt.kernels import triton_tiles as TT
@@ -20,11 +20,12 @@ from kernel_oracle import eager_logprobs, fp64, grads, max_err, require_interpre
 BACKENDS = ["torch", "cublas", "tile"]
 
 
-def logprobs(backend, h, w, y, bias=None, ignore_index=-100, **kw):
+def logprobs(backend, h, w, y, bias=None, ignore_index=-100, options=None):
     if backend == "torch":
-        return torch_linear_logprobs(h, w, y, bias=bias, ignore_index=ignore_index, **kw)
+        return torch_linear_logprobs(h, w, y, bias=bias, ignore_index=ignore_index)
     require_interpreter()
-    return triton_linear_logprobs(h, w, y, bias=bias, ignore_index=ignore_index, impl=backend)
+    return triton_linear_logprobs(h, w, y, bias=bias, ignore_index=ignore_index,
+                                  options=options or KernelOptions(impl=backend))
 
 
 def make(shape, dtype, *, bias=True, frac_ignored=0.25, seed=0, scale=1.0):
@@ -39,13 +40,14 @@ def make(shape, dtype, *, bias=True, frac_ignored=0.25, seed=0, scale=1.0):
     return h, w, b, y
 
 
-def check_against_oracle(backend, h, w, b, y, ignore_index=-100, floor=1e-6):
+def check_against_oracle(backend, h, w, b, y, ignore_index=-100, floor=1e-6, options=None):
     """Value and gradients: |ours - fp64| <= 2 |eager same dtype - fp64| + floor (max norms)."""
     ts = [h, w] + ([b] if b is not None else [])
     up = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
 
     def ours(*a):
-        return logprobs(backend, a[0], a[1], y, a[2] if len(a) > 2 else None, ignore_index)
+        return logprobs(backend, a[0], a[1], y, a[2] if len(a) > 2 else None, ignore_index,
+                        options)
 
     def eager(*a):
         return eager_logprobs(a[0], a[1], y, a[2] if len(a) > 2 else None, ignore_index)
@@ -157,15 +159,15 @@ def test_chunk_size_independence_triton(impl, monkeypatch):
     h, w, b, y = make((4, 33, 20, 97), torch.float32, seed=9)
     up = torch.randn(y.shape)
 
-    def run():
-        return grads(lambda *a: triton_linear_logprobs(a[0], a[1], y, bias=a[2], impl=impl),
+    def run(opts):
+        return grads(lambda *a: triton_linear_logprobs(a[0], a[1], y, bias=a[2], options=opts),
                      [h, w, b], up)
-    ref_v, ref_g = run()
+    ref_v, ref_g = run(KernelOptions(impl=impl))
     monkeypatch.setattr(TL, "VOCAB_ALIGN", 16)
-    monkeypatch.setattr(TL, "CHUNK_BYTES", 40 * 4 * 32)  # 32-column chunks (dH accumulated)
     monkeypatch.setattr(TL, "ROW_BLOCK", 40)  # several row blocks (dW accumulated)
-    assert TL.vocab_chunk(40, 97, 4) == 32
-    v, g = run()
+    chunk = 40 * 4 * 32  # 32-column chunks (dH accumulated)
+    assert TL.vocab_chunk(40, 97, 4, chunk) == 32
+    v, g = run(KernelOptions(impl=impl, chunk_bytes=chunk))
     assert_same_up_to_rounding(v, ref_v)
     for a, r in zip(g, ref_g):
         assert_same_up_to_rounding(a, r)
@@ -179,7 +181,7 @@ def test_fp64_gradcheck(backend):
                                     fast_mode=backend != "torch")
 
 
-def test_gpu_tile_configs_under_interpreter(monkeypatch):
+def test_gpu_tile_configs_under_interpreter():
     """The tile shapes the GPU autotunes over (BLOCK_N = 256 > SLOT_N: neutral slots written)."""
     require_interpreter()
     h, w, b, y = make((3, 41, 64, 300), torch.float32, seed=11)
@@ -187,8 +189,7 @@ def test_gpu_tile_configs_under_interpreter(monkeypatch):
                   dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4)]
     assert any(c["BLOCK_N"] > TT.SLOT_N for c in gpu_shapes)
     for cfg in gpu_shapes:
-        monkeypatch.setattr(TT, "FORCE_CONFIG", cfg)
-        check_against_oracle("tile", h, w, b, y)
+        check_against_oracle("tile", h, w, b, y, options=KernelOptions(impl="tile", tile_config=cfg))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,10 +6,10 @@ labels [2B, T] are already shifted (hidden[:, t] predicts labels[:, t]); ignored
 log-probs; the loss is `losses.preference_loss` of those sums against the precomputed reference
 log-probs `[B]`.
 
-Two schedules:
-- two-pass (every backend, any loss): logps = linear_logprobs(...) (2NHV forward), and autograd
-  runs its recompute backward (6NHV trainable, 4NHV frozen).
-- single-pass (backend "triton" on CUDA, `kernels.triton_dpo`): because g_t = dL/dlogp_t is a
+Two schedules (`KernelOptions.schedule` on the Triton backend):
+- two-pass (this file; every backend, any loss): logps = linear_logprobs(...) (2NHV forward), and
+  autograd runs its recompute backward (6NHV trainable, 4NHV frozen).
+- single-pass (backend "triton", the default there, `triton_dpo.py`): because g_t = dL/dlogp_t is a
   function of each pair alone once the reference log-probs are given, every chunk of whole pairs
   gets its logits, loss and gradients in the forward call (6NHV / 4NHV), and backward only scales
   the stored gradients by the upstream scalar.

@@ -1,0 +1,59 @@
+"""KernelOptions: how the Triton backend computes, one frozen value passed down to every kernel call.
+
+The defaults are what ships, chosen by the GPU benchmark (see docs/kernels.md, "Design that
+ships"). They change speed and memory, and results only by rounding; they are read at call time,
+never from the environment. The torch backend takes no options.
+
+    from isrt.kernels import KernelOptions, fused_linear_dpo
+    fused_linear_dpo(..., options=KernelOptions(schedule="two", impl="tile"))
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+IMPLS = ("cublas", "tile")
+SCHEDULES = ("single", "two")
+DW_ACCUMS = ("auto", "fp32", "native")
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Implementation choices of the Triton backend (defaults = the shipped design).
+
+    impl               which kernel produces the logits: "cublas" (cuBLAS GEMM + Triton row
+                       kernels) or "tile" (Triton matmul with fused log-sum-exp / dZ epilogues).
+    schedule           `fused_linear_dpo`: "single" (loss and gradients in one sweep over chunks
+                       of whole pairs, 6NHV) or "two" (`linear_logprobs` + recompute, 8NHV).
+    chunk_bytes        two-pass schedule: bytes of one [rows, vocabulary chunk] logits buffer.
+    single_pass_bytes  single-pass schedule: extra memory of one call (logits chunk, row copies
+                       and, when chosen, the fp32 dW accumulator).
+    dw_accum           single-pass dW across chunks: "fp32" (an fp32 [V, H] accumulator), "native"
+                       (in the weight's dtype, one rounding per chunk), "auto" (fp32 when that
+                       buffer needs at most half of single_pass_bytes).
+    tile_config        impl "tile": one config's kwargs (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                       num_warps, num_stages) run instead of autotuning; None = autotune.
+    """
+    impl: str = "cublas"
+    schedule: str = "single"
+    chunk_bytes: int = 512 << 20
+    single_pass_bytes: int = 960 << 20
+    dw_accum: str = "auto"
+    tile_config: dict | None = field(default=None, hash=False)  # a dict cannot be hashed
+
+    def __post_init__(self):
+        for name, allowed in (("impl", IMPLS), ("schedule", SCHEDULES), ("dw_accum", DW_ACCUMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        for name in ("chunk_bytes", "single_pass_bytes"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+DEFAULT_OPTIONS = KernelOptions()
+
+
+def triton_interpreting() -> bool:
+    """Triton's own switch (TRITON_INTERPRET=1: kernels run on CPU tensors, in Python); read at
+    each call, as Triton reads it when a kernel is defined."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
