@@ -1,5 +1,5 @@
 """isrt.eval: greedy answers through the engine (tiny model), exact-match scoring, and the
-LLM judge against a fake OpenAI-compatible server on 127.0.0.1 (started here, no other network)."""
+external LLM grader against a fake OpenAI-compatible server on 127.0.0.1 (started here, no other network)."""
 import json
 import socket
 import threading
@@ -7,12 +7,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from isrt.eval import (JudgeClient, MalformedReply, chat_completions_url, description_names_answer, greedy_answers,
-                       judge_messages, judge_results, main, parse_judge_reply, summary_path)
+from isrt.eval import (GraderClient, MalformedReply, chat_completions_url, grade_results, grader_messages,
+                       greedy_answers, main, parse_grader_reply, summary_path)
+from isrt.scoring import description_names_answer
 
 
-# ---- a fake judge server -----------------------------------------------------------------
-class FakeJudge:
+# ---- a fake grader server ----------------------------------------------------------------
+class FakeGrader:
     """Replies chosen by the question in the request: "q-yes" -> JSON yes/4, "q-no" -> a Python
     dict no/1, "q-text" -> LLaVA-Hound style "Score: 3", "q-malformed" -> no score, "q-flaky" ->
     HTTP 500 the first time then yes/5, "q-badbody" -> a 200 whose body is not JSON,
@@ -78,8 +79,8 @@ class FakeJudge:
 
 
 @pytest.fixture
-def fake_judge():
-    j = FakeJudge()
+def fake_grader():
+    j = FakeGrader()
     yield j
     j.close()
 
@@ -115,36 +116,36 @@ def test_chat_completions_url():
     ("Score: 2\nPred: no", (2.0, "no")),
     ('{"pred": "no", "score": 0}', (0.0, "no")),
 ])
-def test_parse_judge_reply(reply, expected):
-    assert parse_judge_reply(reply) == expected
+def test_parse_grader_reply(reply, expected):
+    assert parse_grader_reply(reply) == expected
 
 
 @pytest.mark.parametrize("reply", ["", "The prediction is correct.", '{"pred": "yes"}', '{"pred": "yes", "score": 7}',
                                    "Score: high", '{"score": true}'])
-def test_parse_judge_reply_malformed(reply):
+def test_parse_grader_reply_malformed(reply):
     with pytest.raises(MalformedReply):
-        parse_judge_reply(reply)
+        parse_grader_reply(reply)
 
 
-def test_judge_messages_carry_caption_question_answer_prediction():
-    msgs = judge_messages("What color is the circle?", "red", "It is red.", "A red circle moves left.")
+def test_grader_messages_carry_caption_question_answer_prediction():
+    msgs = grader_messages("What color is the circle?", "red", "It is red.", "A red circle moves left.")
     assert [m["role"] for m in msgs] == ["system", "user"]
     user = msgs[1]["content"]
     for part in ("Ground-truth video caption: A red circle moves left.", "Question: What color is the circle?",
                  "Ground-truth answer: red", "Predicted answer: It is red.", '"pred"', '"score"'):
         assert part in user
-    assert "caption" not in judge_messages("q", "a", "p", None)[1]["content"]
-    long = judge_messages("q", "a", " ".join(["zq"] * 1000))[1]["content"]
+    assert "caption" not in grader_messages("q", "a", "p", None)[1]["content"]
+    long = grader_messages("q", "a", " ".join(["zq"] * 1000))[1]["content"]
     assert long.count("zq") == 256
 
 
-# ---- the judge against the fake server ---------------------------------------------------
-def test_judge_results_against_fake_server(fake_judge, monkeypatch):
+# ---- the grader against the fake server --------------------------------------------------
+def test_grade_results_against_fake_server(fake_grader, monkeypatch):
     monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-test")
-    client = JudgeClient(fake_judge.url, "judge-model", "sk-test", timeout=5, retries=2, backoff=0.01)
+    client = GraderClient(fake_grader.url, "judge-model", "sk-test", timeout=5, retries=2, backoff=0.01)
     results = [_result("q-yes"), _result("q-no", prediction="blue"), _result("q-text"), _result("q-malformed"),
                _result("q-flaky"), _result("q-badbody"), _result("q-none", answer=None)]
-    counts = judge_results(results, client, workers=2)
+    counts = grade_results(results, client, workers=2)
     by = {r["id"]: r for r in results}
     assert (by["q-yes"]["judge_score"], by["q-yes"]["judge_pred"], by["q-yes"]["judge_status"]) == (4.0, "yes", "ok")
     assert (by["q-no"]["judge_score"], by["q-no"]["judge_pred"]) == (1.0, "no")
@@ -155,26 +156,26 @@ def test_judge_results_against_fake_server(fake_judge, monkeypatch):
     assert by["q-none"]["judge_status"] == "no_answer"
     assert counts == {"ok": 4, "malformed": 2, "failed": 0, "skipped": 0, "no_answer": 1, "retried": 1, "error": None}
     # 6 judged records + 1 retry of the 500; the no-answer record is never sent
-    assert len(fake_judge.requests) == 7
-    req = fake_judge.requests[0]
+    assert len(fake_grader.requests) == 7
+    req = fake_grader.requests[0]
     assert req["model"] == "judge-model" and req["temperature"] == 0
     assert [m["role"] for m in req["messages"]] == ["system", "user"]
-    assert all(h.get("Authorization") == "Bearer sk-test" for h in fake_judge.headers)
+    assert all(h.get("Authorization") == "Bearer sk-test" for h in fake_grader.headers)
 
 
-def test_judge_http_4xx_stops_judging(fake_judge):
-    client = JudgeClient(fake_judge.url, "m", timeout=5, retries=2, backoff=0.01)
+def test_grader_http_4xx_stops_grading(fake_grader):
+    client = GraderClient(fake_grader.url, "m", timeout=5, retries=2, backoff=0.01)
     results = [_result("q-401")] + [_result(f"q-ok{i}") for i in range(3)]
-    counts = judge_results(results, client, workers=1)
+    counts = grade_results(results, client, workers=1)
     assert "HTTP 401" in counts["error"] and "invalid api key" in counts["error"]
     assert counts["skipped"] == 4 and counts["ok"] == 0
-    assert len(fake_judge.requests) == 1  # not retried, nothing sent after it
+    assert len(fake_grader.requests) == 1  # not retried, nothing sent after it
 
 
-def test_judge_unreachable_gives_up_bounded():
-    client = JudgeClient(f"http://127.0.0.1:{_closed_port()}/v1", "m", timeout=2, retries=1, backoff=0.01)
+def test_grader_unreachable_gives_up_bounded():
+    client = GraderClient(f"http://127.0.0.1:{_closed_port()}/v1", "m", timeout=2, retries=1, backoff=0.01)
     results = [_result(f"q{i}") for i in range(6)]
-    counts = judge_results(results, client, workers=1, give_up_after=3)
+    counts = grade_results(results, client, workers=1, give_up_after=3)
     assert counts["failed"] == 3 and counts["skipped"] == 3 and counts["ok"] == 0
     assert counts["retried"] == 3  # one retry per failed record, then stop
     assert counts["error"].startswith("judge: no answer from http://127.0.0.1:")
@@ -226,11 +227,11 @@ def test_greedy_answers_match_generate_and_ignore_batching(tiny):
     assert "video_path" not in a1[0]
 
 
-def test_eval_cli_end_to_end(tiny, fake_judge, tmp_path, capsys):
+def test_eval_cli_end_to_end(tiny, fake_grader, tmp_path, capsys):
     model_dir, data = tiny
     out = tmp_path / "res.jsonl"
     rc = main(["--model", str(model_dir), "--data", str(data), "--out", str(out), "--num_frames", "4",
-               "--batch_size", "3", "--max_new_tokens", "6", "--judge_url", fake_judge.url,
+               "--batch_size", "3", "--max_new_tokens", "6", "--judge_url", fake_grader.url,
                "--judge_model", "m", "--judge_backoff", "0.01", "--judge_workers", "2"])
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -250,8 +251,8 @@ def test_eval_cli_end_to_end(tiny, fake_judge, tmp_path, capsys):
     assert summary["exact_accuracy"] == sum(by[i]["exact"] for i in by if i.startswith("vid")) / 6
     assert summary["judge_n"] == 7 and summary["judge_accuracy"] == 1.0 and summary["judge_score_mean"] == 4.0
     assert summary["judge_yes_share"] == 1.0 and summary["judge_malformed"] == 0
-    assert len(fake_judge.requests) == 7
-    assert "Ground-truth video caption: " in fake_judge.requests[0]["messages"][1]["content"]
+    assert len(fake_grader.requests) == 7
+    assert "Ground-truth video caption: " in fake_grader.requests[0]["messages"][1]["content"]
     printed = capsys.readouterr().out
     assert "exact match" in printed and "LLM judge: accuracy (score >= 3) 100.0%" in printed
 

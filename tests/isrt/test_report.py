@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from isrt.report import answer_spread, collect, conclusions, main, write_report
+from isrt.report import main, write_report
+from isrt.report.collect import answer_spread, collect
+from isrt.report.conclusions import conclusions
 
 PROMPTS = [("p1", "What color is the circle?", "red"), ("p2", "How many objects are there?", "two"),
            ("p3", "Which direction does the square move?", "left"),

@@ -1,0 +1,196 @@
+"""The report's summary in words: `conclusions(data)` turns the numbers `collect` read into
+sentences and flags (did accuracy go up beyond noise, did responses grow longer, did the
+answers collapse onto one word, how good was the judge's evidence, did the method help).
+"""
+from __future__ import annotations
+
+import math
+
+LENGTH_GROWTH_LIMIT = 0.10
+# Answer collapse (`_collapsed`): at least COLLAPSE_MIN_N answers of a kind, the most frequent one
+# at least COLLAPSE_SHARE of them and COLLAPSE_MARGIN above the most frequent gold answer's share.
+COLLAPSE_SHARE = 0.8
+COLLAPSE_MARGIN = 0.2
+COLLAPSE_MIN_N = 10
+
+
+def _se_diff(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Standard error of p2 - p1 (add-one smoothing so 0/n and n/n still have a spread)."""
+    p1, p2 = (k1 + 1) / (n1 + 2), (k2 + 1) / (n2 + 2)
+    return math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def accuracy_series(data: dict) -> tuple[str, list[tuple[int, int, int]]]:
+    """("greedy"|"sampled"|"", [(policy index, correct, n)]) -- the series the conclusion uses."""
+    greedy = [(r["t"], r["greedy_correct"], r["greedy_n"]) for r in data["iterations"] if r.get("greedy_n")]
+    if data["final"].get("greedy_n"):
+        final_t = (data["planned"] if data["planned"] is not None
+                   else max((r["t"] for r in data["iterations"]), default=-1) + 1)
+        greedy.append((final_t, data["final"]["greedy_correct"], data["final"]["greedy_n"]))
+    if len(greedy) >= 2:
+        return "greedy", greedy
+    sampled = [(r["t"], r["sampled_correct"], r["sampled_n"]) for r in data["iterations"] if r.get("sampled_n")]
+    if len(sampled) >= 2 or not greedy:
+        return ("sampled", sampled) if sampled else ("", [])
+    return "greedy", greedy
+
+
+def spread_series(data: dict) -> list[tuple[int, dict]]:
+    """[(policy index, answer spread)] of every policy with greedy answers, pi_T last."""
+    series = [(r["t"], r["spread"]) for r in data["iterations"] if r.get("spread")]
+    if data["final"].get("spread"):
+        series.append((data["planned"] if data["planned"] is not None else len(data["iterations"]),
+                       data["final"]["spread"]))
+    return series
+
+
+def _top(v: dict) -> str:
+    return f"'{v['top']}' {_pct(v['top_share'], 0)}" if v["top"] is not None else "no answer of the kind"
+
+
+def _collapsed(first: dict, last: dict) -> list[str]:
+    """Kinds (of `answer_spread`) whose last answers collapsed onto one word: enough of them
+    (COLLAPSE_MIN_N), the top answer at least COLLAPSE_SHARE of them, COLLAPSE_MARGIN above the
+    gold's most frequent answer, and more frequent than the first policy's top answer was."""
+    return [k for k, v in last.items()
+            if v["n"] >= COLLAPSE_MIN_N and v["top"] is not None and v["top_share"] >= COLLAPSE_SHARE
+            and v["top_share"] > v["gold_top_share"] + COLLAPSE_MARGIN
+            and first.get(k, {}).get("top_share", 1.0) < v["top_share"]]
+
+
+def _accuracy_line(out: dict, kind: str, series: list[tuple[int, int, int]]) -> str:
+    """The accuracy sentence; sets out["accuracy_up"] and out["accuracy_up_beyond_noise"]."""
+    if len(series) >= 2:
+        (t0, k0, n0), (t1, k1, n1) = series[0], series[-1]
+        p0, p1 = k0 / n0, k1 / n1
+        diff = p1 - p0
+        noise = 2 * _se_diff(k0, n0, k1, n1)
+        out["accuracy_up"] = diff > 0
+        out["accuracy_up_beyond_noise"] = diff > noise
+        direction = "went up" if diff > 0 else ("went down" if diff < 0 else "did not change")
+        return (f"**Accuracy** ({kind} answers, exact match): {direction} from {_pct(p0)} (pi_{t0}, {k0}/{n0}) "
+                f"to {_pct(p1)} (pi_{t1}, {k1}/{n1}), {100 * diff:+.1f} points; "
+                + ("that is more than two standard errors of the difference "
+                   f"({100 * noise:.1f} points)." if abs(diff) > noise else
+                   f"that is within two standard errors of the difference ({100 * noise:.1f} points): "
+                   "noise at this sample size."))
+    if len(series) == 1:
+        t0, k0, n0 = series[0]
+        return (f"**Accuracy** ({kind} answers, exact match): only pi_{t0} is measured ({_pct(k0 / n0)}, "
+                f"{k0}/{n0}); a trend needs two policies.")
+    return ("**Accuracy**: no answers with a short ground truth in the run's files, so the report cannot "
+            "say whether accuracy changed.")
+
+
+def _length_line(out: dict, rows: list[dict]) -> str:
+    """The length sentence; sets out["length_growth"] and out["length_grew"]."""
+    lengths = [(r["t"], r["words_mean"]) for r in rows if r.get("words_mean") is not None]
+    if len(lengths) >= 2:
+        (t0, w0), (t1, w1) = lengths[0], lengths[-1]
+        growth = (w1 / w0 - 1) if w0 else (math.inf if w1 > 0 else 0.0)
+        out["length_growth"] = growth
+        out["length_grew"] = growth > LENGTH_GROWTH_LIMIT
+        grew = ("grew by more than 10%: the length drift i-SRT exists to prevent" if out["length_grew"]
+                else "did not grow by more than 10%")
+        return (f"**Length**: mean sampled response length went from {w0:.2f} words (pi_{t0}) to "
+                f"{w1:.2f} words (pi_{t1}), {100 * growth:+.1f}%; it {grew}.")
+    if len(lengths) == 1:
+        return (f"**Length**: only pi_{lengths[0][0]} is measured ({lengths[0][1]:.2f} words); a trend "
+                "needs two iterations.")
+    return "**Length**: no stage-1 responses in the run's files yet."
+
+
+def _collapse_line(spreads: list[tuple[int, dict]]) -> str | None:
+    """The answer-collapse sentence, when the last policy's answers collapsed (`_collapsed`)."""
+    if len(spreads) < 2:
+        return None
+    (t_first, first), last = spreads[0], spreads[-1][1]
+    collapsed = _collapsed(first, last)
+    if not collapsed:
+        return None
+    return ("**Answer collapse**: " + "; ".join(
+        f"{k} questions got '{last[k]['top']}' for {_pct(last[k]['top_share'], 0)} of the last greedy "
+        f"answers (pi_{t_first}: {_top(first[k])}; the most frequent gold answer is "
+        f"{_pct(last[k]['gold_top_share'], 0)})" for k in collapsed)
+        + ": the policy learned a word, not the video (see Answer spread).")
+
+
+def _judge_line(rows: list[dict]) -> str | None:
+    """Kept share over all iterations, and the kept pairs' agreement with the ground truth."""
+    gt_hits = sum(r["gt_hits"] for r in rows if r.get("gt_n"))
+    gt_n = sum(r["gt_n"] for r in rows if r.get("gt_n"))
+    kept = sum(r.get("kept") or 0 for r in rows)
+    judged = sum(r.get("judged") or 0 for r in rows)
+    if not judged:
+        return None
+    line = f"**Judge**: kept {kept} of {judged} judged pairs ({_pct(kept / judged)}) over all iterations"
+    if gt_n:
+        return line + (f"; in the {gt_n} kept pairs where exactly one response was correct, it chose the correct "
+                       f"one {gt_hits} times ({_pct(gt_hits / gt_n)}; 50% is chance).")
+    return line + ("; no kept pair had exactly one correct response, so agreement with the ground truth "
+                   "is unknown.")
+
+
+def _evidence_line(rows: list[dict]) -> str | None:
+    """How often c_t named the answer, set against the policy's own sampled answers."""
+    ctx = [r for r in rows if r.get("context_n")]
+    if not ctx:
+        return None
+    k, n = sum(r["context_correct"] for r in ctx), sum(r["context_n"] for r in ctx)
+    ks, ns = sum(r["context_sampled_correct"] for r in ctx), sum(r["context_sampled_n"] for r in ctx)
+    line = (f"**Evidence**: the contexts c_t named the answer for {_pct(k / n)} of the pool's prompts over all "
+            f"iterations ({k}/{n}, read from the synthetic captions' wording)")
+    if not ns:
+        return line + "; no sampled answers to compare with."
+    if k / n < ks / ns:
+        return line + (f"; the policy's own sampled answers were right for {_pct(ks / ns)}"
+                       ": the judge, which reads c_t, had worse evidence than the policy, so self-judgment cannot be "
+                       "expected to help (the method assumes the description is the better view of the video).")
+    return line + (f"; the policy's own sampled answers were right for {_pct(ks / ns)}: the judge had at least the "
+                   "policy's evidence, the premise the method needs.")
+
+
+def _verdict_line(out: dict) -> str:
+    """Did the method help, from the accuracy and length flags; sets out["helped"]."""
+    if out["accuracy_up"] is None:
+        return ("**Verdict**: not enough measured policies to say whether the method helped "
+                "(accuracy needs two policies with ground-truth answers).")
+    if out["accuracy_up_beyond_noise"] and not out["length_grew"]:
+        out["helped"] = True
+        return ("**Verdict**: the method helped on this run: accuracy went up by more than the noise"
+                + (" and responses did not get more than 10% longer." if out["length_grew"] is False else "."))
+    if out["accuracy_up_beyond_noise"]:
+        out["helped"] = True
+        return (f"**Verdict**: accuracy went up, but responses also got {100 * out['length_growth']:.0f}% longer: "
+                "check that the gain is not bought with length.")
+    out["helped"] = False
+    why = ("accuracy went up only within noise" if out["accuracy_up"] else "accuracy did not go up")
+    verdict = f"**Verdict**: the method did not help on this run: {why}"
+    if out["length_grew"]:
+        return verdict + (f", while responses got {100 * out['length_growth']:.0f}% longer: the length-bias failure "
+                          "i-SRT exists to prevent.")
+    return verdict + "."
+
+
+def conclusions(data: dict) -> dict:
+    """The summary in words, each sentence computed from the numbers; also the flags
+    {"accuracy_up", "accuracy_up_beyond_noise", "length_growth", "length_grew", "helped"}."""
+    out: dict = {"lines": [], "accuracy_up": None, "accuracy_up_beyond_noise": None, "length_growth": None,
+                 "length_grew": None, "helped": None}
+    rows = data["iterations"]
+    kind, series = accuracy_series(data)
+    out["lines"].append(_accuracy_line(out, kind, series))
+    out["lines"].append(_length_line(out, rows))
+    for line in (_collapse_line(spread_series(data)), _judge_line(rows), _evidence_line(rows)):
+        if line is not None:
+            out["lines"].append(line)
+    out["lines"].append(_verdict_line(out))
+    return out
+
+
+__all__ = ["COLLAPSE_MARGIN", "COLLAPSE_MIN_N", "COLLAPSE_SHARE", "LENGTH_GROWTH_LIMIT", "accuracy_series",
+           "conclusions", "spread_series"]
