@@ -1,6 +1,7 @@
 """The prompt pool: JSONL records {id, video, prompt, answer?, caption?}, checked and resolved.
 
-Bad lines and bad records are counted and skipped, never fatal: a long run reports them.
+Bad lines and bad records are counted and skipped, never fatal: a long run reports them; so are
+records whose video does not decode (`usable_records`, the one place that filters them).
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isrt.engine.io import read_jsonl
-from isrt.engine.manifest import resolve_video
+from isrt.engine.video import VideoDecodeError
+from isrt.engine.video.manifest import resolve_video
 
 REQUIRED = ("id", "video", "prompt")
 
@@ -58,3 +60,28 @@ def shard_by_video(records: list[dict], rank: int, world_size: int) -> list[dict
     for rec in records:
         videos.setdefault(rec["video_path"], len(videos))
     return [rec for rec in records if videos[rec["video_path"]] % world_size == rank]
+
+
+def video_path(rec: dict, video_root=None) -> str:
+    """The video file of a prompt-pool record: its "video_path" (as `isrt.data.load_pool` sets
+    it), else "video" resolved against `video_root` (when given), else "video" as it is."""
+    if rec.get("video_path"):
+        return rec["video_path"]
+    return str((Path(video_root) / rec["video"]).resolve()) if video_root else rec["video"]
+
+
+def usable_records(adapter, cache, records: list[dict], *, bad: list | None = None, video_root=None,
+                   show: bool = False) -> list[dict]:
+    """The records whose video decodes and encodes, in input order, with their features in
+    `cache`; each other record is described in `bad` ("id: why") when a list is given. Every
+    video is decoded once (`cache.prefetch`), then looked up."""
+    cache.prefetch(adapter, [video_path(r, video_root) for r in records], show=show)
+    good = []
+    for rec in records:
+        try:
+            cache.get(adapter, video_path(rec, video_root))
+            good.append(rec)
+        except VideoDecodeError as e:
+            if bad is not None:
+                bad.append(f"{rec.get('id')}: {e}")
+    return good

@@ -106,7 +106,7 @@ class Run:
     def _manifest(self):
         """Frame count, fps, codec and size of every video, probed once (rank 0, cached in
         manifest.json), so all backends agree on n and bad files are known before stage 1."""
-        from isrt.engine.manifest import build_manifest
+        from isrt.engine.video.manifest import build_manifest
         videos = [r["video_path"] for pool in (self.pool, self.eval_pool) if pool for r in pool.records]
         if self.d.is_main:
             manifest = build_manifest(videos, None, cache_path=self.out / "manifest.json",

@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from isrt import judge, prompts, verdicts
+from isrt.data import usable_records
 from isrt.engine.generation import choice_logprobs, generate
 from isrt.engine.training.logprobs import sequence_logps
-from isrt.engine.video import VideoDecodeError
 
 
 def stable_seed(*parts) -> int:
@@ -36,15 +36,8 @@ def _batches(items: list, size: int):
 
 def load_features(adapter, cache, records: list[dict], *, show: bool) -> tuple[list[dict], list[str]]:
     """Encode each video once; records whose video fails to decode are returned as bad."""
-    cache.prefetch(adapter, [r["video_path"] for r in records], show=show)
-    good, bad = [], []
-    for rec in records:
-        try:
-            cache.get(adapter, rec["video_path"])
-            good.append(rec)
-        except VideoDecodeError as e:
-            bad.append(f"{rec['id']}: {e}")
-    return good, bad
+    bad: list[str] = []
+    return usable_records(adapter, cache, records, bad=bad, show=show), bad
 
 
 def generate_contexts(adapter, cache, videos: list[str], previous: dict[str, str | None], cfg, *,

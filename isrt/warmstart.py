@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from isrt.data import video_path
 from isrt.engine import distributed
 from isrt.engine.training.config import SFTConfig
 from isrt.engine.training.sft import SFTExample, train_sft
@@ -18,12 +19,6 @@ from isrt.scoring import score_answer
 
 # The method's example kinds (see sft_examples).
 KINDS = ("qa", "describe", "retro", "judge", "judge_answer")
-
-
-def _resolve(rec: dict, video_root) -> str:
-    if rec.get("video_path"):
-        return rec["video_path"]
-    return str((Path(video_root) / rec["video"]).resolve()) if video_root else rec["video"]
 
 
 def _corrupt_caption(caption: str, rng: np.random.Generator) -> str:
@@ -90,7 +85,7 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
         return True
 
     for rec in records:
-        path = _resolve(rec, video_root)
+        path = video_path(rec, video_root)
         if path not in pixels:
             pixels[path] = adapter.pixels(read_frames(path, adapter.num_frames))
         px = pixels[path]
@@ -158,30 +153,18 @@ def evaluate_qa(adapter, records: list[dict], *, video_root=None, cache=None, ma
     `score(prediction, answer) -> bool` (default: isrt.scoring.score_answer, the rule the run's
     report uses):
     {"accuracy", "n", "by_type": {type: {"accuracy", "n", "chance"}}, "answers": [...]}."""
-    from isrt import prompts as P
-    from isrt.engine.generation import generate
-    from isrt.engine.video import read_frames
+    from isrt.eval.answers import greedy_answers
 
     recs = [r for r in records if r.get("answer")]
-    prompts = [P.policy_prompt(adapter, r["prompt"]) for r in recs]
-    own: dict[str, torch.Tensor] = {}
-
-    def features(path):
-        if cache is not None:
-            return cache.get(adapter, path)
-        if path not in own:
-            own[path] = adapter.video_features(adapter.pixels(read_frames(path, adapter.num_frames)))
-        return own[path]
-
-    feats = [features(_resolve(r, video_root)) for r in recs]
-    outs = generate(adapter, prompts, feats, max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    rows = greedy_answers(adapter, cache, recs, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          video_root=video_root)
     by: dict[str, list[bool]] = {}
     answers = []
-    for r, o in zip(recs, outs):
-        ok = bool((score or score_answer)(o[0], r["answer"]))
-        by.setdefault(question_type(r["prompt"]), []).append(ok)
-        answers.append({"id": r["id"], "question": r["prompt"], "answer": r["answer"], "response": o[0],
-                        "correct": ok})
+    for row in rows:
+        ok = bool((score or score_answer)(row["prediction"], row["answer"]))
+        by.setdefault(question_type(row["prompt"]), []).append(ok)
+        answers.append({"id": row["id"], "question": row["prompt"], "answer": row["answer"],
+                        "response": row["prediction"], "correct": ok})
     n = sum(len(v) for v in by.values())
     return {"accuracy": sum(sum(v) for v in by.values()) / n if n else 0.0, "n": n,
             "by_type": {k: {"accuracy": sum(v) / len(v), "n": len(v), "chance": CHANCE.get(k)}

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from isrt.engine.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
+from isrt.engine.video.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
 
 log = logging.getLogger("isrt.engine.adapters")
 
@@ -168,8 +168,9 @@ class VideoLMAdapter:
 
     def decoder(self, model=None) -> nn.Module:
         """The causal-LM backbone: forward(inputs_embeds, attention_mask, position_ids) ->
-        output with last_hidden_state (after the final norm)."""
-        raise NotImplementedError
+        output with last_hidden_state (after the final norm). HF's video LMMs keep it at
+        `<model>.model.language_model`; a family that does not overrides this."""
+        return unwrap(model if model is not None else self.model).model.language_model
 
     def encode_video(self, model, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """[B,F,3,S,S] -> [B, n_tokens, D] in the LM's embedding space."""

@@ -40,9 +40,6 @@ class LlavaNextVideoAdapter(VideoLMAdapter):
         params = [p for mod in (m.vision_tower, m.vision_resampler, m.multi_modal_projector) for p in mod.parameters()]
         return params + [m.image_newline]
 
-    def decoder(self, model=None):
-        return unwrap(model if model is not None else self.model).model.language_model
-
     @property
     def n_video_tokens(self) -> int:
         cfg = self.model.config

@@ -37,9 +37,6 @@ class VideoLlavaAdapter(VideoLMAdapter):
         m = unwrap(model if model is not None else self.model).model
         return [p for mod in (m.video_tower, m.image_tower, m.multi_modal_projector) for p in mod.parameters()]
 
-    def decoder(self, model=None):
-        return unwrap(model if model is not None else self.model).model.language_model
-
     @property
     def n_video_tokens(self) -> int:
         vc = self.model.config.vision_config

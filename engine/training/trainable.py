@@ -54,9 +54,9 @@ def set_trainable(adapter, spec: TrainableSpec, *, seed: int = 0) -> dict:
 
         lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=0.0,
                           target_modules=spec.lora.target, bias="none")
-        # PEFT draws LoRA's A from the global RNG, whose state here differs from process to
-        # process (measured: the same warm start ended at SFT loss 0.394 in one run, 0.473 in
-        # another); seed it so a rerun reproduces the adapter.
+        # PEFT draws LoRA's A from the global RNG, whose state differs from process to process
+        # (docs/demo_model.md: two runs of one warm start ended at different losses); seed it
+        # so a rerun reproduces the adapter.
         devices = [adapter.device] if torch.device(adapter.device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)

@@ -4,40 +4,11 @@ adapter, `isrt.engine.features.FeatureCache` and `isrt.engine.generation.generat
 
 One implementation serves the loop's stage 0 and final evaluation (`isrt.loop`), the warm
 start's per-question-type evaluation (`isrt.warmstart`) and `python -m isrt.eval`. Videos that
-fail to decode are skipped and recorded in one place, `usable_records`.
+fail to decode are skipped and recorded in one place, `isrt.data.usable_records`.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 ROW_KEYS = ("id", "video", "prompt", "answer", "caption")  # copied from a record into its answer row
-
-
-def video_path(rec: dict, video_root=None) -> str:
-    """The video file of a prompt-pool record: its "video_path" (as `isrt.data.load_pool` sets
-    it), else "video" resolved against `video_root` (when given), else "video" as it is."""
-    if rec.get("video_path"):
-        return rec["video_path"]
-    return str((Path(video_root) / rec["video"]).resolve()) if video_root else rec["video"]
-
-
-def usable_records(adapter, cache, records: list[dict], *, bad: list | None = None, video_root=None,
-                   show: bool = False) -> list[dict]:
-    """The records whose video decodes and encodes, in input order, with their features in
-    `cache`; each other record is described in `bad` ("id: why") when a list is given. Every
-    video is decoded once (`cache.prefetch`), then looked up."""
-    from isrt.engine.video import VideoDecodeError
-
-    cache.prefetch(adapter, [video_path(r, video_root) for r in records], show=show)
-    good = []
-    for rec in records:
-        try:
-            cache.get(adapter, video_path(rec, video_root))
-            good.append(rec)
-        except VideoDecodeError as e:
-            if bad is not None:
-                bad.append(f"{rec.get('id')}: {e}")
-    return good
 
 
 def greedy_answers(adapter, cache, records: list[dict], *, batch_size: int, max_new_tokens: int,
@@ -55,6 +26,7 @@ def greedy_answers(adapter, cache, records: list[dict], *, batch_size: int, max_
     from tqdm import tqdm
 
     from isrt import prompts
+    from isrt.data import usable_records, video_path
     from isrt.engine.features import FeatureCache
     from isrt.engine.generation import generate
 
@@ -99,4 +71,4 @@ def greedy_descriptions(adapter, cache, videos: list[str], *, batch_size: int, m
     return out
 
 
-__all__ = ["ROW_KEYS", "greedy_answers", "greedy_descriptions", "usable_records", "video_path"]
+__all__ = ["ROW_KEYS", "greedy_answers", "greedy_descriptions"]

@@ -50,7 +50,13 @@ from isrt.report import markdown as _markdown
 from isrt.report import plots as _plots
 
 
-def _write(run_dir: Path, tokenizer) -> tuple[Path, dict]:
+def write_report(run_dir: str | Path, *, tokenizer=None) -> Path:
+    """(Re)write RUN_DIR/report.md, report.json and the PNG plots; returns report.md's path.
+    `tokenizer` (optional, e.g. adapter.tokenizer): also report response lengths in tokens.
+    report.json's "summary" holds the conclusions' lines, as report.md states them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no such folder)")
     data = _collect.collect(run_dir, tokenizer=tokenizer)
     concl = _conclusions.conclusions(data)
     _plots.write_plots(data, run_dir)
@@ -60,25 +66,9 @@ def _write(run_dir: Path, tokenizer) -> tuple[Path, dict]:
          "summary": concl["lines"], "problems": data["problems"]}, indent=2, default=str) + "\n")
     path = run_dir / "report.md"
     atomic_write_text(path, _markdown.render_markdown(data, concl))
-    return path, concl
+    return path
 
 
-def write_report(run_dir: str | Path, *, tokenizer=None) -> Path:
-    """(Re)write RUN_DIR/report.md, report.json and the PNG plots; returns report.md's path.
-    `tokenizer` (optional, e.g. adapter.tokenizer): also report response lengths in tokens."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no such folder)")
-    return _write(run_dir, tokenizer)[0]
-
-
-def __getattr__(name: str):
-    # The command line lives in isrt/report/__main__.py; importing it here eagerly would make
-    # `python -m isrt.report` find isrt.report.__main__ already imported (runpy warns and runs a copy).
-    if name == "main":
-        from isrt.report.__main__ import main
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from isrt.report.cli import main  # noqa: E402 - the CLI calls write_report, defined above
 
 __all__ = ["main", "write_report"]

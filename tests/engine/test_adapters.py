@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from isrt.engine.adapters import VideoLMAdapter, load_adapter, resolve_attn_implementation
-from isrt.engine.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
+from isrt.engine.video.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
 from isrt.engine.adapters.tiny import SPECIAL_TOKENS, tiny_tokenizer, tiny_video_llava
 
 F = 4  # frames per test video: 4 * 17 = 68 video tokens

@@ -1,12 +1,12 @@
 """Batched generation and next-token scoring from cached video features."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from isrt.engine.adapters import load_adapter
 from isrt.engine.generation import choice_logprobs, generate, prompt_batch
+from random_videos import random_videos
 
 F = 4
 
@@ -26,12 +26,7 @@ def adapter():
 @pytest.fixture(scope="module")
 def videos(adapter):
     """(pixels [F,3,S,S], features [n_video_tokens, D]) for three different videos."""
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in QUESTIONS:
-        px = adapter.pixels(rng.integers(0, 256, (F, 36, 44, 3), dtype=np.uint8))
-        out.append((px, adapter.video_features(px)))
-    return out
+    return random_videos(adapter, len(QUESTIONS), seed=0, height=36, width=44)
 
 
 @pytest.fixture()

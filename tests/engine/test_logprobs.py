@@ -13,6 +13,7 @@ import torch
 
 from isrt.engine.adapters import IGNORE_INDEX, load_adapter
 from isrt.engine.training.logprobs import response_batch, sequence_logps
+from random_videos import random_videos
 
 F = 4
 QUESTIONS = ["What colour is the ball?", "Describe this video in detail: every object and which way it moves.",
@@ -27,12 +28,7 @@ def adapter():
 
 @pytest.fixture(scope="module")
 def videos(adapter):
-    rng = np.random.default_rng(1)
-    out = []
-    for _ in QUESTIONS:
-        px = adapter.pixels(rng.integers(0, 256, (F, 40, 40, 3), dtype=np.uint8))
-        out.append((px, adapter.video_features(px)))
-    return out
+    return random_videos(adapter, len(QUESTIONS), seed=1, height=40, width=40)
 
 
 def _naive(adapter, prompt, response, px):

@@ -18,8 +18,6 @@ from isrt.engine.training.align_vision import align_vision, caption_phrases, con
 from isrt.engine.training.config import SFTConfig
 from isrt.engine.training.sft import SFTExample, train_sft
 from isrt.engine.training.trainable import set_trainable
-from isrt.scoring import score_answer
-from isrt.warmstart import question_type, sft_examples
 from isrt.engine.synthetic import COLORS, DIRECTIONS, SHAPES, caption, make_scene, render_frames
 
 F = 2
@@ -170,35 +168,6 @@ def test_lora_init_depends_on_the_seed_not_on_the_global_rng():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_sft_examples_from_a_synthetic_dataset(tmp_path):
-    from isrt.engine.io import read_jsonl
-    from isrt.engine.synthetic import make_dataset
-
-    jsonl = make_dataset(tmp_path / "d", 2, seed=3, num_frames=4, size=32, questions_per_video=2)
-    recs = read_jsonl(jsonl)
-    a = _adapter()
-    ex = sft_examples(recs, a, video_root=tmp_path / "d", kinds=("qa", "describe", "retro", "judge"), seed=0)
-    kinds = [e.kind for e in ex]
-    assert kinds.count("qa") == 4 and kinds.count("judge") == 4
-    assert kinds.count("describe") == 2 and kinds.count("retro") == 2
-    qa = [e for e in ex if e.kind == "qa"]
-    assert [e.target for e in qa] == [r["answer"] for r in recs]
-    assert qa[0].prompt == a.chat_prompt(P.response_prompt(recs[0]["prompt"]))
-    desc = next(e for e in ex if e.kind == "describe")
-    assert desc.prompt == a.chat_prompt(P.context_prompt(None)) and desc.target == recs[0]["caption"]
-    assert desc.pixels is qa[0].pixels and desc.pixels.shape == (F, 3, a.image_size, a.image_size)
-    retro = next(e for e in ex if e.kind == "retro")
-    assert retro.target == recs[0]["caption"] and recs[0]["caption"] not in retro.prompt
-    for e in ex:
-        if e.kind == "judge":
-            assert e.prompt.endswith(P.VERDICT_PREFIX) and e.target in P.VERDICT_CHOICES
-    # the likelihood judge's kind: its own prompt with the gold caption -> the answer, capped per video
-    ja = [e for e in sft_examples(recs, a, video_root=tmp_path / "d", kinds=("judge_answer",), judge_per_video=1)]
-    firsts = [r for k, r in enumerate(recs) if k == 0 or r["video"] != recs[k - 1]["video"]]
-    assert [e.target for e in ja] == [r["answer"] for r in firsts]
-    assert ja[0].prompt == a.chat_prompt(P.judge_answer_prompt(recs[0]["prompt"], recs[0]["caption"]))
-
-
 def test_align_vision_trains_only_the_vision_side_and_lowers_its_loss():
     a = _adapter()
     ex = _examples(a, n_videos=3)
@@ -236,32 +205,6 @@ def test_caption_phrases_bind_words_of_one_object():
                          tok, keep)
     assert ph == [sorted(set(ids("red") + ids("square") + ids("left"))),
                   sorted(set(ids("blue") + ids("circle") + ids("up")))]
-
-
-def test_warm_start_is_cached_in_its_folder(tmp_path):
-    from isrt.engine.io import read_jsonl
-    from isrt.warmstart import warm_start
-    from isrt.engine.synthetic import make_dataset
-
-    load_adapter("video_llava", "tiny", num_frames=F, seed=0).save_pretrained(tmp_path / "base")
-    jsonl = make_dataset(tmp_path / "d", 2, seed=3, num_frames=4, size=32, questions_per_video=2)
-    cfg = SFTConfig(steps=2, batch_size=4, lm="lora", lora_r=2, lora_alpha=4, align_steps=2, align_batch_size=2)
-    r = warm_start(tmp_path / "sft", str(tmp_path / "base"), read_jsonl(jsonl), cfg, distributed.Dist(), seed=0,
-                   num_frames=F, video_root=tmp_path / "d")
-    assert not r.skipped and r.metrics["steps"] == 2 and r.metrics["kinds"] == {"qa": 4, "describe": 2, "judge": 2}
-    b = load_adapter("video_llava", str(tmp_path / "sft"), num_frames=F)  # a plain HF folder
-    assert not [n for n in b.model.state_dict() if "lora" in n]
-    again = warm_start(tmp_path / "sft", str(tmp_path / "base"), [], cfg, distributed.Dist(), seed=0, num_frames=F)
-    assert again.skipped and again.metrics["steps"] == 2
-
-
-def test_scoring_rules():
-    assert question_type("What color is the square?") == "color"
-    assert question_type("How many objects are there?") == "count"
-    # the warm start's evaluation scores as the report does (isrt.scoring.score_answer)
-    assert score_answer("Red.", "red") and score_answer("The square is red", "red")
-    assert not score_answer("red or blue", "red") and not score_answer("square", "circle")
-    assert score_answer("two", "two") and score_answer("one circle", "circle")
 
 
 _DDP_WORKER = textwrap.dedent("""

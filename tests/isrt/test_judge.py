@@ -1,7 +1,5 @@
 import math
 
-import pytest
-
 from isrt.judge import ORDERS, balance_pairs, decide, reason_counts, score_verdict, to_response
 from isrt.verdicts import parse_verdict
 
