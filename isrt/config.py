@@ -2,8 +2,8 @@
 
 Parsing and type checking are OmegaConf's (structured configs); the value checks that types
 cannot express live in each dataclass's `__post_init__`. The trainer settings (`dpo`,
-`warmstart.sft`) are the engine's own torch-free dataclasses (isrt.engine.training.config). Every mistake becomes a one-line
-`ConfigError` naming the key.
+`warmstart.sft`) are the engine's own torch-free dataclasses (isrt.engine.training.config).
+Every mistake becomes a one-line `ConfigError` naming the key.
 
     cfg = load_config("smoke", overrides=["dpo.beta=0.2", "iterations=3"])
 """

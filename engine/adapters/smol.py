@@ -13,7 +13,7 @@ What it is (a real HF `VideoLlavaForConditionalGeneration`, so plain `from_pretr
   head) grows by those two rows, set to the mean of the existing rows.
 - vision: a small CLIP vision tower (`CLIPVisionModel`, random init from `seed`) and Video-LLaVA's
   2-layer MLP projector (random init). They must be trained before the model can see anything:
-  `isrt.engine.sft` is the warm start. The image tower of Video-LLaVA (unused for videos) is a
+  `isrt.engine.training.sft` is the warm start. The image tower of Video-LLaVA (unused for videos) is a
   copy-sized CLIP tower too; it stays random and frozen.
 
 Video tokens: Video-LLaVA keeps the CLS token for videos, so a video of F frames becomes
