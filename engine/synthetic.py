@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from isrt.engine.io import atomic_dir, atomic_path, atomic_write_text, commit_dir
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
@@ -284,9 +286,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8,
     fmt, codec, pix_fmt, opts = _ENCODERS[container]
     if pix_fmt.endswith("420p") and (h % 2 or w % 2):
         raise ValueError(f"{container} ({codec}, 4:2:0) needs even width and height, got {w}x{h}")
-    tmp = path.with_name(path.name + ".tmp")
     # bitexact: no random segment UIDs or encoder version strings, so same input => same bytes.
-    with av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"}) as out:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"}) as out:
         stream = out.add_stream(codec, rate=fps, options=dict(opts))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
@@ -300,7 +301,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8,
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-    os.replace(tmp, path)
     return path
 
 
@@ -308,10 +308,7 @@ def _write_jpeg_folder(path: Path, frames: np.ndarray) -> Path:
     """Frames as 00000.jpg, 00001.jpg, ...: each MJPEG packet is a complete JPEG image."""
     import av
 
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        _rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = atomic_dir(path)
     _, h, w, _ = frames.shape
     ctx = av.CodecContext.create("mjpeg", "w")
     ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuvj420p"
@@ -324,15 +321,8 @@ def _write_jpeg_folder(path: Path, frames: np.ndarray) -> Path:
         frame.pts = i
         data = b"".join(bytes(p) for p in ctx.encode(frame))
         (tmp / f"{i:05d}.jpg").write_bytes(data)
-    if path.exists():
-        _rmtree(path)
-    os.replace(tmp, path)
+    commit_dir(tmp, path)
     return path
-
-
-def _rmtree(p: Path) -> None:
-    import shutil
-    shutil.rmtree(p)
 
 
 def video_name(i: int, container: str) -> str:
@@ -375,9 +365,7 @@ def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
                    "answer": answer, "caption": cap}
             lines.append(json.dumps(rec, ensure_ascii=False))
     jsonl = out / "prompts.jsonl"
-    tmp = jsonl.with_name(jsonl.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, jsonl)
+    atomic_write_text(jsonl, "".join(line + "\n" for line in lines))
     return jsonl
 
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from isrt.engine.io import JsonlError, atomic_dir, atomic_write_text, commit_dir, read_jsonl, write_jsonl
+from isrt.engine.io import JsonlError, atomic_dir, atomic_path, atomic_write_text, commit_dir, read_jsonl, write_jsonl
 
 
 def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
@@ -47,3 +47,20 @@ def test_commit_dir_replaces_a_stale_folder(tmp_path):
     commit_dir(tmp, final)
     assert sorted(os.listdir(final)) == ["model.safetensors"]
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "sub" / "clip.mp4"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".mp4" and tmp != target
+        tmp.write_bytes(b"data")
+        assert not target.exists()
+    assert target.read_bytes() == b"data"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"data" and sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]
