@@ -10,13 +10,9 @@ setup(
     version="0.1.0",
     description="i-SRT: iterative self-retrospective judgment for video LMMs, with fused DPO head kernels",
     python_requires=">=3.10",
-    packages=["isrt", "isrt.engine", "isrt.engine.adapters", "isrt.kernels"],
-    package_dir={
-        "isrt": "isrt",
-        "isrt.engine": "engine",
-        "isrt.engine.adapters": "engine/adapters",
-        "isrt.kernels": "kernels",
-    },
+    packages=["isrt", "isrt.eval", "isrt.report", "isrt.engine", "isrt.engine.adapters", "isrt.engine.training",
+              "isrt.engine.video", "isrt.kernels"],
+    package_dir={"isrt": "isrt", "isrt.engine": "engine", "isrt.kernels": "kernels"},  # subpackages follow
     package_data={"isrt": ["presets/*.yaml", "templates/*.txt"]},
     # Ranges admit both the CPU development set and the GPU machine's set (../shared/STACK.md).
     # torch is capped so pip never swaps a working install for a newer multi-GB CUDA build.

@@ -1,12 +1,10 @@
 """Does DALI's video decoding scale with more pipelines? clips/s of P bare fn.decoders.video
 pipelines run at once, in P threads of one process or in P processes.
 
-Why: on an H100 one mixed (NVDEC) pipeline gave ~30 clips/s of 720p H.264 (250 frames, one
-keyframe) whatever its num_threads (8 or 16) and F (8, 16, 32), i.e. one clip at a time. An H100
-has 7 NVDEC engines; separate pipelines hold separate decoder sessions, which the driver can spread
-over them. Measured there (benchmarks/results/gpu-h100-dali-scaling-20261126.txt): 29.4 clips/s
-with one pipeline, 36-39 with 4-8 in threads (median of 3); fewer in processes. Short passes
-(the file's run 1: 5 timed batches) are dominated by start-up.
+Why: on an H100 one mixed (NVDEC) pipeline decoded 720p H.264 at the same rate whatever its
+num_threads and F, i.e. one clip at a time, while an H100 has 7 NVDEC engines; separate
+pipelines hold separate decoder sessions, which the driver can spread over them. What it
+measured: docs/video.md ("Run on an H100") and benchmarks/results/gpu-h100-dali-scaling-20261126.txt.
 
     python benchmarks/dali_scaling.py --clip-dir .gpu_parts/clips --pipelines 1,2,4,8
 
@@ -19,13 +17,19 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_video import bare_decode_pipeline  # same folder: run as a script
+# The sibling module, also under `python -P` (benchmarks/gpu_check.sh), which leaves this folder
+# off sys.path.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_video_gpu import bare_decode_pipeline, pipeline_outputs  # noqa: E402
 
 
 def _items(paths, clips, F):
@@ -51,11 +55,7 @@ def _decode(items, batch, device, threads, barrier, result, key):
         raise
     barrier.wait(timeout=600)
     t0, got = time.perf_counter(), 0
-    while True:
-        try:
-            (out,) = p.run()
-        except StopIteration:
-            break
+    for out in pipeline_outputs(p):
         got += len(out)
         del out
     if device == "gpu":

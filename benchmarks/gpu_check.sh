@@ -5,7 +5,7 @@
 #     probe    the device, driver, NVDEC library, torch; seconds, installs nothing
 #     video    DALI/NVDEC: joins the parts made by benchmarks/prepare_gpu_wheels.sh (from
 #              /tmp/gpu_parts and .gpu_parts/p*) into /tmp/site, runs the DALI tests of
-#              tests/engine/test_video.py and test_dali_loader.py (the `gpu` ones included), then
+#              tests/engine/video/ (the `gpu` ones included), then
 #              the GPU section of benchmarks/bench_video.py (720p H.264: DALI vs decord / PyAV
 #              with 16 worker processes) under a time budget; ~3-4 minutes on a warm H100
 #     kernels  isrt.kernels: GPU tests, then the kernel benchmark at full sizes (~6 minutes)
@@ -134,7 +134,7 @@ print('dali', nvidia.dali.__version__, '| av', av.__version__, '| decord', d, '|
   echo "== video tests (DALI ones: gpu-marked NVDEC tests + DALI CPU tests; limit ${T_VIDEO_TESTS}s)"
   local t0=$(date +%s)
   timeout "$T_VIDEO_TESTS" python3 -P -m pytest -q -p no:cacheprovider -rfEs \
-    tests/engine/test_video.py tests/engine/test_dali_loader.py -k "(dali or nvdec) and not memory" 2>&1 \
+    tests/engine/video -k "(dali or nvdec) and not memory" 2>&1 \
     | tee "$LOGDIR/gpu_tests_video.log" | grep -v "^PASSED" | tail -40
   local rc=${PIPESTATUS[0]}
   local last
@@ -184,7 +184,7 @@ section_kernels() {
   if [ "${OTHER_TESTS:-1}" = "1" ]; then
     echo "== GPU tests: everything else marked gpu (the video ones run in the video section)"
     timeout 120 python3 -P -m pytest -q -m gpu tests --ignore=tests/kernels \
-      --ignore=tests/engine/test_video.py --ignore=tests/engine/test_dali_loader.py -p no:cacheprovider 2>&1 \
+      --ignore=tests/engine/video -p no:cacheprovider 2>&1 \
       | tee "$LOGDIR/gpu_tests_other.log" | tail -15
     note "other gpu tests: $(grep -E "passed|failed|error|skipped" "$LOGDIR/gpu_tests_other.log" | tail -1)"
   fi

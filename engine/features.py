@@ -19,7 +19,7 @@ class FeatureCache:
         self.num_frames = num_frames
         self.backend = backend
         self.num_workers = num_workers
-        self.manifest = manifest  # isrt.engine.manifest.VideoManifest keyed by video path, or None
+        self.manifest = manifest  # isrt.engine.video.manifest.VideoManifest keyed by video path, or None
         self._features: dict[str, torch.Tensor] = {}
         self._errors: dict[str, VideoDecodeError] = {}
 
@@ -42,7 +42,7 @@ class FeatureCache:
     def _prefetch_dali(self, adapter, todo: list[str], show: bool, batch_size: int = 8) -> None:
         """Decode, resize and normalize inside a DALI pipeline (NVDEC on a GPU), straight into
         the adapter's pixel format on its device; the vision tower encodes whole batches."""
-        from isrt.engine.dali_loader import DaliClipLoader
+        from isrt.engine.video.dali_loader import DaliClipLoader
         loader = DaliClipLoader.from_adapter(adapter, [{"video": v} for v in todo], batch_size=batch_size,
                                              manifest=self.manifest)
         bar = tqdm(total=len(todo), desc="videos (dali)", unit="video", disable=not show, leave=False)

@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -271,8 +272,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8,
     The file is written under a temporary name and renamed into place, so an interrupted run
     never leaves a half-written clip under the final name. Returns the final path.
     """
-    import av  # imported here so `import isrt.engine.synthetic` stays cheap
-
     path = Path(path)
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[0] < 1:
@@ -286,13 +285,27 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8,
     fmt, codec, pix_fmt, opts = _ENCODERS[container]
     if pix_fmt.endswith("420p") and (h % 2 or w % 2):
         raise ValueError(f"{container} ({codec}, 4:2:0) needs even width and height, got {w}x{h}")
-    # bitexact: no random segment UIDs or encoder version strings, so same input => same bytes.
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"}) as out:
-        stream = out.add_stream(codec, rate=fps, options=dict(opts))
-        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        stream.codec_context.flags |= av.codec.context.Flags.bitexact
-        # One encoder thread: multi-threaded x264/libvpx may emit different (still valid) bytes.
-        stream.codec_context.thread_count = 1
+    return encode_frames(path, frames, w, h, fps=fps, fmt=fmt, codec=codec, pix_fmt=pix_fmt, options=opts)
+
+
+def encode_frames(path: str | os.PathLike, frames: Iterable[np.ndarray], width: int, height: int, *,
+                  fps: int, fmt: str, codec: str, pix_fmt: str, options: dict | None = None,
+                  bitexact: bool = True) -> Path:
+    """Encode uint8 [height, width, 3] RGB frames, taken one at a time from `frames` (an array
+    or any iterable: never all in memory), with `codec` into a `fmt` container at `path`, under
+    a temporary name renamed into place. bitexact: no random segment UIDs or encoder version
+    strings and one encoder thread (multi-threaded x264/libvpx may emit different, still valid,
+    bytes), so the same input gives the same bytes; off, the encoder picks its threads."""
+    import av  # imported here so `import isrt.engine.synthetic` stays cheap
+
+    path = Path(path)
+    fmt_opts = {"fflags": "+bitexact"} if bitexact else {}
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format=fmt, options=fmt_opts) as out:
+        stream = out.add_stream(codec, rate=fps, options=dict(options or {}))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if bitexact:
+            stream.codec_context.flags |= av.codec.context.Flags.bitexact
+            stream.codec_context.thread_count = 1
         for i, arr in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
             frame.pts = i

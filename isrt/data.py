@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isrt.engine.io import read_jsonl
-from isrt.engine.video import VideoDecodeError
+from isrt.engine.video import VideoDecodeError, shard_records
 from isrt.engine.video.manifest import resolve_video
 
 REQUIRED = ("id", "video", "prompt")
@@ -54,12 +54,10 @@ def iteration_prompts(pool: PromptPool, iteration: int, per_iteration: int, seed
 
 
 def shard_by_video(records: list[dict], rank: int, world_size: int) -> list[dict]:
-    """Rank r's records: all prompts of every video whose first-appearance index is r mod W.
-    A video never spans ranks, so its context c_t is written exactly once."""
-    videos: dict[str, int] = {}
-    for rec in records:
-        videos.setdefault(rec["video_path"], len(videos))
-    return [rec for rec in records if videos[rec["video_path"]] % world_size == rank]
+    """Rank r's records: all prompts of every video whose first-appearance index is r mod W
+    (the engine's one sharding rule, on the resolved path). A video never spans ranks, so its
+    context c_t is written exactly once."""
+    return shard_records(records, rank, world_size, key="video_path")
 
 
 def video_path(rec: dict, video_root=None) -> str:

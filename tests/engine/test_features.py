@@ -3,7 +3,7 @@ import torch
 
 from isrt.engine.adapters import load_adapter
 from isrt.engine.features import FeatureCache
-from isrt.engine.manifest import build_manifest
+from isrt.engine.video.manifest import build_manifest
 from isrt.engine.synthetic import make_dataset
 from isrt.engine.video import VideoDecodeError, read_frames
 

@@ -14,6 +14,11 @@ import torch
 from isrt.engine import synthetic as syn
 from isrt.engine import video as V
 from isrt.engine.video import VideoDecodeError, count_frames, frame_indices, probe, read_frames, read_frames_at
+from isrt.engine.video import dali as D
+from isrt.engine.video import pyav as PA
+from isrt.engine.video import read as R
+from isrt.engine.video import torchcodec as TC
+from isrt.engine.video.common import Deadline
 
 N = 40  # frames per fixture clip: 3 keyframes at g=16, so the seek path is exercised
 FILE_CONTAINERS = ["mp4", "webm", "gif", "avi", "mkv"]
@@ -95,17 +100,17 @@ def test_nvdec_minimum_sizes_route_small_streams(clips, tmp_path, monkeypatch):
     assert not V.nvdec_can_decode("vp9", 64, 64) and V.nvdec_can_decode("vp9", 128, 128)
     assert not V.nvdec_can_decode("hevc", 128, 128) and not V.nvdec_can_decode("gif", 640, 480)
     assert not V.nvdec_can_decode("h264", 32, 8)
-    monkeypatch.setattr(V, "_dali_device", lambda: "mixed")
+    monkeypatch.setattr(D, "_dali_device", lambda: "mixed")
     p = tmp_path / "x.mp4"
-    assert V._dali_decoder_for(p, "vp9", 64, 64) == "cpu"
-    assert V._dali_decoder_for(p, "mjpeg", 48, 80) == "cpu"
-    assert V._dali_decoder_for(p, "mjpeg", 640, 480) == "cpu"  # DALI's GPU decoder reads no MJPEG
-    assert V._dali_decoder_for(p, "vp9", 160, 160) == "mixed"
-    assert V._dali_decoder_for(p, "h264", 64, 64) == "mixed"
+    assert D._dali_decoder_for(p, "vp9", 64, 64) == "cpu"
+    assert D._dali_decoder_for(p, "mjpeg", 48, 80) == "cpu"
+    assert D._dali_decoder_for(p, "mjpeg", 640, 480) == "cpu"  # DALI's GPU decoder reads no MJPEG
+    assert D._dali_decoder_for(p, "vp9", 160, 160) == "mixed"
+    assert D._dali_decoder_for(p, "h264", 64, 64) == "mixed"
     with pytest.raises(VideoDecodeError, match="NVDEC's minimum is 48x16"):
-        V._dali_decoder_for(p, "h264", 32, 8)
+        D._dali_decoder_for(p, "h264", 32, 8)
     with pytest.raises(VideoDecodeError, match=r"dali \(mixed\) cannot decode codec gif"):
-        V._dali_decoder_for(p, "gif", 64, 64)
+        D._dali_decoder_for(p, "gif", 64, 64)
     if "dali" in BACKENDS:  # the real CPU decoder behind the faked GPU machine
         frames = read_frames(clips["webm"], 8, backend="dali")
         assert _indices(frames) == list(np.linspace(0, N - 1, 8, dtype=int))
@@ -129,7 +134,7 @@ def test_dali_nvdec_exact_indices(nvdec_clips, container):
     installed."""
     if "dali" not in BACKENDS:
         pytest.skip("nvidia-dali not installed")
-    decoder = V._dali_decoder_for(nvdec_clips[container], probe(nvdec_clips[container]).codec, 160, 160)
+    decoder = D._dali_decoder_for(nvdec_clips[container], probe(nvdec_clips[container]).codec, 160, 160)
     assert decoder == ("cpu" if container == "avi" else "mixed")
     for F in (1, 8, 16, N + 13):
         frames = read_frames(nvdec_clips[container], F, backend="dali")
@@ -145,9 +150,9 @@ def test_seek_path_is_used_and_matches_sequential_decode(clips, container, monke
     pixels equal a full sequential decode's, frame for frame."""
     path = clips[container]
     targets = list(range(0, N, 3))
-    seq = V._pyav_decode_sequential(path, targets, N, V._Deadline(path, None))
+    seq = PA._decode_sequential(path, targets, N, Deadline(path, None))
     calls = []
-    monkeypatch.setattr(V, "_pyav_decode_sequential", lambda *a: calls.append(a) or {})
+    monkeypatch.setattr(PA, "_decode_sequential", lambda *a: calls.append(a) or {})
     frames = read_frames_at(path, targets, backend="pyav")
     assert calls == []
     for k, t in enumerate(targets):
@@ -281,7 +286,7 @@ def test_huge_resolution_refused_before_decoding(tmp_path):
 def test_unknown_and_missing_backend(clips, monkeypatch):
     with pytest.raises(VideoDecodeError, match="unknown backend 'nope'"):
         read_frames(clips["mp4"], 4, backend="nope")
-    monkeypatch.setitem(V._BACKENDS, "decord", (lambda: False,) + V._BACKENDS["decord"][1:])
+    monkeypatch.setitem(R._BACKENDS, "decord", (lambda: False,) + R._BACKENDS["decord"][1:])
     with pytest.raises(VideoDecodeError, match="not installed"):
         read_frames(clips["mp4"], 4, backend="decord")
 
@@ -294,7 +299,7 @@ def test_timeout_is_a_video_decode_error(clips):
 def test_library_exceptions_never_leak(clips, monkeypatch):
     def boom(*a):
         raise RuntimeError("decoder exploded\nsecond line")
-    monkeypatch.setitem(V._BACKENDS, "pyav", V._BACKENDS["pyav"][:3] + (boom,))
+    monkeypatch.setitem(R._BACKENDS, "pyav", R._BACKENDS["pyav"][:3] + (boom,))
     with pytest.raises(VideoDecodeError, match="decoder exploded second line") as ei:
         read_frames(clips["mp4"], 4, backend="pyav")
     assert "\n" not in str(ei.value)
@@ -303,153 +308,14 @@ def test_library_exceptions_never_leak(clips, monkeypatch):
 def test_auto_falls_back_to_the_next_backend(clips, monkeypatch):
     def broken(path, *a):
         raise VideoDecodeError(path, "this backend cannot read it")
-    monkeypatch.setattr(V, "AUTO_ORDER", ("broken", "pyav"))
-    monkeypatch.setitem(V._BACKENDS, "broken", (lambda: True, True, False, broken))
+    monkeypatch.setattr(R, "AUTO_ORDER", ("broken", "pyav"))
+    monkeypatch.setitem(R._BACKENDS, "broken", (lambda: True, True, False, broken))
     assert _indices(read_frames(clips["webm"], 3)) == [0, 19, 39]
 
 
 def test_error_pickles_for_worker_processes():
     e = pickle.loads(pickle.dumps(VideoDecodeError("/x/a.mp4", "zero-byte file")))
     assert isinstance(e, VideoDecodeError) and str(e) == "video /x/a.mp4: zero-byte file"
-
-
-# --- manifest, dataset layouts, CPU loader ---------------------------------------------------
-
-from isrt.engine import manifest as M  # noqa: E402
-
-
-@pytest.fixture()
-def mixed_root(tmp_path):
-    """A video root in the shape of real datasets: ActivityNet-style bare ids stored as mp4, mkv
-    and webm, an MSVD-style avi, a TGIF-style gif, a ShareGPTVideo-style frame folder, and one
-    zero-byte file. Frame counts differ per video so a mix-up would show."""
-    root = tmp_path / "root"
-    specs = [("v_a", "mp4", 20), ("v_b", "mkv", 21), ("v_c", "webm", 22), ("msvd/clip1", "avi", 23),
-             ("tgif/t1", "gif", 24), ("frames/v_d", "frames", 25)]
-    for k, (name, c, n) in enumerate(specs):
-        frames = syn.render_frames(syn.make_scene(1, k, 64, 64, True), n, 64, 64, index_pattern=True)
-        syn.write_video(root / (name if c == "frames" else f"{name}.{c}"), frames, container=c)
-    (root / "broken.mp4").write_bytes(b"")
-    videos = {"v_a": 20, "v_b": 21, "v_c": 22, "msvd/clip1.avi": 23, "tgif/t1.gif": 24, "frames/v_d": 25}
-    return root, videos
-
-
-def test_resolve_video_layouts(mixed_root, tmp_path):
-    root, _ = mixed_root
-    assert M.resolve_video("v_b", root) == root / "v_b.mkv"        # bare id -> existing extension
-    assert M.resolve_video("v_c", root) == root / "v_c.webm"
-    assert M.resolve_video("frames/v_d", root) == root / "frames" / "v_d"  # folder
-    assert M.resolve_video(str(root / "v_a.mp4"), "/elsewhere") == root / "v_a.mp4"  # absolute
-    assert M.resolve_video("nope", root) == root / "nope"           # names what was asked for
-
-
-def test_manifest_counts_caches_and_reprobes_changes(mixed_root, tmp_path, monkeypatch):
-    root, videos = mixed_root
-    cache = tmp_path / "cache" / "m.json"
-    wanted = [*videos, "broken.mp4", "missing.mp4", "v_a"]  # duplicates are fine
-    man = M.build_manifest(wanted, root, cache_path=cache)
-    assert len(man) == len(videos) + 2
-    for v, n in videos.items():
-        e = man[v]
-        assert e.ok and e.num_frames == n and (e.width, e.height) == (64, 64), e
-        assert count_frames(man.full_path(v)) == n
-    assert man["v_b"].codec == "h264" and man["v_c"].codec == "vp9" and man["tgif/t1.gif"].codec == "gif"
-    assert man.bad == {"broken.mp4": "zero-byte file", "missing.mp4": "no such file or folder"}
-    assert cache.is_file() and [p.name for p in cache.parent.iterdir()] == ["m.json"]  # no temp left
-
-    calls = []
-    real = M._probe_one
-    monkeypatch.setattr(M, "_probe_one", lambda a: calls.append(a[0]) or real(a))
-    again = M.build_manifest(wanted, root, cache_path=cache)
-    assert calls == []  # nothing changed: all from the cache (a still-missing file included)
-    assert again.entries == man.entries
-
-    # a changed file is probed again; the others come from the cache
-    frames = syn.render_frames(syn.make_scene(1, 0, 64, 64, True), 9, 64, 64, index_pattern=True)
-    syn.write_video(root / "v_a.mp4", frames)
-    calls.clear()
-    third = M.build_manifest(wanted, root, cache_path=cache)
-    assert calls == ["v_a"]
-    assert third["v_a"].num_frames == 9
-    assert M.VideoManifest.load(cache)["v_a"].num_frames == 9
-    # a missing file that appears is probed
-    syn.write_video(root / "missing.mp4", frames)
-    calls.clear()
-    assert M.build_manifest(wanted, root, cache_path=cache)["missing.mp4"].num_frames == 9
-    assert calls == ["missing.mp4"]
-
-
-def test_manifest_unreadable_cache_is_rebuilt(mixed_root, tmp_path):
-    root, videos = mixed_root
-    cache = tmp_path / "m.json"
-    cache.write_text("{ half a json")
-    man = M.build_manifest(list(videos), root, cache_path=cache, workers=2)
-    assert all(man[v].num_frames == n for v, n in videos.items())
-    assert M.VideoManifest.load(cache).entries == man.entries
-    with pytest.raises(ValueError, match="unreadable"):
-        M.VideoManifest.load(tmp_path / "absent.json")
-
-
-def test_manifest_for_jsonl(tmp_path):
-    jsonl = syn.make_dataset(tmp_path / "d", 3, num_frames=5, container="gif")
-    man = M.manifest_for_jsonl(jsonl)
-    assert len(man) == 3 and all(e.num_frames == 5 for e in man.entries.values())
-    assert M.default_cache_path(jsonl).is_file()
-    (tmp_path / "bad.jsonl").write_text('{"video": "a"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
-        M.read_jsonl(tmp_path / "bad.jsonl")
-
-
-def _records_for(videos):
-    recs = []
-    for v in videos:
-        for q in range(2):
-            recs.append({"id": f"{v}#{q}", "video": v, "prompt": "p"})
-    return recs
-
-
-@pytest.mark.parametrize("backend", ["auto", *[b for b in BACKENDS if b != "dali"]])
-@pytest.mark.parametrize("workers", [0, 2])
-def test_clip_loader_joins_records_and_skips_bad(mixed_root, backend, workers):
-    root, videos = mixed_root
-    recs = _records_for([*videos, "broken.mp4", "missing.mp4"])
-    man = M.build_manifest([r["video"] for r in recs], root)
-    loader = V.ClipLoader(recs, 8, manifest=man, backend=backend, num_workers=workers)
-    clips = list(loader)
-    assert [c.video for c in clips] == list(videos)  # file order kept, bad ones skipped
-    for c in clips:
-        n = videos[c.video]
-        assert c.num_video_frames == n
-        assert [r["id"] for r in c.records] == [f"{c.video}#0", f"{c.video}#1"]
-        assert c.frames.dtype == torch.uint8 and tuple(c.frames.shape) == (8, 64, 64, 3)
-        assert _indices(c.frames.numpy()) == list(np.linspace(0, n - 1, 8, dtype=int))
-    s = loader.stats
-    assert (s.clips_ok, s.clips_bad, s.records_ok, s.records_bad) == (6, 2, 12, 4)
-    assert any("broken.mp4: zero-byte file" in e for e in s.errors)
-
-
-def test_clip_loader_without_manifest_counts_bad_files(mixed_root):
-    root, videos = mixed_root
-    recs = _records_for(["v_a", "broken.mp4", "tgif/t1.gif"])
-    loader = V.ClipLoader(recs, 4, video_root=root, num_workers=2)
-    clips = list(loader)
-    assert [c.video for c in clips] == ["v_a", "tgif/t1.gif"]
-    assert [c.num_video_frames for c in clips] == [20, 24]
-    assert (loader.stats.clips_bad, loader.stats.records_bad) == (1, 2)
-    assert loader.stats.errors == [f"video {root / 'broken.mp4'}: zero-byte file"]
-
-
-def test_clip_loader_shards_by_rank(mixed_root):
-    root, videos = mixed_root
-    recs = _records_for(videos)
-    seen = []
-    for rank in range(3):
-        loader = V.ClipLoader(recs, 2, video_root=root, rank=rank, world_size=3, num_workers=0)
-        seen.append([c.video for c in loader])
-    assert sorted(sum(seen, [])) == sorted(videos)     # every video once, on exactly one rank
-    assert all(len(s) == 2 for s in seen)
-    with pytest.raises(ValueError):
-        V.ClipLoader(recs, 2, rank=3, world_size=3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -473,7 +339,7 @@ def test_no_memory_growth_over_1000_decodes(clips, backend):
 # is particular to it.
 
 def _needs_torchcodec():
-    if not V._torchcodec_available():
+    if not TC.torchcodec_available():
         pytest.skip("torchcodec not importable: needs `pip install torchcodec==0.13.0` and the "
                     "system FFmpeg libraries (`apt-get install ffmpeg`)")
 
@@ -507,7 +373,7 @@ def test_auto_reaches_torchcodec_when_the_others_fail(clips, monkeypatch):
         calls.append(1)
         raise VideoDecodeError(path, "this backend cannot read it")
     for b in ("pyav", "decord"):
-        monkeypatch.setitem(V._BACKENDS, b, (lambda: True, True, False, broken))
+        monkeypatch.setitem(R._BACKENDS, b, (lambda: True, True, False, broken))
     assert _indices(read_frames(clips["mkv"], 3)) == [0, 19, 39]
     assert len(calls) == 2
 
@@ -515,14 +381,14 @@ def test_auto_reaches_torchcodec_when_the_others_fail(clips, monkeypatch):
 def test_torchcodec_only_in_auto_when_it_imports(clips, monkeypatch):
     """Runs without torchcodec too: a failed import (no package, no FFmpeg) leaves it out."""
     import sys
-    monkeypatch.setattr(V, "_torchcodec_ok", None)
+    monkeypatch.setattr(TC, "_torchcodec_ok", None)
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # makes the import fail
-    assert not V._torchcodec_available()
+    assert not TC.torchcodec_available()
     assert "torchcodec" not in V.available_backends()
     with pytest.raises(VideoDecodeError, match="backend 'torchcodec' is not installed"):
         read_frames(clips["mp4"], 4, backend="torchcodec")
     assert _indices(read_frames(clips["mp4"], 3)) == [0, 19, 39]  # auto goes on without it
-    monkeypatch.setattr(V, "_torchcodec_ok", True)
+    monkeypatch.setattr(TC, "_torchcodec_ok", True)
     names = V.available_backends()
     assert "torchcodec" in names and names.index("torchcodec") > names.index("pyav")
 
@@ -533,10 +399,10 @@ def _bench_video():
     import importlib.util
     import sys
     from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_video.py"
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_video.py"
     spec = importlib.util.spec_from_file_location("bench_video", path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_video"] = mod  # its clip writers are pickled by module name into workers
+    sys.modules["bench_video"] = mod  # importable by name, as when run as a script
     spec.loader.exec_module(mod)
     return mod
 
@@ -545,10 +411,11 @@ def test_bench_video_cpu_rows_and_gpu_section_skips_without_cuda(tmp_path, capsy
     """A tiny CPU run writes checked rows; without CUDA the GPU section says why and writes none."""
     import csv
     bench = _bench_video()
+    import bench_video_gpu  # beside bench_video.py, which puts its folder on sys.path
     assert bench.parse_args([]).section == "cpu"
     with pytest.raises(SystemExit):
         bench.parse_args(["--section", "gpu", "--gpu-pool-clips", "1"])
-    gpu_here = bench.gpu_unavailable(False) is None  # CUDA + DALI: never run the real GPU section here
+    gpu_here = bench_video_gpu.gpu_unavailable(False) is None  # CUDA + DALI: never run the real GPU section here
     rc = bench.main(["--section", "cpu" if gpu_here else "all", "--sizes", "224p", "--durations", "1",
                      "--frames", "4", "--backends", "pyav", "--repeats", "1", "--workers", "0", "--clips-per-config", "1",
                      "--clip-dir", str(tmp_path / "clips"), "--csv", str(tmp_path / "cpu.csv"),
@@ -561,7 +428,7 @@ def test_bench_video_cpu_rows_and_gpu_section_skips_without_cuda(tmp_path, capsy
         assert "GPU section skipped: " in out and not (tmp_path / "gpu.csv").exists()
 
 
-@pytest.mark.skipif(not V._dali_available(), reason="nvidia-dali not installed")
+@pytest.mark.skipif(not D.dali_available(), reason="nvidia-dali not installed")
 def test_bench_video_gpu_section_code_on_the_cpu(tmp_path, capsys):
     """--gpu-on-cpu runs every GPU-section provider (DALI's CPU decoder, VP9 clips, 2 workers):
     rows ok, frames checked, the time budget skips what is left, the summary line is there."""

@@ -21,18 +21,15 @@ dtype=int), repeats included when F > n) with n from the manifest (PyAV packet c
 formula as every `read_frames` backend. `pad_mode="none"`: an index past DALI's own end of the
 video is an error (the clip is counted bad), never a silently padded black frame.
 
-Pixels follow `isrt.engine.preprocess.preprocess_frames` (what `adapter.pixels` calls): resize so
-the shorter side is `image_size` (long side round(S * long / short)), bilinear with antialias,
-center crop at floor((L - S) / 2), then (x / 255 - mean) / std, float32, layout [F, 3, S, S].
-The resize target is computed here per sample with preprocess's own rounding (DALI's
-`resize_shorter` would keep a fractional scale instead), and the crop offset is passed so DALI's
-rounding lands on the same integer. Measured difference (tests/engine/test_dali_loader.py, CPU,
-in 0..255 pixel units) against `adapter.pixels` of the SAME decoded frames: identity and
-upscaling ~0.001; downscaling (1.5x-3x, hard synthetic edges) <= ~1.2 everywhere except the
-resized image's last row and column, where DALI's antialiasing filter treats the far edge
-differently from torch's (up to ~19 there); mean < 0.035. Against `adapter.pixels` of PyAV's
-frames the decoders themselves differ: DALI's YUV->RGB conversion rounds and upsamples chroma
-differently from swscale, mean ~1-1.5, up to ~80 at hard colour edges (a few % of pixels).
+Pixels follow `isrt.engine.video.preprocess.preprocess_frames` (what `adapter.pixels` calls):
+resize so the shorter side is `image_size` (long side round(S * long / short)), bilinear with
+antialias, center crop at floor((L - S) / 2), then (x / 255 - mean) / std, float32, layout
+[F, 3, S, S]. The resize target is computed here per sample with preprocess's own rounding
+(DALI's `resize_shorter` would keep a fractional scale instead), and the crop offset is passed so
+DALI's rounding lands on the same integer. How close the result is to `adapter.pixels` (of the
+same decoded frames: only the far edge of a downscaled image differs notably; of PyAV's frames:
+the decoders' YUV->RGB conversions differ too) is measured in tests/engine/video/test_dali_loader.py
+and written down in docs/video.md ("Pixels vs adapter.pixels").
 
 Codecs DALI cannot decode on the chosen device (H.264 on the CPU, GIF, frame folders) are decoded
 on the host by `read_frames(backend=fallback)` in this thread and preprocessed by
@@ -49,7 +46,7 @@ clips). A native crash or hang inside DALI/NVDEC cannot be caught in-process.
 GPU (device="gpu"): `fn.decoders.video(device="mixed")` decodes with NVDEC and the resize and
 normalize run on the same GPU; outputs reach torch through DLPack (zero-copy, stream-ordered, as
 DALI's own iterator does under the dynamic executor) and are stacked into the batch tensor on
-cuda:device_id. NVDEC refuses frames below a per-codec minimum (`video.NVDEC_MIN_SIZE`, e.g.
+cuda:device_id. NVDEC refuses frames below a per-codec minimum (`dali.NVDEC_MIN_SIZE`, e.g.
 VP9 128x128, H.264 48x16), and DALI's GPU decoder reads no MJPEG: such clips take the host
 fallback like unsupported codecs. This branch is exercised only by the tests marked `gpu`.
 """
@@ -63,10 +60,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .preprocess import preprocess_frames
-from .video import (DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT_S, NVDEC_MIN_SIZE, LoaderStats, VideoDecodeError,
-                    _DALI_CPU_CODECS, _DALI_GPU_CODECS, _dali_available, frame_indices, nvdec_can_decode,
-                    read_frames, shard_groups)
+from .common import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT_S, VideoDecodeError, frame_indices
+from .dali import DALI_CPU_CODECS, DALI_GPU_CODECS, dali_available, nvdec_can_decode, refusal
+from .loader import LoaderStats, shard_groups
+from .manifest import build_manifest
+from .preprocess import preprocess_frames, shorter_side_size
+from .read import read_frames
 
 
 @dataclass
@@ -104,17 +103,11 @@ class PixelBatch:
 def resize_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     """(resized H, resized W, crop top, crop left) of `preprocess_frames` for an H x W frame.
 
-    Mirrors isrt.engine.preprocess.resize_shorter_side (shorter side -> size, long side
-    round(size * long / short), never below size; no resize when the shorter side already is
-    size) and center_crop (offset floor((L - size) / 2)).
+    The size of preprocess.resize_shorter_side (`shorter_side_size`: shorter side -> size, long
+    side round(size * long / short), never below size; no resize when the shorter side already
+    is size) and the offset of center_crop (floor((L - size) / 2)).
     """
-    h, w = int(height), int(width)
-    if min(h, w) == size:
-        nh, nw = h, w
-    elif h <= w:
-        nh, nw = size, max(size, int(round(size * w / h)))
-    else:
-        nh, nw = max(size, int(round(size * h / w))), size
+    nh, nw = shorter_side_size(height, width, size)
     return nh, nw, (nh - size) // 2, (nw - size) // 2
 
 
@@ -173,7 +166,7 @@ class DaliClipLoader:
     records: JSONL records (dicts with "video"); grouped by video in first-appearance order and
     sharded exactly like ClipLoader (`shard_groups`: this rank takes groups rank, rank +
     world_size, ...). num_frames: F. image_size / mean / std: the adapter's (S, per-channel
-    statistics of x / 255). manifest: isrt.engine.manifest.VideoManifest (n, codec, size of each
+    statistics of x / 255). manifest: isrt.engine.video.manifest.VideoManifest (n, codec, size of each
     video; its bad videos are skipped before decoding); None builds one for this rank's videos
     under `video_root` with a PyAV probe of each.
     device: "gpu" (NVDEC "mixed" decoder, outputs on cuda:device_id; device_id None = torch's
@@ -204,7 +197,7 @@ class DaliClipLoader:
             raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
         if int(prefetch_queue_depth) < 1:
             raise ValueError(f"prefetch_queue_depth must be >= 1, got {prefetch_queue_depth}")
-        if not _dali_available():
+        if not dali_available():
             raise ImportError("DaliClipLoader needs nvidia-dali (pip install nvidia-dali-cuda130==2.4.0)")
         if device == "gpu":
             if not torch.cuda.is_available():
@@ -230,7 +223,7 @@ class DaliClipLoader:
         self.dtype = dtype
         self.max_pixels = max_pixels
         self.timeout_s = timeout_s
-        self.codecs = _DALI_GPU_CODECS if device == "gpu" else _DALI_CPU_CODECS
+        self.codecs = DALI_GPU_CODECS if device == "gpu" else DALI_CPU_CODECS
         self.stats = LoaderStats()
 
     @classmethod
@@ -249,7 +242,6 @@ class DaliClipLoader:
     def _manifest(self):
         if self.manifest is not None:
             return self.manifest
-        from .manifest import build_manifest
         # Only this rank's videos: every rank probes its own shard, never the whole pool.
         self.manifest = build_manifest([v for v, _ in self.groups], self.video_root)
         return self.manifest
@@ -281,13 +273,7 @@ class DaliClipLoader:
                 dali = entry.codec in self.codecs
             if not dali and self.fallback is None:
                 kind = "mixed" if self.device == "gpu" else "cpu"
-                if entry.codec in self.codecs:  # NVDEC's minimum frame size for this codec
-                    min_w, min_h = NVDEC_MIN_SIZE[entry.codec]
-                    cause = (f"dali (mixed) cannot decode {entry.codec} at {entry.width}x{entry.height}: "
-                             f"NVDEC's minimum is {min_w}x{min_h}")
-                else:
-                    cause = (f"dali ({kind}) cannot decode codec {entry.codec}; "
-                             f"it reads {', '.join(sorted(self.codecs))}")
+                cause = refusal(entry.codec, entry.width, entry.height, kind, self.codecs)
                 self._bad(path, video, recs, cause)
                 continue
             items.append(_Item(video, recs, path, entry.num_frames, entry.height, entry.width, dali))

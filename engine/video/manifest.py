@@ -2,10 +2,10 @@
 
 Why: every backend must index the same n (np.linspace(0, n-1, F, dtype=int)), and a bad file
 should be found before a long run starts, not in hour three. `build_manifest` probes each video
-with `isrt.engine.video.probe` (PyAV packet count, truncation checks), in worker processes, and
-caches the result in a JSON file (written to a temporary name, then `os.replace`d into place, so
-a killed run never leaves a half-written cache). On the next run only new or changed files
-(size / mtime differ) are probed again.
+with `isrt.engine.video.read.probe` (PyAV packet count, truncation checks), in worker processes,
+and caches the result in a JSON file (written with `isrt.engine.io.atomic_write_text`: a
+temporary name, then renamed into place, so a killed run never leaves a half-written cache). On
+the next run only new or changed files (size / mtime differ) are probed again.
 
 Dataset layouts (`resolve_video`): a record's "video" is resolved against a video root:
 - a relative file path with extension (MSVD "videos/abc.avi", TGIF "tumblr_x.gif", MSRVTT
@@ -24,8 +24,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
-from . import io
-from .video import DEFAULT_TIMEOUT_S, VideoDecodeError, list_frame_images, probe
+from isrt.engine import io
+
+from .common import DEFAULT_TIMEOUT_S, VideoDecodeError
+from .frames import list_frame_images
+from .read import probe
 
 MANIFEST_VERSION = 1
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".gif", ".mov", ".m4v")
@@ -132,15 +135,10 @@ class VideoManifest:
                 "entries": {v: asdict(e) for v, e in sorted(self.entries.items())}}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: a temporary file in the same folder, then os.replace."""
+        """Write atomically (io.atomic_write_text: a temporary file in the same folder, fsync,
+        then renamed into place)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, indent=0, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        io.atomic_write_text(path, json.dumps(self.to_json(), indent=0, sort_keys=True))
         return path
 
     @classmethod

@@ -25,16 +25,25 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(H', W') of step 1: min(H', W') == size, long side round(size * long / short), never
+    below size; (H, W) itself when the shorter side already is size. DaliClipLoader resizes to
+    exactly this size too."""
+    h, w = int(height), int(width)
+    if min(h, w) == size:
+        return h, w
+    if h <= w:
+        return size, max(size, int(round(size * w / h)))
+    return max(size, int(round(size * h / w))), size
+
+
 def resize_shorter_side(x: torch.Tensor, size: int) -> torch.Tensor:
     """x float [N,C,H,W] -> [N,C,H',W'] with min(H',W') == size (bilinear, antialias)."""
     h, w = x.shape[-2:]
     if min(h, w) == size:
         return x
-    if h <= w:
-        nh, nw = size, max(size, int(round(size * w / h)))
-    else:
-        nh, nw = max(size, int(round(size * h / w))), size
-    return F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=shorter_side_size(h, w, size), mode="bilinear", antialias=True,
+                         align_corners=False)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:

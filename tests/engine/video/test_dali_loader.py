@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from isrt.engine import manifest as M
 from isrt.engine import synthetic as syn
 from isrt.engine import video as V
-from isrt.engine.preprocess import CLIP_MEAN, CLIP_STD
+from isrt.engine.video import manifest as M
+from isrt.engine.video.dali import dali_available
+from isrt.engine.video.preprocess import CLIP_MEAN, CLIP_STD
 
-if not V._dali_available():
+if not dali_available():
     pytest.skip("nvidia-dali is not installed (optional: nvidia-dali-cuda130==2.4.0)", allow_module_level=True)
 
 from isrt.engine.adapters.base import VideoLMAdapter  # noqa: E402
-from isrt.engine.dali_loader import DaliClipLoader, resize_geometry  # noqa: E402
+from isrt.engine.video.dali_loader import DaliClipLoader, resize_geometry  # noqa: E402
 
 # Tolerances, in 0..255 pixel units (normalized difference * std * 255).
 # Same decoded frames (DALI's decoder), DALI resize/crop/normalize vs adapter.pixels: identity and
@@ -124,7 +125,7 @@ def test_resize_geometry_is_preprocess_frames(root):
         for s in (16, 32, 48, 56, 224, 336):
             nh, nw, top, left = resize_geometry(h, w, s)
             x = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
-            from isrt.engine.preprocess import center_crop, resize_shorter_side
+            from isrt.engine.video.preprocess import center_crop, resize_shorter_side
             r = resize_shorter_side(x, s)
             assert tuple(r.shape[-2:]) == (nh, nw), (h, w, s)
             marked = torch.zeros(1, 1, nh, nw)
