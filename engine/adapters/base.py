@@ -138,15 +138,22 @@ class VideoLMAdapter:
         return adapter
 
     # ---- family-specific parts (subclasses override) -------------------------------------
+    hf_class: str = ""  # the transformers class name, the `from_pretrained` target
+    tiny_builder: str = ""  # the function of isrt.engine.adapters.tiny that builds a tiny model
+
     @classmethod
     def model_class(cls):
         """The HF class (`from_pretrained` target)."""
-        raise NotImplementedError
+        import transformers
+
+        return getattr(transformers, cls.hf_class)
 
     @classmethod
     def build_tiny(cls, seed: int, attn_implementation: str):
         """(model, tokenizer): a tiny random model of this family, built offline."""
-        raise NotImplementedError
+        from isrt.engine.adapters import tiny
+
+        return getattr(tiny, cls.tiny_builder)(seed=seed, attn_implementation=attn_implementation)
 
     @classmethod
     def default_image_size(cls, model) -> int:

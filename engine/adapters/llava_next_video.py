@@ -22,18 +22,8 @@ from .base import VideoLMAdapter, unwrap
 
 class LlavaNextVideoAdapter(VideoLMAdapter):
     family = "llava_next_video"
-
-    @classmethod
-    def model_class(cls):
-        from transformers import LlavaNextVideoForConditionalGeneration
-
-        return LlavaNextVideoForConditionalGeneration
-
-    @classmethod
-    def build_tiny(cls, seed: int, attn_implementation: str):
-        from isrt.engine.adapters.tiny import tiny_llava_next_video
-
-        return tiny_llava_next_video(seed=seed, attn_implementation=attn_implementation)
+    hf_class = "LlavaNextVideoForConditionalGeneration"
+    tiny_builder = "tiny_llava_next_video"
 
     def vision_parameters(self, model=None):
         m = unwrap(model if model is not None else self.model).model

@@ -20,18 +20,8 @@ from .base import VideoLMAdapter, unwrap
 
 class VideoLlavaAdapter(VideoLMAdapter):
     family = "video_llava"
-
-    @classmethod
-    def model_class(cls):
-        from transformers import VideoLlavaForConditionalGeneration
-
-        return VideoLlavaForConditionalGeneration
-
-    @classmethod
-    def build_tiny(cls, seed: int, attn_implementation: str):
-        from isrt.engine.adapters.tiny import tiny_video_llava
-
-        return tiny_video_llava(seed=seed, attn_implementation=attn_implementation)
+    hf_class = "VideoLlavaForConditionalGeneration"
+    tiny_builder = "tiny_video_llava"
 
     def vision_parameters(self, model=None):
         m = unwrap(model if model is not None else self.model).model
