@@ -62,10 +62,11 @@ def shard_by_video(records: list[dict], rank: int, world_size: int) -> list[dict
 
 def video_path(rec: dict, video_root=None) -> str:
     """The video file of a prompt-pool record: its "video_path" (as `isrt.data.load_pool` sets
-    it), else "video" resolved against `video_root` (when given), else "video" as it is."""
+    it), else "video" resolved against `video_root` as the pool resolves it (when given), else
+    "video" as it is."""
     if rec.get("video_path"):
         return rec["video_path"]
-    return str((Path(video_root) / rec["video"]).resolve()) if video_root else rec["video"]
+    return str(resolve_video(rec["video"], video_root).resolve()) if video_root else rec["video"]
 
 
 def usable_records(adapter, cache, records: list[dict], *, bad: list | None = None, video_root=None,

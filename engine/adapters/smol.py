@@ -1,7 +1,7 @@
 """The embedded demo model: a small Video-LLaVA whose language model is SmolLM2-135M-Instruct.
 
     from isrt.engine.adapters.smol import build_smol_video_llava
-    path = build_smol_video_llava("runs/default/base_model")        # ~20 s once, then cached
+    path = build_smol_video_llava("runs/default/base_model")        # built once, then cached
     adapter = load_adapter("video_llava", str(path), num_frames=4)   # the existing adapter, unchanged
 
 What it is (a real HF `VideoLlavaForConditionalGeneration`, so plain `from_pretrained` loads it):
@@ -20,10 +20,8 @@ Video tokens: Video-LLaVA keeps the CLS token for videos, so a video of F frames
 F x ((image_size / patch_size)^2 + 1) tokens: the defaults (32x32 frames, 16x16 patches) give
 5 tokens per frame, 20 for 4 frames. One patch then covers one quadrant of a synthetic scene
 (each quadrant holds at most one object); the LM's cost per prompt is dominated by its text
-tokens (SmolLM2's default system turn alone is 20 tokens), which keeps a training step of 8
-examples at ~2.5-4.5 s on 2 cores. Measured alternatives: 8x8 patches (17 tokens per frame,
-105-token QA prompts instead of 57) cost ~1.8x per step; 64x64 frames with 32x32 patches (same
-token count) gave the same accuracy after the warm start (docs/demo_model.md).
+tokens (SmolLM2's default system turn alone is 20 tokens). Why these sizes, with the step times
+and the alternatives that were measured: docs/demo_model.md.
 
 The build is deterministic (same seed and package versions -> identical weights) and cached:
 a complete `out_dir` (its `smol_build.json` matches the arguments) is returned as is; otherwise
