@@ -45,7 +45,8 @@ class SFTConfig:
     """Supervised warm start settings (defaults: the SmolLM2 demo preset, see docs/demo_model.md)."""
     steps: int = 80  # optimizer steps; 0: `epochs` passes over the examples
     epochs: int = 1
-    batch_size: int = 8  # examples per rank per optimizer step
+    batch_size: int = 8  # examples per rank per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size * grad_accum examples per rank)
     learning_rate: float = 3e-4  # LM parameters (LoRA or full)
     vision_learning_rate: float = 3e-4  # video tower + projector (after stage 0: a gentle step)
     weight_decay: float = 0.0
@@ -60,6 +61,7 @@ class SFTConfig:
     lora_target: str = DEFAULT_LORA_TARGET
     normalization: str = "example"  # example | token (see isrt.engine.training.sft)
     backend: str = "auto"  # isrt.kernels backend
+    gradient_checkpointing: bool = False  # recompute the LM's layers in backward (HF, non-reentrant)
     # Stage 0 (`align_vision`): phrase-level caption alignment of the video tower + projector to
     # the LM's word embeddings, before the LM is involved; 0 skips it. Needs "describe" examples.
     align_steps: int = 400
@@ -75,6 +77,9 @@ class SFTConfig:
         _one_of(self.schedule, "sft.schedule", ("cosine", "constant"))
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.steps >= 0,
                "sft: batch_size and epochs must be >= 1, steps >= 0")
+        _check(self.grad_accum >= 1, f"sft.grad_accum: must be >= 1, got {self.grad_accum}")
+        _check(isinstance(self.gradient_checkpointing, bool),
+               f"sft.gradient_checkpointing: must be true or false, got {self.gradient_checkpointing!r}")
         _check(self.train_vision or self.train_projector or self.lm != "frozen",
                "sft: nothing to train (train_vision, train_projector false and lm frozen)")
 
@@ -92,8 +97,14 @@ class DPOConfig:
     learning_rate: float = 5e-7
     weight_decay: float = 0.0
     epochs: int = 1
-    batch_size: int = 4  # pairs per rank per optimizer step
+    batch_size: int = 4  # pairs per rank per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size * grad_accum pairs per rank)
     max_grad_norm: float = 1.0
+    # learning rate per optimizer step: linear warmup over ceil(warmup_ratio * steps) steps, then
+    # constant or cosine to 0 (isrt.engine.training.steps.lr_factor)
+    lr_scheduler: str = "constant"  # constant | cosine
+    warmup_ratio: float = 0.0
+    gradient_checkpointing: bool = False  # recompute the LM's layers in backward (HF, non-reentrant)
     backend: str = "auto"  # isrt.kernels backend: auto | torch | triton
     # What DPO trains in the LM (the video side stays frozen): "full", or "lora" (PEFT LoRA on the
     # LM's attention and MLP projections, merged into pi_{t+1} after the iteration; the adapter
@@ -116,6 +127,11 @@ class DPOConfig:
         _check(self.learning_rate > 0, f"dpo.learning_rate: must be > 0, got {self.learning_rate}")
         _check(self.epochs >= 1, "dpo.epochs: must be >= 1")
         _check(self.batch_size >= 1, "dpo.batch_size: must be >= 1")
+        _check(self.grad_accum >= 1, f"dpo.grad_accum: must be >= 1, got {self.grad_accum}")
+        _one_of(self.lr_scheduler, "dpo.lr_scheduler", ("constant", "cosine"))
+        _check(0 <= self.warmup_ratio <= 1, f"dpo.warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
+        _check(isinstance(self.gradient_checkpointing, bool),
+               f"dpo.gradient_checkpointing: must be true or false, got {self.gradient_checkpointing!r}")
         _check(self.max_grad_norm > 0, "dpo.max_grad_norm: must be > 0")
         _one_of(self.backend, "dpo.backend", ("auto", "torch", "triton"))
 

@@ -1,17 +1,25 @@
 """DPO on a list of preference pairs, data-parallel (DDP) across ranks.
 
-Per step, each rank takes `batch_size` pairs (isrt.engine.training.steps); the loss comes from
+Per optimizer step, each rank takes `batch_size * grad_accum` pairs (isrt.engine.training.steps),
+run as `grad_accum` micro-batches of `batch_size`; the loss comes from
 `isrt.engine.training.logprobs.preference_step`, i.e. `isrt.kernels.fused_linear_dpo` on the
 decoder's hidden states (response rows only; on CUDA one pass computes log-probs, loss and head
 gradients). Its log-probs are those of the reference pass (`sequence_logps`) up to summation
 order, so the first step's sigmoid loss is ln 2.
 
-Ranks can hold different numbers of pairs: a rank with no pair left runs a zero-weight step, and
-each rank's loss is scaled by n_real * W / n_global, so that DDP's gradient average equals the
-mean over the real pairs of the global batch.
+Loss scaling: micro-batch m of rank r (n_rm real pairs, mean loss L_rm) back-propagates
+L_rm * n_rm * W / N, N the real pairs of the optimizer step over all ranks and micro-batches. The
+micro-batches' gradients add up and DDP averages over the W ranks, so the step's gradient is that
+of (1/N) * sum over its N pairs of the pair loss: grad_accum = 2 x batch_size 2 is batch_size 4,
+and a rank or micro-batch with no pair left runs a zero-weight step on a stand-in pair.
+
+Learning rate per optimizer step: `lr_scheduler` (constant | cosine to 0) after a linear warmup
+of ceil(warmup_ratio * steps) steps (`steps.lr_factor`); `gradient_checkpointing` recomputes the
+LM's layers in backward (`trainable.gradient_checkpointing`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +28,7 @@ from isrt.engine import distributed
 from isrt.engine.training import steps
 from isrt.engine.training.config import DPOConfig
 from isrt.engine.training.logprobs import preference_step
+from isrt.engine.training.trainable import gradient_checkpointing
 
 METRICS = (("reward_accuracy", "rewards/accuracies"), ("reward_margin", "rewards/margins"),
            ("chosen_reward", "rewards/chosen"), ("rejected_reward", "rewards/rejected"))
@@ -53,9 +62,47 @@ class _PolicyLoss(torch.nn.Module):
                                model=self.model, backend=c.backend, max_length=c.max_length or None)
 
 
+def _step_fn(policy, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, params, optim, *,
+             per_epoch: int, total: int):
+    """step(epoch, k, indices) -> history row: one optimizer step over `indices` (this rank's
+    pairs of the step) in cfg.grad_accum micro-batches, scaled as in the module doc."""
+    warmup = math.ceil(cfg.warmup_ratio * total)
+
+    def step(epoch: int, k: int, idx: list[int]) -> dict:
+        n_global = distributed.all_reduce_sum(d, len(idx))
+        steps.set_lr(optim, [cfg.learning_rate],
+                     steps.lr_factor(epoch * per_epoch + k, total, warmup=warmup, schedule=cfg.lr_scheduler))
+        sums = dict.fromkeys(["loss", *(key for key, _ in METRICS)], 0.0)  # over this rank's real pairs
+
+        def micro_loss(mb: list[int]) -> torch.Tensor:
+            n_real = len(mb)
+            run = [pairs[i] for i in mb] or [pairs[0]]  # no pair left: a stand-in, weight 0
+            ref_c = torch.tensor([p.ref_chosen_logp for p in run], dtype=torch.float32, device=d.device)
+            ref_r = torch.tensor([p.ref_rejected_logp for p in run], dtype=torch.float32, device=d.device)
+            loss, metrics = policy([p.prompt for p in run], [p.chosen for p in run], [p.rejected for p in run],
+                                   [p.features for p in run], ref_c, ref_r)
+            sums["loss"] += loss.item() * n_real
+            for key, name in METRICS:
+                sums[key] += float(metrics[name].sum()) if n_real else 0.0
+            weight = n_real * d.world_size / n_global if n_real else 0.0
+            return loss * weight
+
+        grad_norm = steps.accumulate_and_step(policy, steps.micro_batches(idx, cfg.batch_size, cfg.grad_accum),
+                                              micro_loss, params, optim, cfg.max_grad_norm)
+        row = {"epoch": epoch, "step": k, "pairs": n_global,
+               "loss": distributed.all_reduce_sum(d, sums["loss"]) / n_global, "grad_norm": grad_norm}
+        for key, _ in METRICS:
+            row[key] = distributed.all_reduce_sum(d, sums[key]) / n_global
+        row["lr"] = optim.param_groups[0]["lr"]
+        return row
+
+    return step
+
+
 def train_dpo(adapter, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, *, seed: int, on_step=None) -> dict:
     """Run `cfg.epochs` epochs of DPO on the parameters that require grad. Returns run metrics:
-    steps, pairs, first_loss, and the last epoch's mean loss / reward accuracy / margin, history."""
+    steps (optimizer steps), pairs, first_loss, and the last epoch's mean loss / reward accuracy /
+    margin, history (one row per optimizer step, with its lr)."""
     if not pairs:
         return {"steps": 0, "pairs": 0}
     model = adapter.model
@@ -63,26 +110,13 @@ def train_dpo(adapter, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, *
     params = [p for p in model.parameters() if p.requires_grad]
     policy = steps.wrap_ddp(_PolicyLoss(adapter, cfg), d)
     optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-    def step(epoch: int, k: int, idx: list[int]) -> dict:
-        n_real = len(idx)
-        n_global = distributed.all_reduce_sum(d, n_real)
-        run = [pairs[i] for i in idx] or [pairs[0]]  # a rank without pairs: a stand-in, weight 0
-        ref_c = torch.tensor([p.ref_chosen_logp for p in run], dtype=torch.float32, device=d.device)
-        ref_r = torch.tensor([p.ref_rejected_logp for p in run], dtype=torch.float32, device=d.device)
-        loss, metrics = policy([p.prompt for p in run], [p.chosen for p in run], [p.rejected for p in run],
-                               [p.features for p in run], ref_c, ref_r)
-        weight = n_real * d.world_size / n_global if n_real else 0.0
-        grad_norm = steps.apply_gradients(loss * weight, params, optim, cfg.max_grad_norm)
-        row = {"epoch": epoch, "step": k, "pairs": n_global,
-               "loss": distributed.all_reduce_sum(d, loss.item() * n_real) / n_global, "grad_norm": grad_norm}
-        for key, name in METRICS:
-            row[key] = distributed.all_reduce_sum(d, float(metrics[name].sum()) if n_real else 0.0) / n_global
-        return row
-
-    total = cfg.epochs * steps.steps_per_epoch(len(pairs), cfg.batch_size, d)
-    history = steps.run_steps(steps.rank_batches(len(pairs), cfg.batch_size, total, d, seed), step,
-                              total=total, desc="stage 3 dpo", d=d, on_step=on_step)
+    per_step = cfg.batch_size * cfg.grad_accum  # pairs per rank per optimizer step
+    per_epoch = steps.steps_per_epoch(len(pairs), per_step, d)
+    total = cfg.epochs * per_epoch
+    step = _step_fn(policy, pairs, cfg, d, params, optim, per_epoch=per_epoch, total=total)
+    with gradient_checkpointing(adapter, cfg.gradient_checkpointing):
+        history = steps.run_steps(steps.rank_batches(len(pairs), per_step, total, d, seed), step,
+                                  total=total, desc="stage 3 dpo", d=d, on_step=on_step)
     last = [r for r in history if r["epoch"] == cfg.epochs - 1]
     mean = lambda key: sum(r[key] for r in last) / len(last)  # noqa: E731
     return {"steps": len(history), "pairs": len(pairs), "first_loss": history[0]["loss"], "loss": mean("loss"),

@@ -24,16 +24,20 @@ projector (random in the SmolLM2 demo model, so they must), and the LM as "full"
 back when training ends, so the result saves as a plain HF folder) or "frozen".
 
 DDP (isrt.engine.training.steps, shared with DPO): DDP wraps a small module whose forward computes
-the video features (with autograd when the vision side trains) and the sequence log-probs; a rank
-without examples left runs a zero-weight step, and each rank's loss is scaled so that DDP's
-gradient average is the gradient of the global-batch loss above.
+the video features (with autograd when the vision side trains) and the sequence log-probs. An
+optimizer step is cfg.grad_accum micro-batches of cfg.batch_size examples per rank (the global
+batch: all of them, all ranks); micro-batch m of rank r back-propagates sum_i nll_i * W / D, with
+nll_i = -logp_i / |y_i| ("example") or -logp_i ("token") and D the global batch's example or token
+count, so the summed micro-batch gradients averaged by DDP over the W ranks are the gradient of
+the global-batch loss above. A rank or micro-batch without examples left runs a zero-weight step.
+The learning rate (warmup_steps, schedule) changes once per optimizer step;
+cfg.gradient_checkpointing recomputes the LM's layers in backward (non-reentrant HF checkpointing).
 
 The examples (built from the method's prompt templates) and `warm_start`, the cached SFT stage of
 a run directory, are in `isrt.warmstart`: lower layers never import `isrt`.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -45,7 +49,8 @@ from isrt.engine.training import steps
 from isrt.engine.training.align_vision import align_vision
 from isrt.engine.training.config import SFTConfig
 from isrt.engine.training.logprobs import sequence_logps
-from isrt.engine.training.trainable import finish_training, set_trainable, video_modules, vision_trains
+from isrt.engine.training.trainable import (finish_training, gradient_checkpointing, set_trainable, video_modules,
+                                            vision_trains)
 
 
 @dataclass
@@ -81,13 +86,8 @@ class _SFTLogps(torch.nn.Module):
 
 
 def _lr_factor(cfg: SFTConfig, step: int, total: int) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    span = max(1, total - cfg.warmup_steps)
-    a = min(1.0, (step - cfg.warmup_steps) / span)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * a))
+    """Linear warmup over cfg.warmup_steps, then constant or cosine down to 10%."""
+    return steps.lr_factor(step, total, warmup=cfg.warmup_steps, schedule=cfg.schedule, floor=0.1)
 
 
 def _optimizer(model, cfg: SFTConfig):
@@ -116,34 +116,44 @@ def _kind_losses(d, batch, per: list[float], n_real: int, kinds: list[str]) -> d
 
 def _train_steps(adapter, examples, cfg: SFTConfig, d, net, optim, params, base_lrs, *, vision: bool,
                  total: int, seed: int, on_step) -> list[dict]:
-    """The optimizer steps of stage 1 (one history row each)."""
+    """The optimizer steps of stage 1 (one history row each), each in cfg.grad_accum micro-batches
+    of cfg.batch_size: micro-batch m back-propagates sum_i nll_i * W / D (D: the step's global
+    normalizer), so the step's gradient is that of the global-batch loss of the module doc."""
     n_tokens = [len(adapter.encode_response(e.target)) for e in examples]
     kinds = sorted({e.kind for e in examples})
-    per_epoch = steps.steps_per_epoch(len(examples), cfg.batch_size, d)
+    per_step = cfg.batch_size * cfg.grad_accum
+    per_epoch = steps.steps_per_epoch(len(examples), per_step, d)
 
     def step(epoch: int, k: int, idx: list[int]) -> dict:
         n = epoch * per_epoch + k  # the global step
         n_real = len(idx)
-        batch = [examples[i] for i in idx or [0]]  # a rank without examples runs a zero-weight step
         denom_local = float(n_real if cfg.normalization == "example" else sum(n_tokens[i] for i in idx))
         denom = distributed.all_reduce_sum(d, denom_local)
-        for g, lr in zip(optim.param_groups, base_lrs):
-            g["lr"] = lr * _lr_factor(cfg, n, total)
-        logps = net([e.prompt for e in batch], [e.target for e in batch],
-                    [e.pixels for e in batch] if vision else None,
-                    None if vision else [e.features for e in batch])
-        ntok = torch.tensor([n_tokens[i] for i in idx or [0]], dtype=torch.float32, device=logps.device)
-        nll = -logps / ntok if cfg.normalization == "example" else -logps
-        local_sum = nll.sum()
-        weight = d.world_size / denom if n_real else 0.0
-        grad_norm = steps.apply_gradients(local_sum * weight, params, optim, cfg.max_grad_norm)
-        loss = distributed.all_reduce_sum(d, local_sum.item() if n_real else 0.0) / denom
+        steps.set_lr(optim, base_lrs, _lr_factor(cfg, n, total))
+        done, per, local = [], [], [0.0]  # this rank's real examples, their per-token NLLs, sum of nll
+
+        def micro_loss(mb: list[int]) -> torch.Tensor:
+            batch = [examples[i] for i in mb or [0]]  # no example left: a zero-weight step
+            logps = net([e.prompt for e in batch], [e.target for e in batch],
+                        [e.pixels for e in batch] if vision else None,
+                        None if vision else [e.features for e in batch])
+            ntok = torch.tensor([n_tokens[i] for i in mb or [0]], dtype=torch.float32, device=logps.device)
+            nll = -logps / ntok if cfg.normalization == "example" else -logps
+            local_sum = nll.sum()
+            if mb:
+                local[0] += local_sum.item()
+                done.extend(batch)
+                per.extend((-logps.detach() / ntok).tolist())  # per-token NLL of each example, by kind
+            return local_sum * (d.world_size / denom if mb else 0.0)
+
+        grad_norm = steps.accumulate_and_step(net, steps.micro_batches(idx, cfg.batch_size, cfg.grad_accum),
+                                              micro_loss, params, optim, cfg.max_grad_norm)
+        loss = distributed.all_reduce_sum(d, local[0]) / denom
         row = {"step": n, "loss": loss, "grad_norm": grad_norm, "lr": optim.param_groups[0]["lr"],
                "examples": int(distributed.all_reduce_sum(d, n_real))}
-        per = (-logps.detach() / ntok).tolist()  # per-token NLL of each example, by kind
-        return dict(row, **_kind_losses(d, batch, per, n_real, kinds))
+        return dict(row, **_kind_losses(d, done, per, len(done), kinds))
 
-    return steps.run_steps(steps.rank_batches(len(examples), cfg.batch_size, total, d, seed), step,
+    return steps.run_steps(steps.rank_batches(len(examples), per_step, total, d, seed), step,
                            total=total, desc="sft", d=d, on_step=on_step)
 
 
@@ -176,10 +186,10 @@ def train_sft(adapter, examples: list[SFTExample], cfg: SFTConfig, d: distribute
     optim, params, base_lrs = _optimizer(model, cfg)
     net = steps.wrap_ddp(_SFTLogps(adapter, cfg.backend), d)
     kinds = sorted({e.kind for e in examples})  # same on every rank (same examples)
-    total = cfg.steps or cfg.epochs * steps.steps_per_epoch(len(examples), cfg.batch_size, d)
-
-    history = _train_steps(adapter, examples, cfg, d, net, optim, params, base_lrs, vision=vision, total=total,
-                           seed=seed, on_step=on_step)
+    total = cfg.steps or cfg.epochs * steps.steps_per_epoch(len(examples), cfg.batch_size * cfg.grad_accum, d)
+    with gradient_checkpointing(adapter, cfg.gradient_checkpointing):
+        history = _train_steps(adapter, examples, cfg, d, net, optim, params, base_lrs, vision=vision,
+                               total=total, seed=seed, on_step=on_step)
     finish_training(adapter)
     tail = history[-max(1, len(history) // 10):]
     by_kind = {}

@@ -1,14 +1,28 @@
 """The data-parallel step loop shared by the SFT and DPO trainers.
 
-Every rank runs the same number of steps (DDP needs matching collectives). Per epoch, one seeded
-permutation of the items is drawn, the same on every rank, and rank r takes positions r, r + W,
-... of it; step k of the epoch takes that share's k-th slice of `batch_size`. A rank whose share
-has run out gets an empty slice and runs a zero-weight step on a stand-in item, so the
-collectives still match; each trainer scales its rank's loss so that DDP's gradient average is
-the gradient of the global-batch loss.
+Batches. Every rank runs the same number of optimizer steps (DDP needs matching collectives).
+Per epoch, one seeded permutation of the items is drawn, the same on every rank, and rank r
+takes positions r, r + W, ... of it; optimizer step k of the epoch takes that share's k-th slice
+of `batch_size * grad_accum` items (`rank_batches`), cut into `grad_accum` micro-batches of
+`batch_size` (`micro_batches`). Every rank runs all `grad_accum` micro-batches of every step; an
+empty one (the rank's share has run out) is a zero-weight forward/backward on a stand-in item,
+so the collectives still match.
+
+Loss scaling. The micro-batches' gradients add up in .grad and DDP averages that sum over the W
+ranks, so micro-batch m of rank r is scaled by
+    DPO: loss_rm * n_rm * W / N     loss_rm: mean loss of its n_rm pairs; N: pairs of the step, all ranks
+    SFT: sum_i nll_i * W / D        its examples' NLLs; D: the step's normalizer (examples or tokens), all ranks
+and (1/W) * sum over ranks and micro-batches is then the loss of the global step (the mean over
+its real pairs / examples): the gradient of one rank holding the whole step's batch, up to fp32
+round-off. With grad_accum = 1 this is the single-batch step, the same float operations.
+
+DDP: all micro-batches but the last run forward and backward under `no_sync()`, so gradients
+are all-reduced once per optimizer step. Learning rate: one factor per optimizer step
+(`lr_factor`), set before its first micro-batch (`set_lr`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Iterator
 
@@ -27,6 +41,7 @@ def wrap_ddp(module: torch.nn.Module, d: distributed.Dist) -> torch.nn.Module:
 
 
 def steps_per_epoch(n_items: int, batch_size: int, d: distributed.Dist) -> int:
+    """Optimizer steps per epoch; `batch_size`: items per rank per optimizer step."""
     return math.ceil(math.ceil(n_items / d.world_size) / batch_size)
 
 
@@ -44,9 +59,45 @@ def rank_batches(n_items: int, batch_size: int, total: int, d: distributed.Dist,
         yield step // per_epoch, k, mine[k * batch_size:(k + 1) * batch_size]
 
 
-def apply_gradients(loss: torch.Tensor, params: list, optim: torch.optim.Optimizer, max_grad_norm: float) -> float:
-    """backward, clip to `max_grad_norm`, optimizer step, clear; returns the norm before clipping."""
-    loss.backward()
+def micro_batches(idx: list[int], batch_size: int, grad_accum: int) -> list[list[int]]:
+    """One optimizer step's indices cut into `grad_accum` micro-batches of `batch_size` (some may
+    be empty: zero-weight stand-in steps)."""
+    return [idx[j * batch_size:(j + 1) * batch_size] for j in range(grad_accum)]
+
+
+def lr_factor(step: int, total: int, *, warmup: int, schedule: str, floor: float = 0.0) -> float:
+    """The learning-rate multiplier of optimizer step `step` (0-based) of `total`: linear warmup
+    (step + 1) / warmup for the first `warmup` steps, then 1 ("constant") or a cosine from 1 down
+    towards `floor` at the end ("cosine": floor + (1 - floor) * (1 + cos(pi * a)) / 2, a the
+    share of the post-warmup steps done)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    a = min(1.0, (step - warmup) / span)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * a))
+
+
+def set_lr(optim: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    for g, lr in zip(optim.param_groups, base_lrs):
+        g["lr"] = lr * factor
+
+
+def _sync_unless(net: torch.nn.Module, skip: bool):
+    """DDP's no_sync() when `skip` (a micro-batch before the last), else nothing."""
+    return net.no_sync() if skip and isinstance(net, DDP) else contextlib.nullcontext()
+
+
+def accumulate_and_step(net: torch.nn.Module, micro: list[list[int]], micro_loss: Callable[[list[int]], torch.Tensor],
+                        params: list, optim: torch.optim.Optimizer, max_grad_norm: float) -> float:
+    """One optimizer step: for each micro-batch, `micro_loss(indices)` runs the forward of `net`
+    and returns its scaled loss (see the module doc), which is back-propagated (under no_sync
+    but for the last); then clip to `max_grad_norm`, optimizer step, clear. Returns the norm
+    before clipping."""
+    for j, idx in enumerate(micro):
+        with _sync_unless(net, j < len(micro) - 1):
+            micro_loss(idx).backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optim.step()
     optim.zero_grad(set_to_none=True)

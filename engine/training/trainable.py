@@ -4,9 +4,12 @@ Parameters that the video path never uses (Video-LLaVA's image tower, CLIP's pos
 layers after the feature layer) stay frozen: they would get no gradient, and DDP would wait for
 them forever. `vision_used_parameters` finds them with one tiny backward of the vision side.
 LoRA (PEFT) wraps adapter.model; `finish_training` merges it back, so what is saved is a plain
-HF folder.
+HF folder. `gradient_checkpointing` turns HF's (non-reentrant) checkpointing of the LM on for
+the length of a training run.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -98,3 +101,31 @@ def finish_training(adapter) -> None:
 
 def vision_trains(model) -> bool:
     return any(p.requires_grad for mod in video_modules(model) for p in mod.parameters())
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(adapter, on: bool):
+    """While the block runs, HF gradient checkpointing (use_reentrant=False) on the LM backbone
+    (`adapter.decoder`, the same module under PEFT LoRA): its layers keep only their inputs and
+    run again in backward. Only the decoder layers recompute; the LM head (the fused kernels)
+    and the video side are untouched. Off again afterwards (generation and saving see the
+    plain model); `on` false: nothing changes."""
+    if not on:
+        yield
+        return
+    lm = adapter.decoder(adapter.model)
+    if not getattr(lm, "supports_gradient_checkpointing", False):
+        raise ValueError(f"gradient_checkpointing: {type(lm).__name__} does not support it")
+    had_hook = hasattr(lm, "_require_grads_hook")
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):  # the name since transformers 5 (the old one warns)
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    try:
+        yield
+    finally:
+        (getattr(lm, "activation_checkpointing_disable", None) or lm.gradient_checkpointing_disable)()
+        if not had_hook and hasattr(lm, "_require_grads_hook"):
+            # HF also made the input embeddings' output require grad (for reentrant checkpointing)
+            lm.disable_input_require_grads()

@@ -264,3 +264,68 @@ def test_ddp_two_ranks_match_one_rank_on_the_global_batch(tmp_path):
         assert two[rank]["losses"] == pytest.approx(one["losses"], rel=1e-5)
         for n, p in one["params"].items():
             torch.testing.assert_close(two[rank]["params"][n], p, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_sft_config_checks_the_step_controls():
+    cfg = SFTConfig()
+    assert (cfg.grad_accum, cfg.gradient_checkpointing, cfg.warmup_steps, cfg.schedule) == (1, False, 5, "cosine")
+    for bad, key in [({"grad_accum": 0}, "sft.grad_accum"), ({"gradient_checkpointing": 1}, "sft.gradient_checkpointing"),
+                     ({"schedule": "linear"}, "sft.schedule")]:
+        with pytest.raises(ValueError, match=key):
+            SFTConfig(**bad)
+
+
+def _sft(cfg):
+    """train_sft of a fresh tiny model on 6 examples: (metrics, gradients per optimizer step, weights)."""
+    grads, used = [], []
+    orig_clip, orig_step = torch.nn.utils.clip_grad_norm_, torch.optim.AdamW.step
+
+    def record(params, max_norm, *args, **kw):
+        grads.append([p.grad.detach().clone() for p in params])
+        return orig_clip(params, max_norm, *args, **kw)
+
+    def step(self, *args, **kw):
+        used.append([g["lr"] for g in self.param_groups])
+        return orig_step(self, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.utils, "clip_grad_norm_", record)
+        mp.setattr(torch.optim.AdamW, "step", step)
+        a = _adapter()
+        m = train_sft(a, _examples(a, n_videos=3), cfg, distributed.Dist(), seed=0)
+    assert [u[0] for u in used] == [r["lr"] for r in m["history"]]  # one lr per optimizer step, recorded
+    return m, grads, _snapshot(a.model)
+
+
+def _same_training(got, want, rtol=1e-4, atol=1e-6):
+    (m1, g1, w1), (m2, g2, w2) = got, want
+    assert len(g1) == len(g2) == m1["steps"] == m2["steps"]
+    for step, (x, y) in enumerate(zip(g1, g2)):
+        for gx, gy in zip(x, y, strict=True):
+            torch.testing.assert_close(gx, gy, rtol=rtol, atol=atol, msg=f"step {step}")
+    for key in ("loss", "loss_qa", "loss_describe", "lr", "examples"):
+        assert [r[key] for r in m1["history"]] == pytest.approx([r[key] for r in m2["history"]], rel=1e-5), key
+    for n, p in w2.items():
+        torch.testing.assert_close(w1[n], p, rtol=rtol, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("normalization", ["example", "token"])
+def test_grad_accum_is_the_larger_batch(normalization):
+    """6 examples: batch 4 is 2 optimizer steps (4 examples, then 2); 2 x 2 micro-batches must give
+    the same gradients, losses and weights (the second step's second micro-batch is empty: a
+    zero-weight stand-in). Warmup and cosine move once per optimizer step."""
+    base = dict(steps=0, epochs=1, lm="full", learning_rate=1e-3, vision_learning_rate=1e-3, warmup_steps=1,
+                schedule="cosine", max_grad_norm=1e9, align_steps=0, normalization=normalization)
+    want = _sft(SFTConfig(batch_size=4, **base))
+    got = _sft(SFTConfig(batch_size=2, grad_accum=2, **base))
+    assert [r["examples"] for r in got[0]["history"]] == [4, 2]
+    assert [r["lr"] for r in got[0]["history"]] == pytest.approx([1e-3, 1e-3])  # warmup 1/1, then cos(0)
+    _same_training(got, want)
+
+
+def test_gradient_checkpointing_under_lora_gives_the_same_training():
+    base = dict(steps=2, batch_size=3, lm="lora", lora_r=4, lora_alpha=8, learning_rate=1e-2, warmup_steps=0,
+                train_vision=False, train_projector=True, align_steps=0, max_grad_norm=1e9)
+    want = _sft(SFTConfig(**base))
+    got = _sft(SFTConfig(gradient_checkpointing=True, **base))
+    _same_training(got, want, rtol=1e-5, atol=1e-7)

@@ -1,8 +1,14 @@
 """The DPO trainer on its own (isrt.engine.training.dpo) and the step loop it shares with SFT
-(isrt.engine.training.steps): who takes which pair, the first loss, what moves, the zero-weight step."""
+(isrt.engine.training.steps): who takes which pair, the first loss, what moves, the zero-weight step,
+gradient accumulation (alone and under 2 gloo ranks), the learning-rate schedule, gradient checkpointing."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -14,6 +20,7 @@ from isrt.engine.training import steps
 from isrt.engine.training.config import DPOConfig
 from isrt.engine.training.dpo import Pair, train_dpo
 from isrt.engine.training.logprobs import sequence_logps
+from isrt.engine.training.trainable import set_trainable
 
 F = 2
 
@@ -38,9 +45,7 @@ def test_steps_loop_passes_rows_and_calls_on_step():
     assert rows == seen == [{"loss": 1.0, "k": 0}, {"loss": 0.0, "k": 1}]
 
 
-@pytest.fixture(scope="module")
-def setup():
-    adapter = load_adapter("video_llava", "tiny", num_frames=F, seed=0)
+def _pairs(adapter):
     rng = np.random.default_rng(0)
     feats = [adapter.video_features(adapter.pixels(rng.integers(0, 256, (F, 32, 32, 3), dtype=np.uint8)))
              for _ in range(3)]
@@ -49,8 +54,13 @@ def setup():
     with torch.no_grad():
         rc = sequence_logps(adapter, prompts, chosen, feats)
         rr = sequence_logps(adapter, prompts, rejected, feats)
-    pairs = [Pair(p, c, r, f, float(a), float(b)) for p, c, r, f, a, b in zip(prompts, chosen, rejected, feats, rc, rr)]
-    return adapter, pairs
+    return [Pair(p, c, r, f, float(a), float(b)) for p, c, r, f, a, b in zip(prompts, chosen, rejected, feats, rc, rr)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    adapter = load_adapter("video_llava", "tiny", num_frames=F, seed=0)
+    return adapter, _pairs(adapter)
 
 
 def _fresh(setup):
@@ -83,3 +93,159 @@ def test_dpo_config_trainable_is_the_lm_only():
     spec = DPOConfig(lm="lora", lora_r=4, lora_alpha=8).trainable
     assert (spec.lm, spec.lora.r, spec.lora.alpha, spec.train_vision, spec.train_projector) == ("lora", 4, 8, False, False)
 
+
+
+def test_dpo_config_checks_the_step_controls():
+    cfg = DPOConfig()
+    assert (cfg.grad_accum, cfg.gradient_checkpointing, cfg.lr_scheduler, cfg.warmup_ratio) == (1, False, "constant", 0.0)
+    for bad, key in [({"grad_accum": 0}, "dpo.grad_accum"), ({"lr_scheduler": "linear"}, "dpo.lr_scheduler"),
+                     ({"warmup_ratio": 1.5}, "dpo.warmup_ratio"), ({"warmup_ratio": -0.1}, "dpo.warmup_ratio"),
+                     ({"gradient_checkpointing": "yes"}, "dpo.gradient_checkpointing")]:
+        with pytest.raises(ValueError, match=key):
+            DPOConfig(**bad)
+
+
+def test_lr_factor_warms_up_then_holds_or_decays():
+    f = lambda sched, floor=0.0: [steps.lr_factor(n, 6, warmup=2, schedule=sched, floor=floor)  # noqa: E731
+                                  for n in range(6)]
+    assert f("constant") == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    cos = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * a / 4)) for a in range(4)]
+    assert f("cosine") == pytest.approx(cos)
+    assert f("cosine", 0.1) == pytest.approx([0.5, 1.0] + [0.1 + 0.9 * c for c in cos[2:]])
+    assert [steps.lr_factor(n, 3, warmup=0, schedule="constant") for n in range(3)] == [1.0, 1.0, 1.0]
+    assert steps.micro_batches([4, 5, 6], 2, 3) == [[4, 5], [6], []]
+
+
+@contextlib.contextmanager
+def _recording():
+    """Records the gradients the optimizer sees (after DDP's all-reduce), one list per optimizer step."""
+    grads = []
+    orig = torch.nn.utils.clip_grad_norm_
+
+    def record(params, max_norm, *args, **kw):
+        grads.append([p.grad.detach().clone() for p in params])
+        return orig(params, max_norm, *args, **kw)
+
+    torch.nn.utils.clip_grad_norm_ = record
+    try:
+        yield grads
+    finally:
+        torch.nn.utils.clip_grad_norm_ = orig
+
+
+def _dpo(cfg, d=None, lm="full"):
+    """train_dpo of a fresh tiny model on the 3 pairs: (metrics, gradients per step, final weights)."""
+    a = load_adapter("video_llava", "tiny", num_frames=F, seed=0)
+    pairs = _pairs(a)
+    if lm == "lora":
+        set_trainable(a, DPOConfig(lm="lora", lora_r=4).trainable, seed=0)
+    with _recording() as grads:
+        m = train_dpo(a, pairs, cfg, d or Dist(), seed=0)
+    return m, grads, {n: p.detach().clone() for n, p in a.model.named_parameters()}
+
+
+def _assert_same_training(got, want, rtol=1e-4, atol=1e-6):
+    (m1, g1, w1), (m2, g2, w2) = got, want
+    assert len(g1) == len(g2) == m1["steps"] == m2["steps"]
+    for step, (x, y) in enumerate(zip(g1, g2)):
+        assert len(x) == len(y)
+        for gx, gy in zip(x, y):
+            torch.testing.assert_close(gx, gy, rtol=rtol, atol=atol, msg=f"step {step}")
+    assert [r["loss"] for r in m1["history"]] == pytest.approx([r["loss"] for r in m2["history"]], rel=1e-5)
+    for n, p in w2.items():
+        torch.testing.assert_close(w1[n], p, rtol=rtol, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("batch, accum", [(2, 2), (1, 4)])
+def test_grad_accum_is_the_larger_batch(batch, accum):
+    """3 pairs: batch_size 4 is one optimizer step per epoch; batch x accum micro-batches must give
+    the same gradients (the mean over the step's real pairs), losses and weights; (1, 4) has an
+    empty fourth micro-batch (a zero-weight stand-in)."""
+    base = dict(learning_rate=1e-3, epochs=2, max_grad_norm=1e9)
+    want = _dpo(DPOConfig(batch_size=4, **base))
+    got = _dpo(DPOConfig(batch_size=batch, grad_accum=accum, **base))
+    assert got[0]["steps"] == 2 and math.isclose(got[0]["first_loss"], math.log(2), abs_tol=1e-5)
+    assert [r["pairs"] for r in got[0]["history"]] == [3, 3]
+    _assert_same_training(got, want)
+
+
+def test_lr_schedule_is_one_value_per_optimizer_step(monkeypatch):
+    """3 pairs, batch 1 x 2 micro-batches, 2 epochs: 4 optimizer steps of 2 forwards each; warmup
+    ceil(0.5 * 4) = 2 steps, then the cosine; each step's lr is in its history row."""
+    used, forwards = [], []
+    orig_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (
+        used.append(self.param_groups[0]["lr"]), orig_step(self, *a, **k))[1])
+    from isrt.engine.training import dpo
+    orig_fwd = dpo._PolicyLoss.forward
+    monkeypatch.setattr(dpo._PolicyLoss, "forward", lambda self, *a: (forwards.append(1), orig_fwd(self, *a))[1])
+    lr = 1e-3
+    m, _, _ = _dpo(DPOConfig(learning_rate=lr, batch_size=1, grad_accum=2, epochs=2, lr_scheduler="cosine",
+                             warmup_ratio=0.5))
+    want = [lr * f for f in (0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 2)))]
+    assert m["steps"] == 4 and len(forwards) == 8
+    assert used == pytest.approx(want) and [r["lr"] for r in m["history"]] == used
+
+
+@pytest.mark.parametrize("lm", ["full", "lora"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(lm):
+    """The fused head path with the decoder's layers recomputed in backward: same losses and
+    gradients (fp32); the layers do run twice, and checkpointing is off again afterwards."""
+    base = dict(learning_rate=1e-2, batch_size=2, epochs=1, lm=lm, lora_r=4)
+    mlp = type(load_adapter("video_llava", "tiny", num_frames=F, seed=0).decoder().layers[0].mlp)
+    calls, orig = [], mlp.forward
+    with pytest.MonkeyPatch.context() as mp:  # count the MLP runs with autograd on (not the reference pass)
+        mp.setattr(mlp, "forward", lambda self, *a, **k: (calls.append(torch.is_grad_enabled()), orig(self, *a, **k))[1])
+        want = _dpo(DPOConfig(**base), lm=lm)
+        n_plain = sum(calls)
+        got = _dpo(DPOConfig(gradient_checkpointing=True, **base), lm=lm)
+    assert sum(calls) - n_plain == 2 * n_plain > 0
+    _assert_same_training(got, want, rtol=1e-5, atol=1e-7)
+    assert got[0]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_gradient_checkpointing_is_off_after_training(setup):
+    a, pairs = _fresh(setup)
+    train_dpo(a, pairs, DPOConfig(gradient_checkpointing=True, batch_size=3), Dist(), seed=0)
+    lm = a.decoder(a.model)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in lm.modules())
+    assert not hasattr(lm, "_require_grads_hook")
+
+
+_DDP_WORKER = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    sys.path.insert(0, sys.argv[4])
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from test_training import _dpo
+    from isrt.engine.distributed import Dist
+    from isrt.engine.training.config import DPOConfig
+    no_sync, orig = [], DDP.no_sync
+    def counting(self):
+        no_sync.append(1)
+        return orig(self)
+    DDP.no_sync = counting
+    m, grads, weights = _dpo(DPOConfig(learning_rate=1e-3, batch_size=1, grad_accum=2, epochs=2, max_grad_norm=1e9),
+                             Dist(rank, 2))
+    torch.save({"m": m, "grads": grads, "weights": weights, "no_sync": len(no_sync)}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+""")
+
+
+def test_ddp_grad_accum_matches_one_rank_on_the_global_batch(tmp_path):
+    """3 pairs, 2 gloo ranks x batch 1 x 2 micro-batches against 1 rank x batch 4: rank 0 holds two
+    pairs of each step, rank 1 one and a zero-weight stand-in. Gradients after the all-reduce,
+    losses and weights agree; the first micro-batch of each step runs under no_sync."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _DDP_WORKER, str(r), f"file://{tmp_path}/store", str(tmp_path),
+                               here], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for r in range(2)]
+    one = _dpo(DPOConfig(learning_rate=1e-3, batch_size=4, epochs=2, max_grad_norm=1e9))
+    for r, p in enumerate(procs):
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, f"rank {r}: {out.decode()[-3000:]}"
+    for r in range(2):
+        two = torch.load(tmp_path / f"rank{r}.pt")
+        assert two["no_sync"] == 2  # one per optimizer step
+        _assert_same_training((two["m"], two["grads"], two["weights"]), one)
