@@ -3,7 +3,8 @@
 Nothing here encodes video: callers pass `features[i]` = adapter.video_features(...) of prompt
 i's video ([n_video_tokens, D]); prompts are adapter.chat_prompt(...) strings. Prompts are
 left-padded so every row's last prompt token sits at the same position (what generate() and a
-next-token read need); position ids count valid tokens only, so padding does not shift them.
+next-token read need); position ids count valid tokens only, so padding does not shift them
+(`adapter.position_ids`; 3-D M-RoPE ids for Qwen-VL, handed to HF generate by `adapter.generate_inputs`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from isrt.kernels import linear_logprobs
 
 def prompt_batch(adapter, prompts: list[str], features: list[torch.Tensor], *, model=None) -> dict:
     """Left-padded prompt inputs: {"inputs_embeds" [B,T,H] model dtype, "attention_mask" long [B,T],
-    "input_ids" long [B,T] (placeholders expanded, pad id at padding)}."""
+    "input_ids" long [B,T] (placeholders expanded, pad id at padding), "position_ids" long
+    ([B,T], or [3,B,T] for M-RoPE families: `adapter.position_ids`), "decoder_kwargs" (extra
+    decoder inputs, `adapter.decoder_kwargs`: {} but for Qwen3-VL's deepstack)}."""
     if len(prompts) != len(features):
         raise ValueError(f"{len(prompts)} prompts but {len(features)} feature tensors")
     ids = [adapter.encode_prompt(p, f.shape[0]) for p, f in zip(prompts, features)]
@@ -28,7 +31,8 @@ def prompt_batch(adapter, prompts: list[str], features: list[torch.Tensor], *, m
         mask[i, t - len(x):] = 1
     input_ids, mask = input_ids.to(adapter.device), mask.to(adapter.device)
     return {"inputs_embeds": adapter.embed(input_ids, features, model=model), "attention_mask": mask,
-            "input_ids": input_ids}
+            "input_ids": input_ids, "position_ids": adapter.position_ids(input_ids, mask),
+            "decoder_kwargs": adapter.decoder_kwargs(input_ids, features)}
 
 
 def _rng_devices(device: torch.device) -> list:
@@ -64,8 +68,12 @@ def generate(adapter, prompts: list[str], features: list[torch.Tensor], *, max_n
     with torch.random.fork_rng(devices=_rng_devices(adapter.device)):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
-            batch = prompt_batch(adapter, prompts[start:start + batch_size], features[start:start + batch_size])
-            seqs = model.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"], **kw)
+            fs = features[start:start + batch_size]
+            inputs = adapter.generate_inputs(prompt_batch(adapter, prompts[start:start + batch_size], fs), fs)
+            # Given position_ids (M-RoPE), HF generate extends them by last + 1 per new token.
+            seqs = model.generate(**inputs, **kw)
+            if "input_ids" in inputs:
+                seqs = seqs[:, inputs["input_ids"].shape[1]:]
             # With inputs_embeds and no input_ids, HF returns only the new tokens.
             texts = [adapter.decode(row.tolist()) for row in seqs]
             out.extend(texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
@@ -84,7 +92,8 @@ def choice_logprobs(adapter, prompts: list[str], features: list[torch.Tensor], c
     for start in range(0, len(prompts), batch_size):
         ps, fs = prompts[start:start + batch_size], features[start:start + batch_size]
         batch = prompt_batch(adapter, ps, fs)
-        hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"])[:, -1]  # [b,H]
+        hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"],
+                                       position_ids=batch["position_ids"], **batch["decoder_kwargs"])[:, -1]  # [b,H]
         labels = torch.tensor([[adapter.next_token_id(p, c) for c in choices] for p in ps],
                               dtype=torch.long, device=hidden.device)  # [b,C]
         h = hidden.unsqueeze(1).expand(-1, len(choices), -1).reshape(-1, hidden.shape[-1])

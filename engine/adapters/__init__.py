@@ -6,7 +6,7 @@
     prompt = adapter.chat_prompt("Describe this video.")
 
 Families register themselves in ADAPTERS (name -> class with a `load(source, **kw)` classmethod);
-adding LLaVA-OneVision or Qwen2-VL means one more module like video_llava.py /
+adding a family means one more module like video_llava.py /
 llava_next_video.py (see docs/adapters.md).
 """
 from __future__ import annotations
@@ -17,11 +17,16 @@ import torch
 
 from .base import IGNORE_INDEX, VideoLMAdapter, position_ids_from_mask, resolve_attn_implementation, unwrap
 from .llava_next_video import LlavaNextVideoAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+from .qwen_vl import Qwen2_5_VLAdapter, Qwen3VLAdapter
 from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: dict[str, type[VideoLMAdapter]] = {
     VideoLlavaAdapter.family: VideoLlavaAdapter,
     LlavaNextVideoAdapter.family: LlavaNextVideoAdapter,
+    LlavaOnevisionAdapter.family: LlavaOnevisionAdapter,
+    Qwen2_5_VLAdapter.family: Qwen2_5_VLAdapter,
+    Qwen3VLAdapter.family: Qwen3VLAdapter,
 }
 
 
@@ -49,5 +54,6 @@ def load_adapter(family: str = "video_llava", source: str = "tiny", *, device="c
                                  attn_implementation=attn_implementation, freeze_vision=freeze_vision)
 
 
-__all__ = ["ADAPTERS", "IGNORE_INDEX", "LlavaNextVideoAdapter", "VideoLMAdapter", "VideoLlavaAdapter",
-           "load_adapter", "position_ids_from_mask", "register_adapter", "resolve_attn_implementation", "unwrap"]
+__all__ = ["ADAPTERS", "IGNORE_INDEX", "LlavaNextVideoAdapter", "LlavaOnevisionAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter",
+           "VideoLMAdapter", "VideoLlavaAdapter", "load_adapter", "position_ids_from_mask", "register_adapter",
+           "resolve_attn_implementation", "unwrap"]

@@ -188,6 +188,22 @@ class VideoLMAdapter:
         """Rows of `video_features` for a video of `num_frames` frames."""
         raise NotImplementedError
 
+    # Hooks of the batch builders (generation.prompt_batch, logprobs.response_batch). The defaults
+    # are the 1-D RoPE families' behaviour; Qwen-VL overrides them (M-RoPE, deepstack).
+    def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Position ids of a padded batch (left or right padding): [B,T] counting valid tokens
+        only (`position_ids_from_mask`); M-RoPE families return [3,B,T]."""
+        return position_ids_from_mask(attention_mask)
+
+    def decoder_kwargs(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> dict:
+        """Extra keyword arguments of the decoder forward for this batch (none by default)."""
+        return {}
+
+    def generate_inputs(self, batch: dict, features: list[torch.Tensor]) -> dict:
+        """The inputs of HF generate for a `prompt_batch` (with input_ids, HF also returns the prompt,
+        which `generate` cuts off): inputs_embeds and attention_mask by default."""
+        return {"inputs_embeds": batch["inputs_embeds"], "attention_mask": batch["attention_mask"]}
+
     # ---- shared parts -----------------------------------------------------------------------
     def head(self, model=None) -> nn.Linear:
         """The LM head of `model` (default: self.model; DDP/PEFT wrappers are looked through): the
@@ -286,17 +302,22 @@ class VideoLMAdapter:
         return emb.masked_scatter(mask.unsqueeze(-1).expand_as(emb), feats)
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
-                      position_ids: torch.Tensor | None = None, model=None) -> torch.Tensor:
+                      position_ids: torch.Tensor | None = None, model=None, **decoder_kwargs) -> torch.Tensor:
         """Final (normed) hidden states [B,T,H] of the LM backbone, without the LM head.
 
         `model` may be the HF model, a PEFT model, or a DDP wrapper of either. A DDP wrapper
         with gradients on is called through its own forward (so its reducer expects the
         backward), the backbone's output read by a forward hook; otherwise the backbone runs
-        alone. position_ids default to counting valid tokens (right for left and right padding).
+        alone. position_ids: from `self.position_ids(input_ids, attention_mask)` (the batch
+        builders pass them); they default to counting valid tokens (1-D RoPE families only).
+        decoder_kwargs: `self.decoder_kwargs(input_ids, features)` (e.g. Qwen3-VL's deepstack).
         """
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         if model is not None and _is_ddp(model) and torch.is_grad_enabled():
+            if decoder_kwargs:
+                raise NotImplementedError(f"{self.family}: a DDP-wrapped VLM as model= (wrap a module that "
+                                          "calls sequence_logps with the plain model instead)")
             # Through DDP's forward; the backbone's output is taken by a forward hook (HF's
             # output_hidden_states[-1] is not the normed final state in every 5.x version), and
             # only one logit position is computed and thrown away.
@@ -309,7 +330,7 @@ class VideoLMAdapter:
                 handle.remove()
             return captured[-1]
         out = self.decoder(model)(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False, return_dict=True)
+                                  position_ids=position_ids, use_cache=False, return_dict=True, **decoder_kwargs)
         return out.last_hidden_state
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:

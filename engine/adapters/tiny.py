@@ -86,24 +86,35 @@ def tiny_tokenizer(vocab_size: int = 1024):
     chat template; " A" and " B" are single tokens (checked). Saves and reloads with
     save_pretrained / AutoTokenizer.from_pretrained, offline.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=_train_bpe(vocab_size, SPECIAL_TOKENS), bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        unk_token=UNK, extra_special_tokens=[IMAGE, VIDEO], chat_template=CHAT_TEMPLATE,
+        model_max_length=4096, padding_side="right",
+    )
+    return _checked(wrapped, SPECIAL_TOKENS)
+
+
+def _train_bpe(vocab_size: int, specials: list[str]):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `tiny_corpus`, specials at ids 0.."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     # Byte level: every string encodes (no unknowns); add_prefix_space: see CHAT_TEMPLATE.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(tiny_corpus(), trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        extra_special_tokens=[IMAGE, VIDEO], chat_template=CHAT_TEMPLATE,
-        model_max_length=4096, padding_side="right",
-    )
-    for i, t in enumerate(SPECIAL_TOKENS):
+    return tok
+
+
+def _checked(wrapped, specials: list[str]):
+    """Specials at ids 0..; " A", " B", "A", "B" single tokens."""
+    for i, t in enumerate(specials):
         assert wrapped.convert_tokens_to_ids(t) == i, (t, wrapped.convert_tokens_to_ids(t))
     for choice in (" A", " B", "A", "B"):
         ids = wrapped(choice, add_special_tokens=False).input_ids
@@ -196,4 +207,94 @@ def tiny_llava_next_video(seed: int = 0, vocab_size: int = 1024, *, attn_impleme
     tokenizer = tiny_tokenizer(vocab_size)
     model = _build(LlavaNextVideoForConditionalGeneration, tiny_llava_next_video_config(len(tokenizer)), seed,
                    attn_implementation)
+    return model, tokenizer
+
+
+# ---- Qwen-VL (Qwen2.5-VL, Qwen3-VL) -----------------------------------------------------------
+# Qwen's special tokens (ids 0..6 here) and its ChatML format; a video item renders as
+# "<|vision_start|><|video_pad|><|vision_end|>", as in the real template.
+QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|image_pad|>", "<|video_pad|>"]
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen_tokenizer(vocab_size: int = 1024):
+    """The tiny BPE with Qwen's specials: <|endoftext|>=0 (pad), <|im_start|>=1, <|im_end|>=2
+    (eos, as in Qwen's instruct models), <|vision_start|>=3, <|vision_end|>=4, <|image_pad|>=5,
+    <|video_pad|>=6; ChatML template, no BOS."""
+    from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=_train_bpe(vocab_size, QWEN_SPECIAL_TOKENS), eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", extra_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        chat_template=QWEN_CHAT_TEMPLATE, model_max_length=4096, padding_side="right",
+    )
+    return _checked(wrapped, QWEN_SPECIAL_TOKENS)
+
+
+def _tiny_qwen_text(vocab_size: int, **extra) -> dict:
+    """Qwen2 LM: hidden 64, 2 layers, 4 heads of 16 / 2 KV heads; M-RoPE sections (2, 3, 3)
+    over the 8 rotary frequencies (temporal, height, width); no dropout."""
+    return dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                rms_norm_eps=1e-6, attention_dropout=0.0, bos_token_id=None, eos_token_id=2, pad_token_id=0,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], **extra})
+
+
+_QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=2,
+                    spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64)
+_QWEN_IDS = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4,
+                 tie_word_embeddings=False)
+
+
+def tiny_qwen2_5_vl_config(vocab_size: int):
+    """A tiny Qwen2_5_VLConfig: 2x2 patches, 2x2 merge, temporal patch 2, so 32x32 frames give a
+    16x16 patch grid and 64 merged tokens per two frames; windows of 4x4 patches (window_size 8)
+    with the last block full attention; tokens_per_second 2 (temporal M-RoPE step 2)."""
+    from transformers import Qwen2_5_VLConfig
+
+    vision = dict(_QWEN_VISION, tokens_per_second=2, window_size=8, fullatt_block_indexes=[1])
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=_tiny_qwen_text(vocab_size), **_QWEN_IDS)
+
+
+def tiny_qwen3_vl_config(vocab_size: int):
+    """A tiny Qwen3VLConfig: the Qwen2.5 grid (2x2 patches, 2x2 merge, temporal patch 2), 16x16
+    learned position embeddings, one deepstack layer (vision block 0 -> LM layer 0), interleaved M-RoPE."""
+    from transformers import Qwen3VLConfig
+
+    vision = dict(_QWEN_VISION, num_position_embeddings=256, deepstack_visual_indexes=[0])
+    return Qwen3VLConfig(vision_config=vision, text_config=_tiny_qwen_text(vocab_size, mrope_interleaved=True),
+                         **_QWEN_IDS)
+
+
+def tiny_qwen2_5_vl(seed: int = 0, vocab_size: int = 1024, *, attn_implementation: str = "sdpa"):
+    """(Qwen2_5_VLForConditionalGeneration fp32 on CPU in eval mode, the tiny Qwen tokenizer)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = tiny_qwen_tokenizer(vocab_size)
+    return _build_qwen(Qwen2_5_VLForConditionalGeneration, tiny_qwen2_5_vl_config(len(tokenizer)), tokenizer, seed,
+                       attn_implementation)
+
+
+def tiny_qwen3_vl(seed: int = 0, vocab_size: int = 1024, *, attn_implementation: str = "sdpa"):
+    """(Qwen3VLForConditionalGeneration fp32 on CPU in eval mode, the tiny Qwen tokenizer)."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    tokenizer = tiny_qwen_tokenizer(vocab_size)
+    return _build_qwen(Qwen3VLForConditionalGeneration, tiny_qwen3_vl_config(len(tokenizer)), tokenizer, seed,
+                       attn_implementation)
+
+
+def _build_qwen(model_cls, config, tokenizer, seed: int, attn_implementation: str):
+    model = _build(model_cls, config, seed, attn_implementation)
+    gc = model.generation_config
+    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = None, tokenizer.eos_token_id, tokenizer.pad_token_id
     return model, tokenizer

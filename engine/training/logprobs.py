@@ -31,6 +31,8 @@ def response_batch(adapter, prompts: list[str], responses: list[str], features: 
     + [response_b ids] + [EOS], then padding. Returns
       inputs_embeds  [B,T,H] model dtype (features scattered in; differentiable w.r.t. the embedding table)
       attention_mask long [B,T] (1 = real token)
+      position_ids   long [B,T] (or [3,B,T], M-RoPE): `adapter.position_ids(input_ids, attention_mask)`
+      decoder_kwargs extra decoder inputs (`adapter.decoder_kwargs`: {} but for Qwen3-VL's deepstack)
       labels         long [B,T], ALREADY SHIFTED: labels[b,t] is the token at t+1 when that token
                      belongs to the response (or its EOS), else -100; so hidden[:, t] predicts
                      labels[:, t]. Do not pass these labels to an HF forward (it would shift again).
@@ -61,7 +63,8 @@ def response_batch(adapter, prompts: list[str], responses: list[str], features: 
         labels[b, len(pi) - 1:n - 1] = torch.tensor(ri, dtype=torch.long)
     input_ids, mask, labels = (x.to(adapter.device) for x in (input_ids, mask, labels))
     return {"inputs_embeds": adapter.embed(input_ids, features, model=model), "attention_mask": mask,
-            "labels": labels}
+            "position_ids": adapter.position_ids(input_ids, mask), "labels": labels,
+            "decoder_kwargs": adapter.decoder_kwargs(input_ids, features)}
 
 
 def sequence_logps(adapter, prompts: list[str], responses: list[str], features: list[torch.Tensor], *,
@@ -75,7 +78,8 @@ def sequence_logps(adapter, prompts: list[str], responses: list[str], features: 
     to `response_batch` (the reference and the policy must use the same one).
     """
     batch = response_batch(adapter, prompts, responses, features, model=model, max_length=max_length)
-    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [B,T,H]
+    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], position_ids=batch["position_ids"],
+                                   model=model, **batch["decoder_kwargs"])  # [B,T,H]
     labels = batch["labels"]
     head = _plain_head(adapter, model)
     # [B,T] in, the kernel drops ignored rows before any matmul; summing the [B,T] grid (zeros at
@@ -108,7 +112,8 @@ def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: li
     Same log-probs as `sequence_logps` (the reference path) up to summation order.
     """
     batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model, max_length=max_length)
-    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], model=model)  # [2B,T,H]
+    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], position_ids=batch["position_ids"],
+                                   model=model, **batch["decoder_kwargs"])  # [2B,T,H]
     head = _plain_head(adapter, model)
     return fused_linear_dpo(hidden, head.weight, batch["labels"], ref_chosen_logps, ref_rejected_logps,
                             beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, bias=head.bias,

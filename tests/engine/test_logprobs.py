@@ -49,7 +49,7 @@ def test_response_batch_layout(adapter, videos):
     prompts = [adapter.chat_prompt(q) for q in QUESTIONS]
     b = response_batch(adapter, prompts, RESPONSES, [f for _, f in videos])
     emb, mask, labels = b["inputs_embeds"], b["attention_mask"], b["labels"]
-    assert set(b) == {"inputs_embeds", "attention_mask", "labels"}
+    assert set(b) == {"inputs_embeds", "attention_mask", "position_ids", "labels", "decoder_kwargs"}
     assert emb.shape[:2] == mask.shape == labels.shape and emb.shape[2] == 64
     tok = adapter.tokenizer
     for i, (p, r) in enumerate(zip(prompts, RESPONSES)):

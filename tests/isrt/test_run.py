@@ -216,6 +216,29 @@ def test_a_run_directory_moved_between_iterations_keeps_its_chain_of_contexts(tm
     assert all(str(moved) in c["video_path"] for c in after)  # the paths did change
 
 
+@pytest.mark.parametrize("family", ["llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def test_every_family_runs_the_loop_and_its_checkpoints_load_with_plain_transformers(pool, tmp_path, family):
+    """The smoke preset with each non-default family (video_llava is the preset's own): the run
+    completes, DPO starts at ln 2, only the language model and its head train, and the
+    checkpoints are plain HF folders of the family's class."""
+    import torch
+
+    from isrt.engine.adapters import ADAPTERS
+
+    out = tmp_path / family
+    run_isrt(out, pool, f"model.family={family}", "data.synthetic_eval_videos=0")
+    hf = ADAPTERS[family].model_class()
+    init = dict(hf.from_pretrained(out / "init_model").named_parameters())
+    trained = hf.from_pretrained(out / "iter_01" / "checkpoint")
+    assert type(trained) is hf
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, init[n])]
+    assert changed and all(n.startswith(("model.language_model.", "lm_head.")) for n in changed)
+    for t in range(2):
+        s3 = json.loads((out / f"iter_{t:02d}" / "stage3.json").read_text())
+        if s3["steps"]:
+            assert s3["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
 def test_two_ranks_cover_every_prompt_exactly_once(pool, tmp_path):
     out = tmp_path / "ddp"
     run_isrt(out, pool, nproc=2)
