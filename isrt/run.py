@@ -6,9 +6,16 @@ and does nothing after a finished one.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from isrt.config import ConfigError, load_config, preset_names
+# Before torch is loaded (OpenMP reads it once): threads that sleep between parallel regions
+# instead of spinning. With spinning threads the first reduction after a multi-threaded MKL
+# GEMM is not always split the same way, so identical processes gave different bits, more often
+# under load (docs/reproducibility.md). isrt.config imports no torch, so this line comes first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from isrt.config import ConfigError, load_config, preset_names  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -76,3 +76,19 @@ def test_import_isrt_config_loads_no_torch():
     """A bad value is reported before any heavy import: parsing a config needs no torch."""
     code = "import isrt.config, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_isrt_run_sets_the_openmp_wait_policy_before_torch_loads():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it; isrt.run must set it first
+    (docs/reproducibility.md) and leave a user's own choice alone."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import os, sys; import isrt.run; "
+            "assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ACTIVE"
