@@ -9,6 +9,7 @@ Every mistake becomes a one-line `ConfigError` naming the key.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def _one_of(value: str, key: str, allowed: tuple[str, ...]) -> None:
     _check(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
 
 
+BUILT_SOURCES = ("tiny", "smollm2")  # models a run builds itself (isrt.engine.adapters.tiny / .smol)
+
+
+def _model_type(config_file: Path) -> str | None:
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError(f"model.source: {config_file} is not a readable JSON object") from None
+
+
 @dataclass
 class ModelConfig:
     family: str = "video_llava"  # adapter name (isrt.engine.adapters)
@@ -44,12 +55,24 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     num_frames: int = 8  # frames per video, at np.linspace(0, n-1, F, dtype=int)
     attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
+    # the checkpoint a preset is made for (a hub id to download), named when model.source is missing
+    checkpoint: str = ""
 
     def __post_init__(self):
         _one_of(self.dtype, "model.dtype", ("float32", "bfloat16", "float16"))
         _one_of(self.attn_implementation, "model.attn_implementation",
                 ("auto", "sdpa", "eager", "flash_attention_2"))
         _check(self.num_frames >= 1, "model.num_frames", f"must be >= 1, got {self.num_frames}")
+        if self.source in BUILT_SOURCES:
+            return
+        config_file = Path(self.source) / "config.json"
+        get = f" (download {self.checkpoint} and pass its folder)" if self.checkpoint else ""
+        _check(config_file.is_file(), "model.source",
+               f"{self.source!r} is neither {' nor '.join(BUILT_SOURCES)} nor a save_pretrained folder{get}")
+        model_type = _model_type(config_file)
+        # every family's name is its checkpoints' model_type (config.json)
+        _check(model_type == self.family, "model.family", f"{self.family!r}, but {self.source} holds a "
+               f"{model_type!r} checkpoint: set model.family={model_type}")
 
 
 @dataclass
@@ -200,8 +223,8 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
             raise ConfigError(f"{item}: an override must look like key=value (e.g. dpo.beta=0.2)")
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)
+        _check_required(preset, layers[1], layers[3:])
+        return OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
@@ -209,6 +232,27 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def _check_required(preset: str, preset_layer, user_layers) -> None:
+    """A preset marks with "???" what only the user can give (a checkpoint folder, a prompt pool):
+    each such key must be set by a --config file or an override."""
+    for key in _missing_keys(preset_layer):
+        if not any(OmegaConf.select(layer, key, default=None, throw_on_missing=False) is not None
+                   for layer in user_layers):
+            get = OmegaConf.select(preset_layer, "model.checkpoint", default="") if key == "model.source" else ""
+            hint = f" (a folder with {get}, downloaded from the Hugging Face hub)" if get else ""
+            raise ConfigError(f"{key}: the {preset} preset needs it: pass {key}=...{hint}")
+
+
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k in node:
+        if OmegaConf.is_missing(node, k):
+            out.append(f"{prefix}{k}")
+        elif OmegaConf.is_config(node[k]):
+            out += _missing_keys(node[k], f"{prefix}{k}.")
+    return out
 
 
 def _load_yaml(path: Path):

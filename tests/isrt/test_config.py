@@ -92,3 +92,28 @@ def test_isrt_run_sets_the_openmp_wait_policy_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_a_preset_marks_what_only_the_user_can_give(tmp_path):
+    """The paper preset needs a checkpoint folder and a prompt pool: each missing one is a
+    one-line error naming the key (and what to download), before anything runs."""
+    with pytest.raises(ConfigError, match=r"^model\.source: the paper preset needs it: .*Video-LLaVA-7B-hf"):
+        load_config("paper")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "video": "a.mp4", "prompt": "What?"}\n')
+    with pytest.raises(ConfigError, match=r"^data\.prompts: the paper preset needs it"):
+        load_config("paper", ["model.source=tiny"])
+    cfg = load_config("paper", ["model.source=tiny", f"data.prompts={pool}"])
+    assert cfg.iterations == 9 and cfg.judge.mode == "generate" and not cfg.judge.balance
+    assert (cfg.dpo.beta, cfg.dpo.learning_rate, cfg.model.num_frames, cfg.model.dtype) == (0.1, 5e-7, 8, "bfloat16")
+
+
+def test_model_source_is_checked_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"^model\.source: '.*nothing' is neither tiny nor smollm2"):
+        load_config("smoke", [f"model.source={tmp_path / 'nothing'}"])
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    with pytest.raises(ConfigError, match=r"^model\.family: 'video_llava', but .* holds a 'qwen2_5_vl' checkpoint"):
+        load_config("smoke", [f"model.source={tmp_path / 'qwen'}"])
+    cfg = load_config("smoke", [f"model.source={tmp_path / 'qwen'}", "model.family=qwen2_5_vl"])
+    assert cfg.model.family == "qwen2_5_vl"
