@@ -93,11 +93,17 @@ class DataConfig:
     synthetic_eval_videos: int = 0
     video_backend: str = "auto"  # auto | pyav | decord | dali (isrt.engine.video)
     decode_workers: int = 2  # decoding processes per rank (0: decode in the main process)
+    # vision features kept on the device per rank (GiB, least recently used evicted; 0: no bound)
+    # and evicted features kept in host memory (GiB; beyond it they are recomputed when needed)
+    feature_cache_gb: float = 0.0
+    host_cache_gb: float = 0.0
 
     def __post_init__(self):
         _check(self.synthetic_videos >= 1, "data.synthetic_videos", "must be >= 1")
         _check(self.synthetic_eval_videos >= 0, "data.synthetic_eval_videos", "must be >= 0")
         _check(self.decode_workers >= 0, "data.decode_workers", "must be >= 0")
+        _check(self.feature_cache_gb >= 0, "data.feature_cache_gb", f"must be >= 0 (0: no bound), got {self.feature_cache_gb}")
+        _check(self.host_cache_gb >= 0, "data.host_cache_gb", f"must be >= 0, got {self.host_cache_gb}")
         _one_of(self.video_backend, "data.video_backend", ("auto", "pyav", "decord", "dali"))
         if self.eval_prompts:
             _check(Path(self.eval_prompts).is_file(), "data.eval_prompts", f"no such file: {self.eval_prompts}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isrt.engine.io import read_jsonl
-from isrt.engine.video import VideoDecodeError, shard_records
+from isrt.engine.video import shard_records
 from isrt.engine.video.manifest import resolve_video
 
 REQUIRED = ("id", "video", "prompt")
@@ -77,10 +77,9 @@ def usable_records(adapter, cache, records: list[dict], *, bad: list | None = No
     cache.prefetch(adapter, [video_path(r, video_root) for r in records], show=show)
     good = []
     for rec in records:
-        try:
-            cache.get(adapter, video_path(rec, video_root))
+        error = cache.error(video_path(rec, video_root))  # no decode: a bounded cache may have evicted it
+        if error is None:
             good.append(rec)
-        except VideoDecodeError as e:
-            if bad is not None:
-                bad.append(f"{rec.get('id')}: {e}")
+        elif bad is not None:
+            bad.append(f"{rec.get('id')}: {error}")
     return good
