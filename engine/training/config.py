@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LM_MODES = ("full", "lora", "frozen")
+STRATEGIES = ("ddp", "fsdp2")  # data parallelism of the trainers (isrt.engine.training.steps.wrap)
 DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -62,6 +63,7 @@ class SFTConfig:
     normalization: str = "example"  # example | token (see isrt.engine.training.sft)
     backend: str = "auto"  # isrt.kernels backend
     gradient_checkpointing: bool = False  # recompute the LM's layers in backward (HF, non-reentrant)
+    strategy: str = "ddp"  # ddp | fsdp2 (stage 1; stage 0 trains the small vision side under DDP)
     # Stage 0 (`align_vision`): phrase-level caption alignment of the video tower + projector to
     # the LM's word embeddings, before the LM is involved; 0 skips it. Needs "describe" examples.
     align_steps: int = 400
@@ -75,6 +77,7 @@ class SFTConfig:
         _one_of(self.lm, "sft.lm", LM_MODES)
         _one_of(self.normalization, "sft.normalization", ("example", "token"))
         _one_of(self.schedule, "sft.schedule", ("cosine", "constant"))
+        _one_of(self.strategy, "sft.strategy", STRATEGIES)
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.steps >= 0,
                "sft: batch_size and epochs must be >= 1, steps >= 0")
         _check(self.grad_accum >= 1, f"sft.grad_accum: must be >= 1, got {self.grad_accum}")
@@ -106,6 +109,9 @@ class DPOConfig:
     warmup_ratio: float = 0.0
     gradient_checkpointing: bool = False  # recompute the LM's layers in backward (HF, non-reentrant)
     backend: str = "auto"  # isrt.kernels backend: auto | torch | triton
+    # ddp: every rank holds the whole model; fsdp2: parameters, gradients and optimizer state
+    # sharded over the ranks (per decoder layer + the rest), needs >= 2 processes
+    strategy: str = "ddp"
     # What DPO trains in the LM (the video side stays frozen): "full", or "lora" (PEFT LoRA on the
     # LM's attention and MLP projections, merged into pi_{t+1} after the iteration; the adapter
     # is also kept in iter_XX/lora_adapter, loadable with peft onto pi_t)
@@ -134,6 +140,7 @@ class DPOConfig:
                f"dpo.gradient_checkpointing: must be true or false, got {self.gradient_checkpointing!r}")
         _check(self.max_grad_norm > 0, "dpo.max_grad_norm: must be > 0")
         _one_of(self.backend, "dpo.backend", ("auto", "torch", "triton"))
+        _one_of(self.strategy, "dpo.strategy", STRATEGIES)
 
     @property
     def trainable(self) -> TrainableSpec:

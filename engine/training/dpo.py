@@ -1,4 +1,4 @@
-"""DPO on a list of preference pairs, data-parallel (DDP) across ranks.
+"""DPO on a list of preference pairs, data-parallel across ranks: DDP, or FSDP2 (`cfg.strategy`).
 
 Per optimizer step, each rank takes `batch_size * grad_accum` pairs (isrt.engine.training.steps),
 run as `grad_accum` micro-batches of `batch_size`; the loss comes from
@@ -16,6 +16,11 @@ and a rank or micro-batch with no pair left runs a zero-weight step on a stand-i
 Learning rate per optimizer step: `lr_scheduler` (constant | cosine to 0) after a linear warmup
 of ceil(warmup_ratio * steps) steps (`steps.lr_factor`); `gradient_checkpointing` recomputes the
 LM's layers in backward (`trainable.gradient_checkpointing`).
+
+Strategy (`steps.wrap`): "ddp" wraps `_PolicyLoss` in DDP; "fsdp2" shards each decoder layer and
+`_PolicyLoss` itself (the root: its forward runs the embeddings, the decoder and the fused head,
+so the head's weight is unsharded while the kernel uses it). After FSDP2 training the weights are
+gathered into a plain model on rank 0 (`trainable.gather_full`; adapter.model is None elsewhere).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from isrt.engine import distributed
 from isrt.engine.training import steps
 from isrt.engine.training.config import DPOConfig
 from isrt.engine.training.logprobs import preference_step
-from isrt.engine.training.trainable import gradient_checkpointing
+from isrt.engine.training.trainable import gather_full, gradient_checkpointing
 
 METRICS = (("reward_accuracy", "rewards/accuracies"), ("reward_margin", "rewards/margins"),
            ("chosen_reward", "rewards/chosen"), ("rejected_reward", "rewards/rejected"))
@@ -46,8 +51,8 @@ class Pair:
 
 
 class _PolicyLoss(torch.nn.Module):
-    """The module DDP wraps: its forward is the DPO loss of a batch of pairs, so DDP's
-    gradient hooks see every parameter the loss touches."""
+    """The module DDP wraps (FSDP2's root): its forward is the DPO loss of a batch of pairs, so
+    DDP's gradient hooks (FSDP2's unshard) see every parameter the loss touches."""
 
     def __init__(self, adapter, cfg: DPOConfig):
         super().__init__()
@@ -100,15 +105,18 @@ def _step_fn(policy, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, par
 
 
 def train_dpo(adapter, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, *, seed: int, on_step=None) -> dict:
-    """Run `cfg.epochs` epochs of DPO on the parameters that require grad. Returns run metrics:
+    """Run `cfg.epochs` epochs of DPO on the parameters that require grad (under fsdp2, adapter.model
+    is afterwards a plain model on rank 0's CPU and None on the other ranks). Returns run metrics:
     steps (optimizer steps), pairs, first_loss, and the last epoch's mean loss / reward accuracy /
     margin, history (one row per optimizer step, with its lr)."""
     if not pairs:
         return {"steps": 0, "pairs": 0}
+    steps.check_strategy(cfg.strategy, d, "dpo.strategy")
     model = adapter.model
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    policy = steps.wrap_ddp(_PolicyLoss(adapter, cfg), d)
+    policy = steps.wrap(_PolicyLoss(adapter, cfg), d, cfg.strategy, layers=adapter.decoder(model).layers,
+                        key="dpo.strategy")
+    params = [p for p in model.parameters() if p.requires_grad]  # after wrap: FSDP2's sharded ones
     optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     per_step = cfg.batch_size * cfg.grad_accum  # pairs per rank per optimizer step
     per_epoch = steps.steps_per_epoch(len(pairs), per_step, d)
@@ -117,6 +125,8 @@ def train_dpo(adapter, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, *
     with gradient_checkpointing(adapter, cfg.gradient_checkpointing):
         history = steps.run_steps(steps.rank_batches(len(pairs), per_step, total, d, seed), step,
                                   total=total, desc="stage 3 dpo", d=d, on_step=on_step)
+    if cfg.strategy == "fsdp2":
+        gather_full(adapter, d)
     last = [r for r in history if r["epoch"] == cfg.epochs - 1]
     mean = lambda key: sum(r[key] for r in last) / len(last)  # noqa: E731
     return {"steps": len(history), "pairs": len(pairs), "first_loss": history[0]["loss"], "loss": mean("loss"),

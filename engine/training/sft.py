@@ -23,7 +23,8 @@ What trains (`SFTConfig.trainable`, isrt.engine.training.trainable): the video t
 projector (random in the SmolLM2 demo model, so they must), and the LM as "full", "lora" (merged
 back when training ends, so the result saves as a plain HF folder) or "frozen".
 
-DDP (isrt.engine.training.steps, shared with DPO): DDP wraps a small module whose forward computes
+DDP or FSDP2 (cfg.strategy; isrt.engine.training.steps, shared with DPO): DDP wraps (FSDP2 shards,
+per decoder layer and as the root) a small module whose forward computes
 the video features (with autograd when the vision side trains) and the sequence log-probs. An
 optimizer step is cfg.grad_accum micro-batches of cfg.batch_size examples per rank (the global
 batch: all of them, all ranks); micro-batch m of rank r back-propagates sum_i nll_i * W / D, with
@@ -49,8 +50,8 @@ from isrt.engine.training import steps
 from isrt.engine.training.align_vision import align_vision
 from isrt.engine.training.config import SFTConfig
 from isrt.engine.training.logprobs import sequence_logps
-from isrt.engine.training.trainable import (finish_training, gradient_checkpointing, set_trainable, video_modules,
-                                            vision_trains)
+from isrt.engine.training.trainable import (finish_training, gather_full, gradient_checkpointing, set_trainable,
+                                            video_modules, vision_trains)
 
 
 @dataclass
@@ -161,7 +162,8 @@ def train_sft(adapter, examples: list[SFTExample], cfg: SFTConfig, d: distribute
               on_step=None) -> dict:
     """Supervised training on `examples` (see the module docstring). Sets the trainable
     parameters (`set_trainable`), trains, merges LoRA back (`finish_training`); adapter.model is
-    afterwards a plain HF model in eval mode with the trained weights. Runs `align_vision` first
+    afterwards a plain HF model in eval mode with the trained weights (under fsdp2: on rank 0's CPU;
+    None on the other ranks). Runs `align_vision` first
     when cfg.align_steps > 0 and the vision side trains. Every rank passes the same `examples`
     list; rank r takes its share of each epoch's shuffled order. Returns metrics: steps,
     examples, first_loss, loss (mean of the last max(1, steps // 10) steps), loss_by_kind (same
@@ -169,6 +171,7 @@ def train_sft(adapter, examples: list[SFTExample], cfg: SFTConfig, d: distribute
     parameter counts, config, history (one row per step: loss, loss_<kind>, grad_norm, lr)."""
     if not examples:
         return {"steps": 0, "examples": 0}
+    steps.check_strategy(cfg.strategy, d, "sft.strategy")
     start = time.time()
     align = {}
     if cfg.align_steps and (cfg.train_vision or cfg.train_projector):
@@ -183,13 +186,16 @@ def train_sft(adapter, examples: list[SFTExample], cfg: SFTConfig, d: distribute
     if not vision:
         _fill_features(adapter, examples)
     model.train()
-    optim, params, base_lrs = _optimizer(model, cfg)
-    net = steps.wrap_ddp(_SFTLogps(adapter, cfg.backend), d)
+    net = steps.wrap(_SFTLogps(adapter, cfg.backend), d, cfg.strategy, layers=adapter.decoder(model).layers,
+                     key="sft.strategy")
+    optim, params, base_lrs = _optimizer(model, cfg)  # after wrap: FSDP2's sharded parameters
     kinds = sorted({e.kind for e in examples})  # same on every rank (same examples)
     total = cfg.steps or cfg.epochs * steps.steps_per_epoch(len(examples), cfg.batch_size * cfg.grad_accum, d)
     with gradient_checkpointing(adapter, cfg.gradient_checkpointing):
         history = _train_steps(adapter, examples, cfg, d, net, optim, params, base_lrs, vision=vision,
                                total=total, seed=seed, on_step=on_step)
+    if cfg.strategy == "fsdp2":
+        gather_full(adapter, d)  # a plain model on rank 0 (None elsewhere), merged below
     finish_training(adapter)
     tail = history[-max(1, len(history) // 10):]
     by_kind = {}

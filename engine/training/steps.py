@@ -16,8 +16,15 @@ and (1/W) * sum over ranks and micro-batches is then the loss of the global step
 its real pairs / examples): the gradient of one rank holding the whole step's batch, up to fp32
 round-off. With grad_accum = 1 this is the single-batch step, the same float operations.
 
-DDP: all micro-batches but the last run forward and backward under `no_sync()`, so gradients
-are all-reduced once per optimizer step. Learning rate: one factor per optimizer step
+Strategies (`wrap`): "ddp" (every rank holds the whole model; all micro-batches but the last run
+under `no_sync()`, so gradients are all-reduced once per optimizer step) or "fsdp2" (FSDP2's
+`fully_shard` per decoder layer and on the trainer's loss module, the root, which then holds the
+embeddings, the LM head and the video side: everything its forward uses outside the layers;
+parameters, gradients and optimizer state are sharded; all micro-batches but the last run with
+`set_requires_gradient_sync(False)`, so gradients are reduce-scattered once per step; the
+reduce-scatter averages over the ranks like DDP's all-reduce, so the scaling above is unchanged;
+the gradient norm for clipping is the global one, via DTensor.full_tensor). `gather_full` in
+isrt.engine.training.trainable turns a sharded model back into a plain one on rank 0. Learning rate: one factor per optimizer step
 (`lr_factor`), set before its first micro-batch (`set_lr`).
 """
 from __future__ import annotations
@@ -27,6 +34,7 @@ import math
 from typing import Callable, Iterator
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -38,6 +46,34 @@ def wrap_ddp(module: torch.nn.Module, d: distributed.Dist) -> torch.nn.Module:
     if not d.enabled:
         return module
     return DDP(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+def wrap(module: torch.nn.Module, d: distributed.Dist, strategy: str, *, layers, key: str) -> torch.nn.Module:
+    """`module` (the trainer's loss module, its forward computes the loss) ready for data-parallel
+    training: under DDP (`wrap_ddp`), or sharded in place by FSDP2 (`layers`: the decoder layers,
+    each its own unit). Build the optimizer AFTER this (FSDP2 replaces the parameters). `key`
+    names the config key in the error for fsdp2 in one process."""
+    if strategy == "ddp":
+        return wrap_ddp(module, d)
+    if strategy != "fsdp2":
+        raise ValueError(f"{key}: {strategy!r} is not one of ddp, fsdp2")
+    check_strategy(strategy, d, key)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # compute in the dtype the model is stored in (bf16 on GPU: the same arithmetic as DDP), reduce
+    # gradients in fp32; no input cast (the reference log-probs and features stay as they are)
+    dtype = next(module.parameters()).dtype
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    for layer in layers:
+        fully_shard(layer, mp_policy=mp)
+    return fully_shard(module, mp_policy=mp)
+
+
+def check_strategy(strategy: str, d: distributed.Dist, key: str) -> None:
+    """fsdp2 in one process is an error: nothing to shard with, and it cannot make a model fit."""
+    if strategy == "fsdp2" and not d.enabled:
+        raise ValueError(f"{key}: fsdp2 needs 2 or more processes (torchrun --nproc_per_node=N); "
+                         "in one process use ddp")
 
 
 def steps_per_epoch(n_items: int, batch_size: int, d: distributed.Dist) -> int:
@@ -85,8 +121,24 @@ def set_lr(optim: torch.optim.Optimizer, base_lrs: list[float], factor: float) -
 
 
 def _sync_unless(net: torch.nn.Module, skip: bool):
-    """DDP's no_sync() when `skip` (a micro-batch before the last), else nothing."""
+    """DDP's no_sync() when `skip` (a micro-batch before the last), else nothing; under FSDP2 the
+    gradient reduce-scatter is switched off for it (and on again for the last)."""
+    if hasattr(net, "set_requires_gradient_sync"):  # an FSDP2 module
+        net.set_requires_gradient_sync(not skip)
+        return contextlib.nullcontext()
     return net.no_sync() if skip and isinstance(net, DDP) else contextlib.nullcontext()
+
+
+def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_; with sharded (DTensor) parameters the norm is that of the whole
+    gradient (the shards' partial norms reduced by full_tensor), as under DDP."""
+    if not any(isinstance(p, DTensor) for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
 
 
 def accumulate_and_step(net: torch.nn.Module, micro: list[list[int]], micro_loss: Callable[[list[int]], torch.Tensor],
@@ -98,7 +150,7 @@ def accumulate_and_step(net: torch.nn.Module, micro: list[list[int]], micro_loss
     for j, idx in enumerate(micro):
         with _sync_unless(net, j < len(micro) - 1):
             micro_loss(idx).backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = clip_grad_norm(params, max_grad_norm)
     optim.step()
     optim.zero_grad(set_to_none=True)
     return float(grad_norm)

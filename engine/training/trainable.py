@@ -5,11 +5,13 @@ layers after the feature layer) stay frozen: they would get no gradient, and DDP
 them forever. `vision_used_parameters` finds them with one tiny backward of the vision side.
 LoRA (PEFT) wraps adapter.model; `finish_training` merges it back, so what is saved is a plain
 HF folder. `gradient_checkpointing` turns HF's (non-reentrant) checkpointing of the LM on for
-the length of a training run.
+the length of a training run. `gather_full` turns a model sharded by FSDP2 back into a plain
+one (PEFT-wrapped when LoRA trains) on rank 0, for saving.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 
@@ -94,9 +96,51 @@ def finish_training(adapter) -> None:
     """Merge LoRA (if any) into the weights, so adapter.model is the plain HF model again; eval
     mode, all parameters left as they are for the caller (the loop calls freeze_vision)."""
     model = adapter.model
+    if model is None:  # a rank other than 0 after FSDP2 training (`gather_full`): nothing to keep
+        return
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         adapter.model = model.merge_and_unload()
     adapter.model.eval()
+
+
+def gather_full(adapter, d) -> None:
+    """After FSDP2 training (every rank calls it): the full state dict is gathered to rank 0's
+    CPU (torch.distributed.checkpoint, full_state_dict + cpu_offload), where adapter.model becomes
+    a plain model of the same class (PEFT-wrapped as before when LoRA trains, so
+    `finish_training` merges it as under DDP) holding those weights, on the CPU, in train mode.
+    On the other ranks adapter.model is None afterwards (they only wait for rank 0's save)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    model = adapter.model
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    adapter.model = _plain_copy(model, full) if d.is_main else None
+
+
+def _plain_copy(model, state: dict):
+    """A new, unsharded `model` (same class, same PEFT wrapping) with the tensors of `state`:
+    built on the meta device, the state assigned, non-persistent buffers (RoPE) copied over."""
+    base = unwrap(model)
+    with torch.device("meta"):
+        plain = type(base)(copy.deepcopy(base.config))
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model
+
+        name, lora = next(iter(model.peft_config.items()))
+        with torch.random.fork_rng(devices=[]):
+            plain = get_peft_model(plain, copy.deepcopy(lora), adapter_name=name)
+    plain.load_state_dict(state, strict=False, assign=True)
+    for name, buf in model.named_buffers():
+        mod, _, leaf = name.rpartition(".")
+        plain.get_submodule(mod)._buffers[leaf] = buf.detach().to("cpu", copy=True)
+    if getattr(unwrap(plain).config.get_text_config(), "tie_word_embeddings", False):
+        unwrap(plain).tie_weights()
+    left = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"gather_full: no gathered value for {left[:3]}")
+    for n, p in plain.named_parameters():
+        p.requires_grad_(model.get_parameter(n).requires_grad)
+    unwrap(plain).generation_config = copy.deepcopy(base.generation_config)
+    return plain
 
 
 def vision_trains(model) -> bool:
