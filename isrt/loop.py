@@ -100,8 +100,11 @@ class Run:
             self.log(f"prompt pool: {len(self.pool.bad)} bad records skipped (first: {self.pool.bad[0]})")
         eval_path = cfg.data.eval_prompts or (out / "eval_data" / "prompts.jsonl" if self._synthetic_eval else None)
         self.eval_pool = load_pool(eval_path, cfg.data.video_root if cfg.data.eval_prompts else None) if eval_path else None
+        gib = 2 ** 30
         self.cache = FeatureCache(cfg.model.num_frames, backend=cfg.data.video_backend,
-                                  num_workers=cfg.data.decode_workers, manifest=self._manifest())
+                                  num_workers=cfg.data.decode_workers, manifest=self._manifest(),
+                                  budget_bytes=int(cfg.data.feature_cache_gb * gib) or None,
+                                  host_budget_bytes=int(cfg.data.host_cache_gb * gib))
 
     def _manifest(self):
         """Frame count, fps, codec and size of every video, probed once (rank 0, cached in
@@ -264,7 +267,8 @@ class Run:
                 "identical_pairs": sum(r["responses"][0] == r["responses"][1] for r in responses),
                 "response_words_mean": statistics.fmean(lengths) if lengths else 0.0,
                 "response_words_median": statistics.median(lengths) if lengths else 0.0,
-                "context_words_mean": statistics.fmean([len(c["context"].split()) for c in contexts]) if contexts else 0.0}
+                "context_words_mean": statistics.fmean([len(c["context"].split()) for c in contexts]) if contexts else 0.0,
+                **self.cache.stats.as_dict()}  # feature_cache_*: rank 0's counters, over the run so far
 
     def stage2(self, t: int, it: Path, adapter) -> dict:
         shard = self.dir.shard(it, "stage2", self.d.rank)

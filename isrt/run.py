@@ -42,6 +42,22 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+class StrategyError(ValueError):
+    pass
+
+
+def check_strategies(cfg, d) -> None:
+    """fsdp2 with one process is refused before any stage runs, not when stage 3 starts."""
+    from isrt.engine.training.steps import check_strategy
+
+    try:
+        check_strategy(cfg.dpo.strategy, d, "dpo.strategy")
+        if cfg.warmstart.videos:
+            check_strategy(cfg.warmstart.sft.strategy, d, "warmstart.sft.strategy")
+    except ValueError as e:
+        raise StrategyError(str(e)) from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -56,8 +72,9 @@ def main(argv=None) -> int:
 
     d = distributed.init()
     try:
+        check_strategies(cfg, d)
         rows = Run(cfg, output_dir, d).run()
-    except RunDirMismatch as e:
+    except (RunDirMismatch, StrategyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

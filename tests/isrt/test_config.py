@@ -117,3 +117,24 @@ def test_model_source_is_checked_before_anything_runs(tmp_path):
         load_config("smoke", [f"model.source={tmp_path / 'qwen'}"])
     cfg = load_config("smoke", [f"model.source={tmp_path / 'qwen'}", "model.family=qwen2_5_vl"])
     assert cfg.model.family == "qwen2_5_vl"
+
+
+def test_the_qwen_preset_shards_stage_3_and_bounds_the_feature_cache(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "video": "a.mp4", "prompt": "What?"}\n')
+    with pytest.raises(ConfigError, match=r"^model\.source: .*Qwen2\.5-VL-7B-Instruct"):
+        load_config("qwen2_5_vl_7b")
+    cfg = load_config("qwen2_5_vl_7b", [f"model.source={tmp_path / 'ckpt'}", f"data.prompts={pool}"])
+    assert (cfg.dpo.strategy, cfg.dpo.gradient_checkpointing, cfg.model.family) == ("fsdp2", True, "qwen2_5_vl")
+    assert cfg.data.feature_cache_gb > 0
+
+
+def test_fsdp2_in_one_process_is_refused_before_any_work(tmp_path, capsys):
+    from isrt.run import main
+
+    out = tmp_path / "run"
+    assert main(["--preset", "smoke", "dpo.strategy=fsdp2", "--output_dir", str(out)]) == 2
+    assert "dpo.strategy: fsdp2 needs 2 or more processes" in capsys.readouterr().err
+    assert not out.exists()
