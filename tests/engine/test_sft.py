@@ -18,6 +18,7 @@ from isrt.engine.training.align_vision import align_vision, caption_phrases, con
 from isrt.engine.training.config import SFTConfig
 from isrt.engine.training.sft import SFTExample, train_sft
 from isrt.engine.training.trainable import set_trainable
+from grad_recording import recording_grads
 from isrt.engine.synthetic import COLORS, DIRECTIONS, SHAPES, caption, make_scene, render_frames
 
 F = 2
@@ -221,23 +222,13 @@ _DDP_WORKER = textwrap.dedent("""
 
 def _ddp_run(d, batch_size):
     """SFT on 5 examples, recording the gradients the optimizer sees (after DDP's all-reduce)."""
-    grads = []
-    orig = torch.nn.utils.clip_grad_norm_
-
-    def record(params, max_norm, *args, **kw):
-        grads.append([p.grad.detach().clone() for p in params])
-        return orig(params, max_norm, *args, **kw)
-
-    torch.nn.utils.clip_grad_norm_ = record
-    try:
+    with recording_grads() as grads:
         a = _adapter()
         ex = _examples(a, n_videos=3)[:5]
         cfg = SFTConfig(steps=0, epochs=1, batch_size=batch_size, lm="full", learning_rate=1e-3,
                         vision_learning_rate=1e-3,
                         warmup_steps=0, schedule="constant", max_grad_norm=1e9, align_steps=3, align_batch_size=2)
         m = train_sft(a, ex, cfg, d, seed=0)
-    finally:
-        torch.nn.utils.clip_grad_norm_ = orig
     return {"grads": grads, "losses": [r["loss"] for r in m["history"]], "params": a.model.state_dict()}
 
 

@@ -3,7 +3,6 @@
 gradient accumulation (alone and under 2 gloo ranks), the learning-rate schedule, gradient checkpointing."""
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import subprocess
@@ -21,6 +20,7 @@ from isrt.engine.training.config import DPOConfig
 from isrt.engine.training.dpo import Pair, train_dpo
 from isrt.engine.training.logprobs import sequence_logps
 from isrt.engine.training.trainable import set_trainable
+from grad_recording import recording_grads
 
 F = 2
 
@@ -116,30 +116,13 @@ def test_lr_factor_warms_up_then_holds_or_decays():
     assert steps.micro_batches([4, 5, 6], 2, 3) == [[4, 5], [6], []]
 
 
-@contextlib.contextmanager
-def _recording():
-    """Records the gradients the optimizer sees (after DDP's all-reduce), one list per optimizer step."""
-    grads = []
-    orig = torch.nn.utils.clip_grad_norm_
-
-    def record(params, max_norm, *args, **kw):
-        grads.append([p.grad.detach().clone() for p in params])
-        return orig(params, max_norm, *args, **kw)
-
-    torch.nn.utils.clip_grad_norm_ = record
-    try:
-        yield grads
-    finally:
-        torch.nn.utils.clip_grad_norm_ = orig
-
-
 def _dpo(cfg, d=None, lm="full"):
     """train_dpo of a fresh tiny model on the 3 pairs: (metrics, gradients per step, final weights)."""
     a = load_adapter("video_llava", "tiny", num_frames=F, seed=0)
     pairs = _pairs(a)
     if lm == "lora":
         set_trainable(a, DPOConfig(lm="lora", lora_r=4).trainable, seed=0)
-    with _recording() as grads:
+    with recording_grads() as grads:
         m = train_dpo(a, pairs, cfg, d or Dist(), seed=0)
     return m, grads, {n: p.detach().clone() for n, p in a.model.named_parameters()}
 
