@@ -11,6 +11,10 @@
 #     kernels  isrt.kernels: GPU tests, then the kernel benchmark at full sizes (~6 minutes)
 #     dali-scaling  benchmarks/dali_scaling.py on the 720p clips: clips/s of P DALI pipelines
 #              decoding at once (threads, processes); SCALING_ARGS passes its options
+#     train    benchmarks/bench_train.py: one DPO optimizer step of random 7B Qwen2.5-VL /
+#              Video-LLaVA at 8/16/32 frames, full and LoRA, +- gradient checkpointing; each
+#              case in its own process under T_TRAIN_CASE s, OOM recorded as "oom"; fsdp2 rows
+#              need >= 2 GPUs (n/a on one); T_TRAIN total budget, TRAIN_ARGS extra options
 #
 # Knobs (environment): T_TESTS / T_BENCH (kernel tests / benchmark seconds), OTHER_TESTS=0 (skip
 # gpu tests outside tests/kernels in the kernel section), PYTEST_K (a -k filter for the kernel
@@ -28,6 +32,8 @@ T_TESTS=${T_TESTS:-200}      # kernel GPU tests: ~150 s on a bare H200, mostly T
 T_BENCH=${T_BENCH:-150}      # seconds of kernel benchmark measurements (the rest is skipped, recorded)
 T_VIDEO_TESTS=${T_VIDEO_TESTS:-240}
 T_VIDEO_BENCH=${T_VIDEO_BENCH:-150}
+T_TRAIN=${T_TRAIN:-420}      # seconds of training-step cases (the rest is skipped, recorded)
+T_TRAIN_CASE=${T_TRAIN_CASE:-150}  # limit of one case: model build + warmup + timed steps
 PARTS_NAME=isrt-gpu-site
 SITE=${GPU_SITE:-/tmp/site}     # where the parts are unpacked (first on PYTHONPATH)
 SUMMARY=()
@@ -217,6 +223,36 @@ EOF
   fi
 }
 
+section_train() {
+  echo
+  echo "######## train: one DPO optimizer step at the 7B shapes (random weights)"
+  mkdir -p benchmarks/results
+  local TCSV=benchmarks/results/train-gpu-$STAMP.csv t0=$(date +%s)
+  timeout $((T_TRAIN + T_TRAIN_CASE + 60)) python3 -P benchmarks/bench_train.py --csv "$TCSV" \
+    --time-budget-s "$T_TRAIN" --case-limit-s "$T_TRAIN_CASE" ${TRAIN_ARGS:-} 2>&1 \
+    | tee "$LOGDIR/bench_train.log" | tail -60
+  [ "${PIPESTATUS[0]}" = 124 ] && note "train benchmark: TIMED OUT"
+  if [ -f "$TCSV" ]; then
+    [ -n "${OUT:-}" ] && cp "$TCSV" "$OUT/"
+    while IFS= read -r line; do note "  $line"; done < <(python3 - "$TCSV" << 'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print(f"train benchmark: {sum(r['status'] == 'ok' for r in rows)} rows ok of {len(rows)} in {sys.argv[1]}")
+for r in rows:
+    head = f"{r['family']:>11} F={r['frames']:>2} {r['mode']:>4} {r['provider']:>10}"
+    if r["status"] != "ok":
+        print(f"{head}: {r['status'][:60]}")
+        continue
+    print(f"{head}: T={r['seq_len']:>5} {float(r['median_ms']):8.1f} ms {float(r['tokens_per_s_per_gpu']):8.0f} tok/s "
+          f"MFU {100 * float(r['mfu']):5.1f} % peak {float(r['peak_mem_mib']) / 1024:6.1f} GiB ({r['attn']})")
+EOF
+)
+    note "train benchmark: $(( $(date +%s) - t0 )) s"
+  else
+    note "train benchmark: no CSV (see $LOGDIR/bench_train.log)"
+  fi
+}
+
 # ---------------------------------------------------------------------------------------------
 
 probe
@@ -230,7 +266,8 @@ for s in "${SECS[@]}"; do
     video) section_video ;;
     kernels) section_kernels ;;
     dali-scaling) section_dali_scaling ;;
-    *) echo "unknown section '$s' (probe, video, kernels, dali-scaling)"; exit 2 ;;
+    train) section_train ;;
+    *) echo "unknown section '$s' (probe, video, kernels, dali-scaling, train)"; exit 2 ;;
   esac
 done
 
