@@ -92,8 +92,7 @@ def choice_logprobs(adapter, prompts: list[str], features: list[torch.Tensor], c
     for start in range(0, len(prompts), batch_size):
         ps, fs = prompts[start:start + batch_size], features[start:start + batch_size]
         batch = prompt_batch(adapter, ps, fs)
-        hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"],
-                                       position_ids=batch["position_ids"], **batch["decoder_kwargs"])[:, -1]  # [b,H]
+        hidden = adapter.batch_hidden_states(batch)[:, -1]  # [b,H]
         labels = torch.tensor([[adapter.next_token_id(p, c) for c in choices] for p in ps],
                               dtype=torch.long, device=hidden.device)  # [b,C]
         h = hidden.unsqueeze(1).expand(-1, len(choices), -1).reshape(-1, hidden.shape[-1])

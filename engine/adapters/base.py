@@ -301,6 +301,12 @@ class VideoLMAdapter:
         # order of `features`, like HF's own forward.
         return emb.masked_scatter(mask.unsqueeze(-1).expand_as(emb), feats)
 
+    def batch_hidden_states(self, batch: dict, *, model=None) -> torch.Tensor:
+        """`hidden_states` of a batch built by `generation.prompt_batch` or
+        `training.logprobs.response_batch` (its embeddings, mask, positions and decoder inputs)."""
+        return self.hidden_states(batch["inputs_embeds"], batch["attention_mask"], position_ids=batch["position_ids"],
+                                  model=model, **batch["decoder_kwargs"])
+
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, *,
                       position_ids: torch.Tensor | None = None, model=None, **decoder_kwargs) -> torch.Tensor:
         """Final (normed) hidden states [B,T,H] of the LM backbone, without the LM head.

@@ -78,8 +78,7 @@ def sequence_logps(adapter, prompts: list[str], responses: list[str], features: 
     to `response_batch` (the reference and the policy must use the same one).
     """
     batch = response_batch(adapter, prompts, responses, features, model=model, max_length=max_length)
-    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], position_ids=batch["position_ids"],
-                                   model=model, **batch["decoder_kwargs"])  # [B,T,H]
+    hidden = adapter.batch_hidden_states(batch, model=model)  # [B,T,H]
     labels = batch["labels"]
     head = _plain_head(adapter, model)
     # [B,T] in, the kernel drops ignored rows before any matmul; summing the [B,T] grid (zeros at
@@ -112,8 +111,7 @@ def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: li
     Same log-probs as `sequence_logps` (the reference path) up to summation order.
     """
     batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model, max_length=max_length)
-    hidden = adapter.hidden_states(batch["inputs_embeds"], batch["attention_mask"], position_ids=batch["position_ids"],
-                                   model=model, **batch["decoder_kwargs"])  # [2B,T,H]
+    hidden = adapter.batch_hidden_states(batch, model=model)  # [2B,T,H]
     head = _plain_head(adapter, model)
     return fused_linear_dpo(hidden, head.weight, batch["labels"], ref_chosen_logps, ref_rejected_logps,
                             beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, bias=head.bias,
