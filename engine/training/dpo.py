@@ -111,7 +111,6 @@ def train_dpo(adapter, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, *
     margin, history (one row per optimizer step, with its lr)."""
     if not pairs:
         return {"steps": 0, "pairs": 0}
-    steps.check_strategy(cfg.strategy, d, "dpo.strategy")
     model = adapter.model
     model.train()
     policy = steps.wrap(_PolicyLoss(adapter, cfg), d, cfg.strategy, layers=adapter.decoder(model).layers,
