@@ -301,7 +301,10 @@ def run_in_child(c: dict, world: int, limit_s: float) -> dict:
 
 
 def cases(a) -> list[dict]:
-    """The cases in run order: frames ascending, so a time budget cuts the longest sequences."""
+    """The cases in run order: the --case list as given, else the cross product of the lists,
+    frames ascending, so a time budget cuts the longest sequences."""
+    if a.case:
+        return [parse_case(spec) for spec in a.case]
     out = []
     for frames in [int(x) for x in a.frames.split(",")]:
         for family in a.families.split(","):
@@ -313,6 +316,18 @@ def cases(a) -> list[dict]:
     return out
 
 
+def parse_case(spec: str) -> dict:
+    """FAMILY:FRAMES:MODE:STRATEGY:CKPT[:BATCH], e.g. qwen2_5_vl:8:full:ddp:off:4 (BATCH: pairs per
+    rank per step, default --batch)."""
+    parts = spec.split(":")
+    if len(parts) not in (5, 6) or not parts[1].isdigit() or parts[2] not in ("full", "lora") \
+            or parts[3] not in ("ddp", "fsdp2") or parts[4] not in ("on", "off") \
+            or (len(parts) == 6 and not parts[5].isdigit()):
+        raise SystemExit(f"--case {spec!r}: FAMILY:FRAMES:full|lora:ddp|fsdp2:on|off[:BATCH]")
+    c = dict(family=parts[0], frames=int(parts[1]), mode=parts[2], strategy=parts[3], ckpt=parts[4] == "on")
+    return c | ({"batch": int(parts[5])} if len(parts) == 6 else {})
+
+
 def parse_args(argv):
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -322,6 +337,8 @@ def parse_args(argv):
     ap.add_argument("--modes", default="full,lora")
     ap.add_argument("--strategies", default="ddp,fsdp2", help="fsdp2 needs --nproc >= 2 (else a n/a row)")
     ap.add_argument("--ckpt", default="off,on", help="gradient checkpointing: off, on or both")
+    ap.add_argument("--case", action="append", default=[],
+                    help="FAMILY:FRAMES:full|lora:ddp|fsdp2:on|off[:BATCH] (repeatable); replaces the cross product")
     ap.add_argument("--nproc", type=int, default=None, help="processes (GPUs) per case; default: the GPU count")
     ap.add_argument("--batch", type=int, default=1, help="pairs per rank per step (2 x batch sequences)")
     ap.add_argument("--resp-tokens", type=int, default=128, help="tokens of chosen and of rejected (+ EOS)")
@@ -358,11 +375,12 @@ def main(argv=None) -> int:
             wr.writeheader()
         for c in cases(a):
             world = a.nproc
-            c.update(shape=shape, dtype=dtype, device=a.device, batch=a.batch, resp_tokens=a.resp_tokens,
+            c.setdefault("batch", a.batch)
+            c.update(shape=shape, dtype=dtype, device=a.device, resp_tokens=a.resp_tokens,
                      warmup=a.warmup, steps=a.steps, attn=a.attn, backend=a.backend, peak_tflops=peak)
             row = dict(when=stamp, what="dpo_step", shape=shape, family=c["family"], device=device_name,
                        provider=c["strategy"] + ("+ckpt" if c["ckpt"] else ""), versions=vers, dtype=dtype,
-                       frames=c["frames"], batch_pairs=a.batch, world=world, mode=c["mode"],
+                       frames=c["frames"], batch_pairs=c["batch"], world=world, mode=c["mode"],
                        strategy=c["strategy"], ckpt=c["ckpt"], peak_tflops=peak, flops_rule=FLOPS_RULE)
             if c["strategy"] == "fsdp2" and world < 2:
                 row["status"] = "n/a (fsdp2 needs --nproc >= 2)"
