@@ -13,6 +13,7 @@ import torch
 from isrt.engine import distributed
 from isrt.engine.adapters.base import unwrap
 from isrt.engine.training.trainable import video_modules, vision_used_parameters
+from isrt.engine.training.optim import adamw
 
 
 def caption_phrases(caption: str, tokenizer, keep: set[int]) -> list[list[int]]:
@@ -103,7 +104,7 @@ def align_vision(adapter, examples: list, d: distributed.Dist | None = None, *, 
     for p in params:
         p.requires_grad_(True)
     bias = torch.zeros(len(vocab), requires_grad=True)
-    optim = torch.optim.AdamW([{"params": params}, {"params": [bias]}], lr=lr, weight_decay=0.0)
+    optim = adamw([{"params": params, "lr": lr}, {"params": [bias], "lr": lr}], weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     history = []
     model.train()

@@ -33,6 +33,7 @@ from isrt.engine import distributed
 from isrt.engine.training import steps
 from isrt.engine.training.config import DPOConfig
 from isrt.engine.training.logprobs import preference_step
+from isrt.engine.training.optim import adamw
 from isrt.engine.training.trainable import gather_full, gradient_checkpointing
 
 METRICS = (("reward_accuracy", "rewards/accuracies"), ("reward_margin", "rewards/margins"),
@@ -116,7 +117,7 @@ def train_dpo(adapter, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, *
     policy = steps.wrap(_PolicyLoss(adapter, cfg), d, cfg.strategy, layers=adapter.decoder(model).layers,
                         key="dpo.strategy")
     params = [p for p in model.parameters() if p.requires_grad]  # after wrap: FSDP2's sharded ones
-    optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optim = adamw([{"params": params, "lr": cfg.learning_rate}], weight_decay=cfg.weight_decay)
     per_step = cfg.batch_size * cfg.grad_accum  # pairs per rank per optimizer step
     per_epoch = steps.steps_per_epoch(len(pairs), per_step, d)
     total = cfg.epochs * per_epoch

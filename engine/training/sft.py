@@ -50,6 +50,7 @@ from isrt.engine.training import steps
 from isrt.engine.training.align_vision import align_vision
 from isrt.engine.training.config import SFTConfig
 from isrt.engine.training.logprobs import sequence_logps
+from isrt.engine.training.optim import adamw
 from isrt.engine.training.trainable import (finish_training, gather_full, gradient_checkpointing, set_trainable,
                                             video_modules, vision_trains)
 
@@ -92,7 +93,7 @@ def _lr_factor(cfg: SFTConfig, step: int, total: int) -> float:
 
 
 def _optimizer(model, cfg: SFTConfig):
-    """AdamW with two groups (LM: cfg.learning_rate, video tower + projector: vision_learning_rate);
+    """AdamW (fp32 masters for half-precision weights: training.optim) with two groups (LM: cfg.learning_rate, video tower + projector: vision_learning_rate);
     returns (optimizer, trained parameters, base learning rates)."""
     tower, proj = video_modules(model)
     vision_ids = {id(p) for mod in (tower, proj) for p in mod.parameters()}
@@ -101,7 +102,7 @@ def _optimizer(model, cfg: SFTConfig):
     groups = [g for g in ({"params": lm_params, "lr": cfg.learning_rate},
                           {"params": vis_params, "lr": cfg.vision_learning_rate}) if g["params"]]
     base_lrs = [g["lr"] for g in groups]
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay), lm_params + vis_params, base_lrs
+    return adamw(groups, weight_decay=cfg.weight_decay), lm_params + vis_params, base_lrs
 
 
 def _kind_losses(d, batch, per: list[float], n_real: int, kinds: list[str]) -> dict:

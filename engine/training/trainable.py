@@ -59,13 +59,16 @@ def set_trainable(adapter, spec: TrainableSpec, *, seed: int = 0) -> dict:
 
         lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=0.0,
                           target_modules=spec.lora.target, bias="none")
+        # LoRA weights in the model's dtype (PEFT's default upcasts them to fp32 and every adapted
+        # layer's input with them: at 7B that made LoRA's step slower than full fine-tuning's, on
+        # an H200); the optimizer keeps their fp32 masters (training.optim)
         # PEFT draws LoRA's A from the global RNG, whose state differs from process to process
         # (docs/demo_model.md: two runs of one warm start ended at different losses); seed it
         # so a rerun reproduces the adapter.
         devices = [adapter.device] if torch.device(adapter.device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            model = adapter.model = get_peft_model(model, lora)
+            model = adapter.model = get_peft_model(model, lora, autocast_adapter_dtype=False)
     for p in model.parameters():
         p.requires_grad_(False)
     if spec.lm == "lora":
@@ -127,7 +130,7 @@ def _plain_copy(model, state: dict):
 
         name, lora = next(iter(model.peft_config.items()))
         with torch.random.fork_rng(devices=[]):
-            plain = get_peft_model(plain, copy.deepcopy(lora), adapter_name=name)
+            plain = get_peft_model(plain, copy.deepcopy(lora), adapter_name=name, autocast_adapter_dtype=False)
     plain.load_state_dict(state, strict=False, assign=True)
     for name, buf in model.named_buffers():
         mod, _, leaf = name.rpartition(".")
