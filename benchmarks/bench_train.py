@@ -14,7 +14,8 @@ CLS kept -> F * 257. Synthetic pairs: a short question, chosen and rejected of R
 
 Each case (family x frames x full/LoRA x ddp/fsdp2 x gradient checkpointing) runs in its own
 process (torchrun for W > 1), under a time limit; an OOM is a row with status "oom". One
-`train_dpo` call runs warmup + N optimizer steps of `batch` pairs per rank; step k's time is
+`train_dpo` call runs warmup + N optimizer steps of `batch` x `grad_accum` pairs per rank (bf16
+weights, AdamW on fp32 masters: isrt.engine.training.optim); step k's time is
 the wall time between the ends of steps k-1 and k (CUDA synchronized); median, min and max over
 the N timed steps. Peak memory: torch.cuda.max_memory_allocated over the whole call up to the
 last timed step (model, optimizer state, activations), or on the CPU the process's peak RSS
@@ -33,6 +34,8 @@ credited, so a checkpointed run shows a lower MFU for the same work):
   attention, separately: 6 * L * nh * hd * T^2 per sequence of T tokens (causal: half of the
          QK^T and PV products, forward 2 + backward 4)
 MFU = credited FLOPs / median step time / PEAK_BF16_TFLOPS of the device (dense bf16).
+HFU = the same with the recompute added (flops_recompute: 2 * N_dec * tok + the attention's
+forward, a third of the attention term, per step with checkpointing; 0 without).
 
   python benchmarks/bench_train.py                      # CUDA: both families, 8/16/32 frames
   python benchmarks/bench_train.py --cpu-tiny --frames 2 --steps 2
@@ -62,13 +65,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Dense bf16 peak (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
 FLOPS_RULE = ("full 6*N_dec*tok+6*N_head*resp; lora (4*N_dec+6*N_lora)*tok+4*N_head*resp; "
-              "attn 6*L*nh*hd*T^2/seq (causal); recompute not credited")
+              "attn 6*L*nh*hd*T^2/seq (causal); recompute not in mfu (hfu adds 2*N_dec*tok+attn/3)")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 FIELDS = ["when", "what", "shape", "family", "provider", "device", "versions", "attn", "dtype", "frames",
-          "n_video_tokens", "seq_len", "resp_tokens", "batch_pairs", "world", "mode", "strategy", "ckpt",
+          "n_video_tokens", "seq_len", "resp_tokens", "batch_pairs", "grad_accum", "world", "mode", "strategy", "ckpt",
           "steps_timed", "median_ms", "min_ms", "max_ms", "peak_mem_mib", "mem_kind", "params_total",
           "params_trained", "n_dec", "n_head", "n_lora", "tokens_per_step", "flops_linear", "flops_attn",
-          "flops_step", "tokens_per_s_per_gpu", "tflops_per_gpu", "peak_tflops", "mfu", "loss_first",
+          "flops_step", "flops_recompute", "tokens_per_s_per_gpu", "tflops_per_gpu", "peak_tflops", "mfu", "hfu", "loss_first",
           "flops_rule", "status"]
 
 
@@ -162,15 +165,20 @@ def param_counts(s: dict, vocab: int, lora_r: int) -> dict:
     return {"n_dec": n_dec, "n_head": vocab * h, "n_lora": n_lora}
 
 
-def credited_flops(s: dict, counts: dict, mode: str, seq_lens: list[int], resp_lens: list[int]) -> dict:
-    """FLOPs of one optimizer step on these sequences (FLOPS_RULE): linear maps and attention."""
+def credited_flops(s: dict, counts: dict, mode: str, seq_lens: list[int], resp_lens: list[int],
+                   ckpt: bool = False) -> dict:
+    """FLOPs of one optimizer step on these sequences (FLOPS_RULE): linear maps and attention;
+    flops_recompute, apart: the decoder's second forward under gradient checkpointing
+    (2 N_dec per token + the causal attention's forward, 2 L nh hd T^2 per sequence)."""
     tok, resp = sum(seq_lens), sum(resp_lens)
     if mode == "full":
         lin = 6 * counts["n_dec"] * tok + 6 * counts["n_head"] * resp
     else:
         lin = (4 * counts["n_dec"] + 6 * counts["n_lora"]) * tok + 4 * counts["n_head"] * resp
     attn = sum(6 * s["layers"] * s["heads"] * s["head_dim"] * t * t for t in seq_lens)
-    return {"tokens_per_step": tok, "flops_linear": lin, "flops_attn": attn, "flops_step": lin + attn}
+    recompute = (2 * counts["n_dec"] * tok + attn // 3) if ckpt else 0
+    return {"tokens_per_step": tok, "flops_linear": lin, "flops_attn": attn, "flops_step": lin + attn,
+            "flops_recompute": recompute}
 
 
 def decoder_linear_params(adapter) -> int:
@@ -196,23 +204,25 @@ def run_case(c: dict) -> dict:
     dev, cuda = d.device, d.device.type == "cuda"
     dtype = getattr(torch, c["dtype"])
     attn = resolve_attn_implementation(c["attn"], dev)
-    cfg = DPOConfig(lm=c["mode"], batch_size=c["batch"], strategy=c["strategy"], learning_rate=1e-6,
+    cfg = DPOConfig(lm=c["mode"], batch_size=c["batch"], grad_accum=c["grad_accum"], strategy=c["strategy"],
+                    learning_rate=1e-6,
                     gradient_checkpointing=c["ckpt"], backend=c["backend"])
     adapter = build_adapter(c["family"], c["shape"], c["frames"], dev, dtype, attn)
     counts_real = set_trainable(adapter, cfg.trainable)
     n_steps = c["warmup"] + c["steps"]
-    pairs = synthetic_pairs(adapter, n_steps * c["batch"] * d.world_size, c["resp_tokens"])
+    per_step = c["batch"] * c["grad_accum"]  # pairs per rank per optimizer step
+    pairs = synthetic_pairs(adapter, n_steps * per_step * d.world_size, c["resp_tokens"])
     p = pairs[0]
     seq = len(adapter.encode_prompt(p.prompt, p.features.shape[0]))
     resp_c, resp_r = len(adapter.encode_response(p.chosen)), len(adapter.encode_response(p.rejected))
-    seq_lens = [seq + resp_c] * c["batch"] + [seq + resp_r] * c["batch"]
+    seq_lens = [seq + resp_c] * per_step + [seq + resp_r] * per_step
     s = text_shape(c["family"], c["shape"])
     vocab = adapter.head().weight.shape[0]
     counts = param_counts(s, vocab, cfg.lora_r)
     measured = decoder_linear_params(adapter)
     if measured != counts["n_dec"]:
         raise RuntimeError(f"N_dec from the shape {counts['n_dec']} != the model's {measured}")
-    fl = credited_flops(s, counts, c["mode"], seq_lens, [resp_c] * c["batch"] + [resp_r] * c["batch"])
+    fl = credited_flops(s, counts, c["mode"], seq_lens, [resp_c] * per_step + [resp_r] * per_step, c["ckpt"])
     ends, peak = [], [0]
     if cuda:
         torch.cuda.synchronize()
@@ -238,6 +248,8 @@ def run_case(c: dict) -> dict:
                params_trained=counts_real["trainable"], **counts, **fl,
                tokens_per_s_per_gpu=round(fl["tokens_per_step"] / (med * 1e-3), 1), tflops_per_gpu=round(tf, 3),
                mfu=round(tf / peak_tf, 4) if peak_tf == peak_tf else float("nan"),
+               hfu=round((fl["flops_step"] + fl["flops_recompute"]) / (med * 1e-3) / 1e12 / peak_tf, 4)
+               if peak_tf == peak_tf else float("nan"),
                loss_first=m["first_loss"], status="ok")
     distributed.shutdown(d)
     return out if d.is_main else {}
@@ -317,15 +329,15 @@ def cases(a) -> list[dict]:
 
 
 def parse_case(spec: str) -> dict:
-    """FAMILY:FRAMES:MODE:STRATEGY:CKPT[:BATCH], e.g. qwen2_5_vl:8:full:ddp:off:4 (BATCH: pairs per
-    rank per step, default --batch)."""
+    """FAMILY:FRAMES:MODE:STRATEGY:CKPT[:BATCH[:ACCUM]], e.g. qwen2_5_vl:8:full:ddp:off:4:2 (BATCH:
+    pairs per rank per micro-batch, default --batch; ACCUM: micro-batches per step, default 1)."""
     parts = spec.split(":")
-    if len(parts) not in (5, 6) or not parts[1].isdigit() or parts[2] not in ("full", "lora") \
+    if len(parts) not in (5, 6, 7) or not parts[1].isdigit() or parts[2] not in ("full", "lora") \
             or parts[3] not in ("ddp", "fsdp2") or parts[4] not in ("on", "off") \
-            or (len(parts) == 6 and not parts[5].isdigit()):
-        raise SystemExit(f"--case {spec!r}: FAMILY:FRAMES:full|lora:ddp|fsdp2:on|off[:BATCH]")
+            or not all(x.isdigit() and int(x) > 0 for x in parts[5:]):
+        raise SystemExit(f"--case {spec!r}: FAMILY:FRAMES:full|lora:ddp|fsdp2:on|off[:BATCH[:ACCUM]]")
     c = dict(family=parts[0], frames=int(parts[1]), mode=parts[2], strategy=parts[3], ckpt=parts[4] == "on")
-    return c | ({"batch": int(parts[5])} if len(parts) == 6 else {})
+    return c | dict(zip(("batch", "grad_accum"), map(int, parts[5:])))
 
 
 def parse_args(argv):
@@ -376,11 +388,12 @@ def main(argv=None) -> int:
         for c in cases(a):
             world = a.nproc
             c.setdefault("batch", a.batch)
+            c.setdefault("grad_accum", 1)
             c.update(shape=shape, dtype=dtype, device=a.device, resp_tokens=a.resp_tokens,
                      warmup=a.warmup, steps=a.steps, attn=a.attn, backend=a.backend, peak_tflops=peak)
             row = dict(when=stamp, what="dpo_step", shape=shape, family=c["family"], device=device_name,
                        provider=c["strategy"] + ("+ckpt" if c["ckpt"] else ""), versions=vers, dtype=dtype,
-                       frames=c["frames"], batch_pairs=c["batch"], world=world, mode=c["mode"],
+                       frames=c["frames"], batch_pairs=c["batch"], grad_accum=c["grad_accum"], world=world, mode=c["mode"],
                        strategy=c["strategy"], ckpt=c["ckpt"], peak_tflops=peak, flops_rule=FLOPS_RULE)
             if c["strategy"] == "fsdp2" and world < 2:
                 row["status"] = "n/a (fsdp2 needs --nproc >= 2)"
@@ -398,12 +411,12 @@ def main(argv=None) -> int:
 
 
 def fmt_row(r: dict) -> str:
-    head = f"{r['family']:>11} F={r['frames']:>2} {r['mode']:>4} {r['provider']:>10}:"
+    head = f"{r['family']:>11} F={r['frames']:>2} {r['mode']:>4} {r['provider']:>10} b{r['batch_pairs']}x{r['grad_accum']}:"
     if r.get("status") != "ok":
         return f"{head} {r.get('status')}"
     mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] == r["mfu"] else "-"
     return (f"{head} T={r['seq_len']:>5} {r['median_ms']:9.1f} ms [{r['min_ms']:.1f}, {r['max_ms']:.1f}] "
-            f"{r['tokens_per_s_per_gpu']:9.0f} tok/s {r['tflops_per_gpu']:7.2f} TFLOP/s MFU {mfu} "
+            f"{r['tokens_per_s_per_gpu']:9.0f} tok/s {r['tflops_per_gpu']:7.2f} TFLOP/s MFU {mfu} HFU {100 * r['hfu']:.1f} % "
             f"peak {r['peak_mem_mib']:9.0f} MiB ({r['attn']})")
 
 

@@ -9,6 +9,7 @@
 #              the GPU section of benchmarks/bench_video.py (720p H.264: DALI vs decord / PyAV
 #              with 16 worker processes) under a time budget; ~3-4 minutes on a warm H100
 #     kernels  isrt.kernels: GPU tests, then the kernel benchmark at full sizes (~6 minutes)
+#     engine-tests  the other gpu-marked tests (not video): ~20 s; also run by kernels
 #     dali-scaling  benchmarks/dali_scaling.py on the 720p clips: clips/s of P DALI pipelines
 #              decoding at once (threads, processes); SCALING_ARGS passes its options
 #     train    benchmarks/bench_train.py: one DPO optimizer step of random 7B Qwen2.5-VL /
@@ -35,11 +36,12 @@ T_VIDEO_TESTS=${T_VIDEO_TESTS:-240}
 T_VIDEO_BENCH=${T_VIDEO_BENCH:-150}
 T_TRAIN=${T_TRAIN:-420}      # seconds of training-step cases (the rest is skipped, recorded)
 T_TRAIN_CASE=${T_TRAIN_CASE:-150}  # limit of one case: model build + warmup + timed steps
-# The one-GPU plan, in priority order (a budget cut drops the last): the issue-13 targets first
-# (Qwen2.5-VL 8 frames full vs LoRA, no checkpointing: MFU and the LoRA ratio), then memory
-# against frames with checkpointing (8/16/32), 32 frames without it, then Video-LLaVA (8 frames,
-# its only setting; 2 pairs: 2,056 video tokens a sequence). FSDP2 needs 2 GPUs.
-TRAIN_CASES=${TRAIN_CASES:-qwen2_5_vl:8:full:ddp:off:4 qwen2_5_vl:8:lora:ddp:off:4 qwen2_5_vl:8:full:ddp:on:4 qwen2_5_vl:16:full:ddp:on:4 qwen2_5_vl:32:full:ddp:on:4 qwen2_5_vl:32:full:ddp:off:4 video_llava:8:full:ddp:off:2 video_llava:8:lora:ddp:off:2 qwen2_5_vl:32:lora:ddp:on:4}
+# The one-GPU plan (FAMILY:FRAMES:MODE:STRATEGY:CKPT:PAIRS[:ACCUM]), in priority order (a budget
+# cut drops the last): the issue-13 targets first (Qwen2.5-VL 8 frames: full with checkpointing,
+# LoRA, full without checkpointing, full with 4 micro-batches a step), then 32 frames,
+# Video-LLaVA (8 frames, its only setting; 2 pairs: 2,056 video tokens a sequence), 16 frames.
+# Full fine-tuning keeps fp32 masters (16 bytes a parameter: ~114 GiB at 7.6B). FSDP2: 2 GPUs.
+TRAIN_CASES=${TRAIN_CASES:-qwen2_5_vl:8:full:ddp:on:4 qwen2_5_vl:8:lora:ddp:off:4 qwen2_5_vl:8:full:ddp:off:4 qwen2_5_vl:8:full:ddp:on:4:4 qwen2_5_vl:32:full:ddp:on:4 video_llava:8:lora:ddp:off:2 video_llava:8:full:ddp:on:2 qwen2_5_vl:16:full:ddp:on:4}
 PARTS_NAME=isrt-gpu-site
 SITE=${GPU_SITE:-/tmp/site}     # where the parts are unpacked (first on PYTHONPATH)
 SUMMARY=()
@@ -184,6 +186,14 @@ section_dali_scaling() {  # after video (needs its DALI): aggregate clips/s of P
   while IFS= read -r line; do note "  $line"; done < <(grep -E "^ +(threads|processes) " "$LOGDIR/gpu_dali_scaling.log")
 }
 
+section_engine_tests() {  # seconds: the gpu-marked tests outside tests/kernels and the video ones
+  echo "== GPU tests: everything else marked gpu (the video ones run in the video section)"
+  timeout 120 python3 -P -m pytest -q -m gpu tests --ignore=tests/kernels \
+    --ignore=tests/engine/video -p no:cacheprovider 2>&1 \
+    | tee "$LOGDIR/gpu_tests_other.log" | tail -15
+  note "other gpu tests: $(grep -E "passed|failed|error|skipped" "$LOGDIR/gpu_tests_other.log" | tail -1)"
+}
+
 section_kernels() {
   echo
   echo "######## kernels: isrt.kernels GPU tests and benchmark"
@@ -193,13 +203,7 @@ section_kernels() {
     ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 \
     | tee "$LOGDIR/gpu_tests_kernels.log" | grep -v "^PASSED" | tail -60
   note "kernel tests: $(grep -E "passed|failed|error" "$LOGDIR/gpu_tests_kernels.log" | tail -1)"
-  if [ "${OTHER_TESTS:-1}" = "1" ]; then
-    echo "== GPU tests: everything else marked gpu (the video ones run in the video section)"
-    timeout 120 python3 -P -m pytest -q -m gpu tests --ignore=tests/kernels \
-      --ignore=tests/engine/video -p no:cacheprovider 2>&1 \
-      | tee "$LOGDIR/gpu_tests_other.log" | tail -15
-    note "other gpu tests: $(grep -E "passed|failed|error|skipped" "$LOGDIR/gpu_tests_other.log" | tail -1)"
-  fi
+  [ "${OTHER_TESTS:-1}" = "1" ] && section_engine_tests
 
   if [ "$T_BENCH" = 0 ]; then note "kernel benchmark: not run (T_BENCH=0)"; return; fi
   echo "== kernel benchmark (time budget ${T_BENCH}s; target shape first, then every V=32000 row)"
@@ -248,12 +252,12 @@ import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 print(f"train benchmark: {sum(r['status'] == 'ok' for r in rows)} rows ok of {len(rows)} in {sys.argv[1]}")
 for r in rows:
-    head = f"{r['family']:>11} F={r['frames']:>2} {r['mode']:>4} {r['provider']:>10}"
+    head = f"{r['family']:>11} F={r['frames']:>2} {r['mode']:>4} {r['provider']:>10} b{r['batch_pairs']}x{r['grad_accum']}"
     if r["status"] != "ok":
         print(f"{head}: {r['status'][:60]}")
         continue
     print(f"{head}: T={r['seq_len']:>5} {float(r['median_ms']):8.1f} ms {float(r['tokens_per_s_per_gpu']):8.0f} tok/s "
-          f"MFU {100 * float(r['mfu']):5.1f} % peak {float(r['peak_mem_mib']) / 1024:6.1f} GiB ({r['attn']})")
+          f"MFU {100 * float(r['mfu']):5.1f} % HFU {100 * float(r['hfu']):5.1f} % peak {float(r['peak_mem_mib']) / 1024:6.1f} GiB ({r['attn']})")
 EOF
 )
     note "train benchmark: $(( $(date +%s) - t0 )) s"
@@ -276,7 +280,8 @@ for s in "${SECS[@]}"; do
     kernels) section_kernels ;;
     dali-scaling) section_dali_scaling ;;
     train) section_train ;;
-    *) echo "unknown section '$s' (probe, video, kernels, dali-scaling, train)"; exit 2 ;;
+    engine-tests) section_engine_tests ;;
+    *) echo "unknown section '$s' (probe, video, kernels, engine-tests, dali-scaling, train)"; exit 2 ;;
   esac
 done
 
