@@ -97,6 +97,11 @@ class VideoLMAdapter:
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         if self.video_token_id is None or self.video_token_id == tokenizer.unk_token_id:
             raise ValueError(f"{self.family}: tokenizer has no video token {self.video_token!r}")
+        context = getattr(unwrap(model).config.get_text_config(), "max_position_embeddings", None)
+        if context and self.n_video_tokens >= context:
+            raise ValueError(f"model.num_frames={self.num_frames}: one video is {self.n_video_tokens} tokens for "
+                             f"{self.family}, more than its context of {context} (max_position_embeddings); "
+                             "use fewer frames")
         if tokenizer.pad_token_id is None:
             # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
             tokenizer.pad_token = tokenizer.eos_token

@@ -232,3 +232,12 @@ def test_save_pretrained_loads_with_plain_transformers(family_adapter, tmp_path)
     assert not any(p.requires_grad for p in again.vision_parameters())
     torch.testing.assert_close(again.video_features(again.pixels(_frames(8))),
                                adapter.video_features(adapter.pixels(_frames(8))), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def test_a_video_longer_than_the_context_is_a_one_line_error_at_load(family):
+    small = load_adapter(family, "tiny", num_frames=2, seed=0)
+    context = small.model.config.get_text_config().max_position_embeddings
+    with pytest.raises(ValueError, match=rf"^model.num_frames={2 * context}: one video is \d+ tokens .* context of "
+                                         rf"{context} .*fewer frames$"):
+        load_adapter(family, "tiny", num_frames=2 * context, seed=0)
