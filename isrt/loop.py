@@ -25,6 +25,7 @@ same seeds, so a killed run continues where it stopped and a finished run does n
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import statistics
@@ -305,9 +306,10 @@ class Run:
 
     def stage3(self, t: int, it: Path, adapter) -> dict:
         prefs = read_jsonl(it / "preferences.jsonl")
+        # features fetched per micro-batch (Pair doc): the pool's features never sit in one list
         pairs = [Pair(prompts.policy_prompt(adapter, p["prompt"]), p["chosen"], p["rejected"],
-                      self.cache.get(adapter, p["video_path"]), p["ref_chosen_logp"], p["ref_rejected_logp"])
-                 for p in prefs]
+                      functools.partial(self.cache.get, adapter, p["video_path"]), p["ref_chosen_logp"],
+                      p["ref_rejected_logp"]) for p in prefs]
         first = [True]
 
         def on_step(row):
@@ -332,7 +334,7 @@ class Run:
             adapter.save_pretrained(tmp)
             commit_dir(tmp, it / "checkpoint")
         distributed.barrier(self.d)
-        return metrics
+        return metrics | self.cache.stats.as_dict()  # rank 0's, over the run so far
 
     # ---- reporting ----------------------------------------------------------------------
     def write_metrics(self) -> list[dict]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -42,11 +43,16 @@ METRICS = (("reward_accuracy", "rewards/accuracies"), ("reward_margin", "rewards
 
 @dataclass
 class Pair:
-    """One preference pair; `prompt` is already in the model's chat format."""
+    """One preference pair; `prompt` is already in the model's chat format. `features`: the
+    video's vision features [n_video_tokens, D], or a function of no arguments returning them
+    (e.g. a bounded FeatureCache's `get`), called when the pair's micro-batch runs: then a list
+    of pairs holds no features, and at most one micro-batch of them is alive. It is called
+    inside the loss module's forward, where FSDP2 has gathered the root's parameters (the
+    frozen vision tower among them), so a cache may re-encode an evicted video there."""
     prompt: str
     chosen: str
     rejected: str
-    features: torch.Tensor  # [n_video_tokens, D] cached vision features
+    features: torch.Tensor | Callable[[], torch.Tensor]
     ref_chosen_logp: float
     ref_rejected_logp: float
 
@@ -63,6 +69,8 @@ class _PolicyLoss(torch.nn.Module):
 
     def forward(self, prompts, chosen, rejected, features, ref_chosen, ref_rejected):
         c = self._cfg
+        with torch.no_grad():
+            features = [f() if callable(f) else f for f in features]
         return preference_step(self._adapter, prompts, chosen, rejected, features, ref_chosen, ref_rejected,
                                beta=c.beta, loss_type=c.loss_type, label_smoothing=c.label_smoothing,
                                model=self.model, backend=c.backend, max_length=c.max_length or None)

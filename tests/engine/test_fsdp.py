@@ -211,8 +211,11 @@ def _torchrun(out, pool, strategy: str, extra: list[str]):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["dpo.lm=lora", "warmstart.videos=2", "warmstart.sft.steps=2",
-                                        "warmstart.sft.align_steps=2", "warmstart.sft.batch_size=2"]],
-                         ids=["smoke", "lora_warmstart"])
+                                        "warmstart.sft.align_steps=2", "warmstart.sft.batch_size=2"],
+                                   # room for 2 videos' features (17,408 B each), none on the host: stage 3
+                                   # re-encodes evicted videos inside the loss forward, FSDP2's root gathered
+                                   ["data.feature_cache_gb=0.00004"]],
+                         ids=["smoke", "lora_warmstart", "tight_feature_cache"])
 def test_torchrun_smoke_fsdp2_checkpoint_equals_ddp(tmp_path, extra):
     """The smoke preset on 2 ranks (torchrun), ddp then fsdp2 (the warm start's too, in the second
     case): same pairs, and iter_00's checkpoint (warm start, LoRA adapter) within fp32 round-off."""
@@ -223,16 +226,19 @@ def test_torchrun_smoke_fsdp2_checkpoint_equals_ddp(tmp_path, extra):
     pool = make_dataset(tmp_path / "pool", 6, seed=0, questions_per_video=1)
     runs = {}
     for s in ("ddp", "fsdp2"):
-        ws = [f"warmstart.sft.strategy={s}"] if extra else []
+        ws = [f"warmstart.sft.strategy={s}"] if "dpo.lm=lora" in extra else []
         _torchrun(tmp_path / s, pool, s, extra + ws)
         runs[s] = tmp_path / s
     prefs = [(runs[s] / "iter_00" / "preferences.jsonl").read_text() for s in runs]
     assert prefs[0] == prefs[1] and prefs[0].strip()
     files = ["iter_00/checkpoint/model.safetensors"]
-    if extra:
+    if "dpo.lm=lora" in extra:
         files += ["warm_start/model.safetensors", "iter_00/lora_adapter/adapter_model.safetensors"]
     for f in files:
         want, got = (load_file(runs[s] / f) for s in ("ddp", "fsdp2"))
         _assert_same_state(got, want)
     assert math.isclose(json.loads((runs["fsdp2"] / "iter_00" / "stage3.json").read_text())["first_loss"],
                         math.log(2), abs_tol=1e-5)
+    if "data.feature_cache_gb=0.00004" in extra:
+        stats = [json.loads((runs["fsdp2"] / "iter_00" / f"stage{n}.json").read_text()) for n in (1, 3)]
+        assert stats[1]["feature_cache_recomputes"] > stats[0]["feature_cache_recomputes"]

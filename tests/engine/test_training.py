@@ -232,3 +232,22 @@ def test_ddp_grad_accum_matches_one_rank_on_the_global_batch(tmp_path):
         two = torch.load(tmp_path / f"rank{r}.pt")
         assert two["no_sync"] == 2  # one per optimizer step
         _assert_same_training((two["m"], two["grads"], two["weights"]), one)
+
+
+def test_lazy_features_train_the_same_and_are_fetched_per_micro_batch(setup):
+    a, pairs = _fresh(setup)
+    want = train_dpo(a, pairs, DPOConfig(learning_rate=1e-3, batch_size=2, epochs=2), Dist(), seed=0)
+    b, _ = _fresh(setup)
+    calls = []
+
+    def fetch(i):
+        calls.append(i)
+        return pairs[i].features
+
+    lazy = [Pair(p.prompt, p.chosen, p.rejected, (lambda i=i: fetch(i)), p.ref_chosen_logp, p.ref_rejected_logp)
+            for i, p in enumerate(pairs)]
+    got = train_dpo(b, lazy, DPOConfig(learning_rate=1e-3, batch_size=2, epochs=2), Dist(), seed=0)
+    assert [r["loss"] for r in got["history"]] == [r["loss"] for r in want["history"]]
+    for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(p, q), n
+    assert sorted(calls) == [0, 0, 1, 1, 2, 2]  # each pair once per epoch, when its batch ran
