@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from transformers.generation import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+                                     TopPLogitsWarper)
+
 from isrt.engine.adapters.base import unwrap
 from isrt.kernels import linear_logprobs
 
@@ -39,10 +42,29 @@ def _rng_devices(device: torch.device) -> list:
     return [device] if device.type == "cuda" else []
 
 
+class _RowSeededSampler(LogitsProcessor):
+    """Sampling done as greedy decoding of `scores + Gumbel noise` (Gumbel-max: an exact sample
+    of softmax(scores)), each row's noise drawn from its own generator seeded with its own seed,
+    so what a row samples does not depend on the rows batched with it. Runs after the model's
+    processors and the temperature / top-p warpers, as HF's sampling would."""
+
+    def __init__(self, seeds: list[int], device: torch.device):
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.gens])
+        return scores.float() - torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+
+
+def _row_seed(seed: int, k: int) -> int:
+    """The k-th return sequence's seed of a prompt seeded `seed`."""
+    return (seed * 1_000_003 + k) % (2**63)
+
+
 @torch.no_grad()
 def generate(adapter, prompts: list[str], features: list[torch.Tensor], *, max_new_tokens: int = 64,
              do_sample: bool = True, temperature: float = 0.8, top_p: float = 0.9, num_return_sequences: int = 1,
-             seed: int = 0, batch_size: int = 8) -> list[list[str]]:
+             seed: int = 0, batch_size: int = 8, seeds: list[int] | None = None) -> list[list[str]]:
     """-> out[i][k]: the k-th of `num_return_sequences` answers to prompts[i] (decoded, cut at
     EOS, stripped).
 
@@ -54,9 +76,17 @@ def generate(adapter, prompts: list[str], features: list[torch.Tensor], *, max_n
     (do_sample=False) results do not depend on batching. top_k is disabled (0) so top_p and
     temperature alone shape sampling; other generation settings come from the model's
     generation_config (e.g. a checkpoint's repetition penalty).
+
+    `seeds` (one per prompt; sampling only): each prompt's samples come from its own seed
+    (`_RowSeededSampler`), not from `seed` and its chunk-mates, so they do not depend on batching
+    or on which other prompts a rank got.
     """
     if len(prompts) != len(features):
         raise ValueError(f"{len(prompts)} prompts but {len(features)} feature tensors")
+    if seeds is not None and do_sample:
+        return _generate_row_seeded(adapter, prompts, features, seeds, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, num_return_sequences=num_return_sequences,
+                                    batch_size=batch_size)
     model = unwrap(adapter.model)
     tok = adapter.tokenizer
     kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_return_sequences,
@@ -78,6 +108,30 @@ def generate(adapter, prompts: list[str], features: list[torch.Tensor], *, max_n
             texts = [adapter.decode(row.tolist()) for row in seqs]
             out.extend(texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
     return out
+
+
+def _generate_row_seeded(adapter, prompts, features, seeds, *, max_new_tokens, temperature, top_p,
+                         num_return_sequences, batch_size) -> list[list[str]]:
+    """`generate` with one seed per prompt: every (prompt, k) is its own row, decoded greedily
+    through the temperature and top-p warpers and `_RowSeededSampler`."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    rows = [(i, k) for i in range(len(prompts)) for k in range(num_return_sequences)]
+    model, tok = unwrap(adapter.model), adapter.tokenizer
+    texts: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        fs = [features[i] for i, _ in chunk]
+        inputs = adapter.generate_inputs(prompt_batch(adapter, [prompts[i] for i, _ in chunk], fs), fs)
+        warp = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p),
+                                    _RowSeededSampler([_row_seed(seeds[i], k) for i, k in chunk], adapter.device)])
+        seqs = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              logits_processor=warp, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                              use_cache=True)
+        if "input_ids" in inputs:
+            seqs = seqs[:, inputs["input_ids"].shape[1]:]
+        texts.extend(adapter.decode(row.tolist()) for row in seqs)
+    return [texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
 
 
 @torch.no_grad()

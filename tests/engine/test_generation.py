@@ -127,3 +127,27 @@ def test_choice_logprobs_matches_naive_full_logits(adapter, videos):
             assert first == tok(c, add_special_tokens=False).input_ids[0]  # " A" etc. in context
             want.append(logp[first].item())
         torch.testing.assert_close(got[i].double(), torch.tensor(want, dtype=torch.float64), rtol=0, atol=2e-5)
+
+
+def test_row_seeded_sampling_does_not_depend_on_batch_mates(adapter, videos):
+    prompts = [adapter.chat_prompt(q) for q in QUESTIONS]
+    feats = [f for _, f in videos]
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=0.95, num_return_sequences=2)
+    together = generate(adapter, prompts, feats, seeds=[11, 12, 13], batch_size=6, **kw)
+    alone = [generate(adapter, [p], [f], seeds=[s], **kw)[0] for p, f, s in zip(prompts, feats, (11, 12, 13))]
+    reordered = generate(adapter, prompts[::-1], feats[::-1], seeds=[13, 12, 11], batch_size=2, **kw)[::-1]
+    assert together == alone == reordered
+    assert all(x[0] != x[1] for x in together), "a prompt's two samples differ"
+    assert generate(adapter, prompts[:1], feats[:1], seeds=[14], **kw)[0] != together[0]  # another seed
+
+
+def test_row_seeded_sampler_draws_from_the_softmax():
+    from isrt.engine.generation import _RowSeededSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]])
+    n = 4000
+    picks = torch.tensor([int(_RowSeededSampler([s], torch.device("cpu"))(None, logits).argmax()) for s in range(n)])
+    freq = torch.bincount(picks, minlength=5).double() / n
+    want = torch.softmax(logits[0].double(), dim=0)
+    assert freq[4] == 0  # a filtered token is never drawn
+    assert torch.allclose(freq, want, atol=4 * (want * (1 - want) / n).sqrt().max().item())
