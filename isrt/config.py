@@ -159,9 +159,18 @@ class JudgeConfig:
     # learn a preference for a word that holds whatever the video. Not in the paper (its
     # responses are long and rarely repeat); the demo needs it: docs/demo_model.md.
     balance: bool = False
+    # What the judge reads about the video besides the frames: the current description c_t (the
+    # method), c_{t-1} (no retrospection this iteration; at t = 0 there is none, so nothing), or
+    # nothing (the ablation: a self-judge without a description).
+    context: str = "current"
+    # Also judge every pair with the two other kinds of context (diagnostic verdicts, never
+    # trained on; judgments.jsonl "audit"), so the report can set the judge reading c_t against
+    # the judge without it on the same pairs. Stage 2 runs three judges instead of one.
+    audit: bool = True
 
     def __post_init__(self):
         _one_of(self.mode, "judge.mode", ("score", "generate", "likelihood"))
+        _one_of(self.context, "judge.context", ("current", "previous", "none"))
         _check(self.tie_margin >= 0, "judge.tie_margin", "must be >= 0")
         _check(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")
         _check(self.temperature >= 0, "judge.temperature", f"must be >= 0, got {self.temperature}")

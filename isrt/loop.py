@@ -251,7 +251,9 @@ class Run:
                                               seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
             write_json(shard, {
                 "contexts": [{"video_path": v, "context": contexts[v], "previous_context": previous[v]} for v in videos],
-                "responses": [dict(public(r), context=contexts[r["video_path"]], responses=pairs[r["id"]]) for r in good],
+                "responses": [dict(public(r), context=contexts[r["video_path"]],
+                                   previous_context=previous[r["video_path"]], responses=pairs[r["id"]])
+                              for r in good],
                 "bad": bad})
         shards = self._gather_shards(it, "stage1")
         if not self.d.is_main:

@@ -3,9 +3,12 @@
 response.txt       the question as the policy sees it (stage 1 responses, DPO prompts)
 context_first.txt  c_0: describe the video, no previous context
 context_retro.txt  c_t for t > 0: revisit c_{t-1} against the video (self-retrospection)
-judge.txt          pairwise judgment of two responses given the context c_t
-judge_answer.txt   likelihood judge: the question after c_t; each response is scored by its
-                   log-probability as the answer to this prompt
+judge.txt          pairwise judgment of two responses given a description of the video (c_t,
+                   or c_{t-1} for judge.context=previous)
+judge_answer.txt   likelihood judge: the question after the description; each response is
+                   scored by its log-probability as the answer to this prompt
+A judge given no description (judge.context=none, and the stage-2 audit's no-context judge)
+reads the same template with the lines that hold {context} left out.
 """
 from __future__ import annotations
 
@@ -42,10 +45,18 @@ def context_prompt(previous_context: str | None) -> str:
     return template("context_retro").format(previous_context=previous_context.strip())
 
 
-def judge_prompt(question: str, context: str, response_a: str, response_b: str) -> str:
-    return template("judge").format(question=question.strip(), context=context.strip(),
-                                    response_a=response_a.strip(), response_b=response_b.strip())
+def _with_context(name: str, context: str | None) -> str:
+    """Template `name`; without a context, its lines that hold {context} are left out."""
+    text = template(name)
+    if context is None:
+        return "\n".join(line for line in text.split("\n") if "{context}" not in line)
+    return text
 
 
-def judge_answer_prompt(question: str, context: str) -> str:
-    return template("judge_answer").format(question=question.strip(), context=context.strip())
+def judge_prompt(question: str, context: str | None, response_a: str, response_b: str) -> str:
+    return _with_context("judge", context).format(question=question.strip(), context=(context or "").strip(),
+                                                  response_a=response_a.strip(), response_b=response_b.strip())
+
+
+def judge_answer_prompt(question: str, context: str | None) -> str:
+    return _with_context("judge_answer", context).format(question=question.strip(), context=(context or "").strip())

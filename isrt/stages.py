@@ -80,22 +80,54 @@ def _uniform(*key) -> float:
     return random.Random(stable_seed(*key)).random()
 
 
+CONTEXT_KINDS = ("current", "previous", "none")
+
+
+def evidence(rec: dict, kind: str) -> str | None:
+    """What a judge of context `kind` reads about the video: c_t, c_{t-1} (None at t = 0), or nothing."""
+    return {"current": rec.get("context"), "previous": rec.get("previous_context"), "none": None}[kind]
+
+
 def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool) -> list[dict]:
-    """One judgment per record (record has prompt, context, responses=[y1, y2]):
-    {id, verdicts, kept, reason, raw_verdicts, judge_outputs}."""
+    """One judgment per record (record has prompt, context, previous_context, responses=[y1, y2]):
+    {id, verdicts, kept, reason, raw_verdicts, judge_outputs, context, pick, audit}. The verdicts
+    read the context kind cfg.judge.context; with cfg.judge.audit, "audit" holds the other kinds'
+    verdicts on the same pair ({kind: {verdicts, raw_verdicts, pick} or None where there is no
+    c_{t-1}}), judged after and seeded apart, so the training verdicts are the same with or
+    without it."""
+    kind = cfg.judge.context
+    judgments = _decide_all(records, *_verdicts(adapter, cache, records, cfg, kind, seed_key=seed_key, show=show), kind)
+    if not cfg.judge.audit:
+        return judgments
+    for j in judgments:
+        j["audit"] = {}
+    for other in (k for k in CONTEXT_KINDS if k != kind):
+        todo = [i for i, r in enumerate(records) if other != "previous" or r.get("previous_context") is not None]
+        got = _decide_all([records[i] for i in todo], *_verdicts(
+            adapter, cache, [records[i] for i in todo], cfg, other, seed_key=(seed_key, "audit", other), show=show),
+            other) if todo else []
+        for i in range(len(records)):
+            judgments[i]["audit"][other] = None
+        for i, g in zip(todo, got):
+            judgments[i]["audit"][other] = {k: g[k] for k in ("verdicts", "raw_verdicts", "pick")}
+    return judgments
+
+
+def _verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, show: bool) -> tuple[dict, dict]:
+    """(raw verdict, judge output) per (record index, order), the judge reading context `kind`."""
     j, s = cfg.judge, cfg.sampling
     if j.mode == "likelihood":
-        return _decide_all(records, *_likelihood_verdicts(adapter, cache, records, cfg, seed_key=seed_key, show=show))
+        return _likelihood_verdicts(adapter, cache, records, cfg, kind, seed_key=seed_key, show=show)
     jobs = []  # (record index, order, prompt)
     for i, rec in enumerate(records):
         y1, y2 = rec["responses"]
         for order in judge.ORDERS:
             a, b = (y1, y2) if order == "AB" else (y2, y1)
-            jobs.append((i, order, adapter.chat_prompt(prompts.judge_prompt(rec["prompt"], rec["context"], a, b))))
+            jobs.append((i, order, adapter.chat_prompt(prompts.judge_prompt(rec["prompt"], evidence(rec, kind), a, b))))
     raw: dict[tuple[int, str], str | None] = {}
     outputs: dict[tuple[int, str], str] = {}
     bar = tqdm(total=len(jobs), desc="stage 2 judge", unit="verdict", disable=not show, leave=False)
-    for b, chunk in _batches(jobs, s.batch_size):
+    for _, chunk in _batches(jobs, s.batch_size):
         feats = [cache.get(adapter, records[i]["video_path"]) for i, _, _ in chunk]
         if j.mode == "score":
             lp = choice_logprobs(adapter, [p + prompts.VERDICT_PREFIX for _, _, p in chunk], feats,
@@ -107,17 +139,19 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
         else:
             texts = generate(adapter, [p for _, _, p in chunk], feats, max_new_tokens=j.max_new_tokens,
                              do_sample=j.temperature > 0, temperature=j.temperature or 1.0, top_p=1.0,
-                             num_return_sequences=1, seed=stable_seed(seed_key, "judge", b), batch_size=s.batch_size)
+                             num_return_sequences=1, batch_size=s.batch_size,
+                             # per (seed, iteration, pair, order): verdicts do not depend on the world size
+                             seeds=[stable_seed(seed_key, records[i]["id"], order) for i, order, _ in chunk])
             for (i, order, _), t in zip(chunk, texts):
                 raw[i, order] = verdicts.parse_verdict(t[0])
                 outputs[i, order] = t[0]
         bar.update(len(chunk))
     bar.close()
-    return _decide_all(records, raw, outputs)
+    return raw, outputs
 
 
 @torch.no_grad()
-def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool):
+def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, show: bool):
     """Likelihood mode: s_k = log pi_t(y_k | video, judge_answer prompt with c_t and the question),
     one forward per response; the verdict in each order names the higher-scoring response (a tie
     within tie_margin; sampled with p(A) = sigmoid((s_A - s_B) / temperature) when temperature > 0)."""
@@ -126,7 +160,7 @@ def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, *, seed_key, 
     outputs: dict[tuple[int, str], str] = {}
     bar = tqdm(total=len(records), desc="stage 2 judge", unit="pair", disable=not show, leave=False)
     for _, chunk in _batches(list(enumerate(records)), cfg.sampling.batch_size):
-        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], r["context"])) for _, r in chunk]
+        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, kind))) for _, r in chunk]
         feats = [cache.get(adapter, r["video_path"]) for _, r in chunk]
         scores = _pair_logps(adapter, chat, feats, [r["responses"][0] for _, r in chunk],
                              [r["responses"][1] for _, r in chunk], cfg.dpo.backend)
@@ -141,13 +175,15 @@ def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, *, seed_key, 
     return raw, outputs
 
 
-def _decide_all(records: list[dict], raw: dict, outputs: dict) -> list[dict]:
+def _decide_all(records: list[dict], raw: dict, outputs: dict, kind: str) -> list[dict]:
     judgments = []
     for i, rec in enumerate(records):
         rv = [raw[i, o] for o in judge.ORDERS]
         verdicts, kept, reason = judge.decide(*rec["responses"], rv)
+        pick = verdicts[0] if verdicts[0] == verdicts[1] and verdicts[0] in ("y1", "y2") else None
         judgments.append({"id": rec["id"], "verdicts": verdicts, "kept": kept, "reason": reason,
-                          "raw_verdicts": rv, "judge_outputs": [outputs[i, o] for o in judge.ORDERS]})
+                          "raw_verdicts": rv, "judge_outputs": [outputs[i, o] for o in judge.ORDERS],
+                          "context": kind, "pick": pick})
     return judgments
 
 

@@ -106,3 +106,57 @@ def test_context_temperature_zero_gives_greedy_contexts(setup):
     assert greedy[0] == greedy[1]  # no sampling: the seed does not matter
     sampled = [contexts(["sampling.temperature=1.0"], k) for k in ((0, 0), (1, 5))]
     assert sampled[0] != sampled[1]  # null: c_t is sampled at sampling.temperature
+
+
+def test_judge_prompts_without_context_leave_the_description_line_out():
+    for p in (prompts.judge_prompt("Q?", None, "a", "b"), prompts.judge_answer_prompt("Q?", None)):
+        assert "Description" not in p and "Q?" in p
+    assert prompts.judge_prompt("Q?", "ctx", "a", "b").replace("Description of the video: ctx\n", "") == \
+        prompts.judge_prompt("Q?", None, "a", "b")
+
+
+def _audit_records(records):
+    out = [dict(r) for r in records]
+    out[0]["previous_context"] = "A blue square moving down."  # c_{t-1} for v0 only
+    return out
+
+
+def test_audit_judges_the_same_pairs_without_context_and_with_the_previous_one(setup):
+    adapter, cache, records = setup
+    recs = _audit_records(records)
+    over = ["judge.mode=likelihood", "judge.temperature=0"]
+    main = judge_pairs(adapter, cache, recs, load_config("smoke", over), seed_key=(0, 0), show=False)
+    plain = judge_pairs(adapter, cache, recs, load_config("smoke", over + ["judge.audit=false"]), seed_key=(0, 0),
+                        show=False)
+    assert [{k: v for k, v in j.items() if k != "audit"} for j in main] == plain  # training verdicts untouched
+    assert all("audit" not in j for j in plain)
+    assert all(j["context"] == "current" for j in main)
+    assert main[0]["pick"] == main[0]["verdicts"][0] and main[2]["pick"] is None  # identical: a tie
+    for kind in ("none", "previous"):
+        alone = judge_pairs(adapter, cache, recs, load_config("smoke", over + [f"judge.context={kind}",
+                                                                                "judge.audit=false"]),
+                            seed_key=(0, 0), show=False)
+        for j, a in zip(main, alone):
+            if kind == "previous" and j["id"] != "a":
+                assert j["audit"]["previous"] is None  # no c_{t-1}: no previous-context verdict
+                continue
+            assert j["audit"][kind] == {k: a[k] for k in ("verdicts", "raw_verdicts", "pick")}
+            assert a["context"] == kind
+    # the three judges read different things: v0's scores move with the context
+    s_now, s_prev = _scores(adapter, cache, recs[0]), _scores(adapter, cache, recs[0], recs[0]["previous_context"])
+    assert s_now != s_prev
+
+
+def test_judge_context_is_checked():
+    with pytest.raises(ValueError, match="judge.context"):
+        load_config("smoke", ["judge.context=both"])
+
+
+def test_generate_judge_verdicts_do_not_depend_on_how_pairs_are_split(setup):
+    adapter, cache, records = setup
+    cfg = load_config("smoke", ["judge.mode=generate", "judge.temperature=1.0", "judge.max_new_tokens=6",
+                                "judge.audit=false", "sampling.batch_size=2"])
+    whole = judge_pairs(adapter, cache, records, cfg, seed_key=(0, 1), show=False)
+    halves = [judge_pairs(adapter, cache, part, cfg, seed_key=(0, 1), show=False) for part in (records[:1], records[1:])]
+    assert whole == halves[0] + halves[1]  # two ranks' shards judge each pair as one rank does
+    assert judge_pairs(adapter, cache, records, cfg, seed_key=(0, 2), show=False) != whole
