@@ -114,6 +114,42 @@ class DataConfig:
             _check(Path(self.prompts).is_file(), "data.prompts", f"no such file: {self.prompts}")
 
 
+# The placeholders each template must hold (and the only ones it may).
+TEMPLATE_FIELDS = {"response": {"question"}, "context_first": set(), "context_retro": {"previous_context"},
+                   "judge": {"question", "context", "response_a", "response_b"},
+                   "judge_answer": {"question", "context"}}
+
+
+@dataclass
+class PromptsConfig:
+    """The method's prompt templates (isrt.prompts), as text; "" keeps the packaged one in
+    isrt/templates/ (generic wording, for real data). The synthetic presets set a c_0 prompt
+    that names what the synthetic questions ask about (objects, colours, counts, directions)."""
+    response: str = ""
+    context_first: str = ""
+    context_retro: str = ""
+    judge: str = ""
+    judge_answer: str = ""
+
+    def __post_init__(self):
+        import string
+
+        for name, need in TEMPLATE_FIELDS.items():
+            text = getattr(self, name)
+            if not text:
+                continue
+            try:
+                have = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            except ValueError as e:
+                raise ConfigError(f"prompts.{name}: not a format template ({e}); write {{{{ and }}}} for braces")
+            _check(have == need, f"prompts.{name}",
+                   f"must hold exactly the placeholders {sorted(need) or 'none'}, got {sorted(have) or 'none'}")
+
+    def overrides(self) -> dict[str, str]:
+        """{template name: text} of the templates set here."""
+        return {name: getattr(self, name) for name in TEMPLATE_FIELDS if getattr(self, name)}
+
+
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 32  # responses y1, y2
@@ -212,6 +248,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
 

@@ -63,6 +63,7 @@ class Run:
     def __init__(self, cfg: RunConfig, output_dir: str | Path, d: distributed.Dist):
         self.cfg, self.out, self.d = cfg, Path(output_dir), d
         self.dir = RunDir(self.out, d.world_size)
+        prompts.use_templates(cfg.prompts.overrides())  # every prompt of the run, the warm start's too
         self.log = print if d.is_main else (lambda *a, **k: None)
 
     # ---- set-up -------------------------------------------------------------------------

@@ -23,9 +23,27 @@ VERDICT_PREFIX = "Verdict:"
 VERDICT_CHOICES = (" A", " B")
 
 
+_overrides: dict[str, str] = {}
+
+
 @lru_cache(maxsize=None)
-def template(name: str) -> str:
+def _packaged(name: str) -> str:
     return (TEMPLATE_DIR / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+def template(name: str) -> str:
+    """The template `name`: the run's own (config `prompts.*`, set by `use_templates`) or the packaged one."""
+    return _overrides.get(name) or _packaged(name)
+
+
+def use_templates(overrides: dict[str, str]) -> None:
+    """Make this process's prompts use `overrides` ({name: text}, RunConfig.prompts.overrides())
+    instead of the packaged templates; {} restores them. The run calls it once, at its start."""
+    unknown = set(overrides) - {p.stem for p in TEMPLATE_DIR.glob("*.txt")}
+    if unknown:
+        raise ValueError(f"no such templates: {sorted(unknown)}")
+    _overrides.clear()
+    _overrides.update({k: v.strip() for k, v in overrides.items()})
 
 
 def response_prompt(question: str) -> str:

@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--describe", action="store_true",
                    help="also the greedy description c_0 of every video, and whether it names the answer")
     p.add_argument("--describe_max_new_tokens", type=int, default=96)
+    p.add_argument("--context_first", default="",
+                   help="the c_0 prompt --describe asks (default: the packaged isrt/templates/context_first.txt); "
+                        "a run's is its config.yaml prompts.context_first")
     p.add_argument("--judge_url", default=None,
                    help="the LLM grader: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge_model", default=None, help="model name sent to the grader endpoint")
@@ -120,11 +123,13 @@ def main(argv=None) -> int:
 
     import torch
 
+    from isrt import prompts
     from isrt.data import load_pool
     from isrt.engine.adapters import load_adapter
     from isrt.engine.features import FeatureCache
     from isrt.engine.io import JsonlError, write_json, write_jsonl
 
+    prompts.use_templates({"context_first": a.context_first} if a.context_first else {})
     try:
         pool = load_pool(a.data, a.video_root)
     except (OSError, UnicodeDecodeError, JsonlError) as e:

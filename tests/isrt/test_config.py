@@ -138,3 +138,28 @@ def test_fsdp2_in_one_process_is_refused_before_any_work(tmp_path, capsys):
     assert main(["--preset", "smoke", "dpo.strategy=fsdp2", "--output_dir", str(out)]) == 2
     assert "dpo.strategy: fsdp2 needs 2 or more processes" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_prompt_templates_come_from_the_config_and_are_checked(tmp_path):
+    from isrt import prompts
+    from isrt.config import PromptsConfig
+    from isrt.engine.distributed import Dist
+    from isrt.loop import Run
+
+    synthetic = load_config("default").prompts.context_first
+    assert "colour" in synthetic and load_config("smoke").prompts.context_first == synthetic
+    assert PromptsConfig().overrides() == {}  # real data: the packaged, generic templates
+    assert prompts._packaged("context_first") == "Describe this video in detail."
+    try:
+        Run(load_config("smoke"), tmp_path, Dist())
+        assert prompts.context_prompt(None) == synthetic
+        prompts.use_templates({"judge_answer": "Q: {question}\nNotes: {context}"})
+        assert prompts.judge_answer_prompt("Why?", "a note") == "Q: Why?\nNotes: a note"
+        assert prompts.judge_answer_prompt("Why?", None) == "Q: Why?"
+        assert prompts.context_prompt(None) == "Describe this video in detail."  # the rest: packaged
+    finally:
+        prompts.use_templates({})
+    with pytest.raises(ConfigError, match=r"^prompts.judge: must hold exactly the placeholders"):
+        load_config("smoke", ["prompts.judge=Which of {response_a} or {response_b}?"])
+    with pytest.raises(ConfigError, match=r"^prompts.context_retro: .*previous_context"):
+        load_config("smoke", ["prompts.context_retro=Describe it again."])
