@@ -343,15 +343,29 @@ def video_name(i: int, container: str) -> str:
     return f"videos/vid{i:04d}" + ("" if container == "frames" else _EXT[container])
 
 
+def scene_key(scene: list[SceneObject]) -> tuple:
+    """What a clip shows, whatever the frame size and the objects' order and quadrants: the
+    sorted (colour, shape, direction) of its objects. Two clips with one key have one caption
+    up to the order of its objects, and every question has the same answer on both."""
+    return tuple(sorted((o.color, o.shape, o.direction) for o in scene))
+
+
+def scene_keys(seed: int, num_videos: int) -> set[tuple]:
+    """The keys of make_dataset(seed=seed)'s first `num_videos` clips (none excluded), without rendering."""
+    return {scene_key(make_scene(seed, i, 64, 64)) for i in range(num_videos)}
+
+
 def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
                  num_frames: int = 32, size: int | tuple[int, int] = 64, fps: int = 8,
                  container: str = "mp4", questions_per_video: int = 2,
-                 index_pattern: bool = False) -> Path:
+                 index_pattern: bool = False, exclude: set[tuple] | frozenset = frozenset()) -> Path:
     """Write `num_videos` clips and their QA prompt pool under `out_dir`; return the JSONL path.
 
     size: an int (square frames) or (width, height). questions_per_video: 1-4 (a one-object
-    scene has exactly four distinct questions). Videos come first, then prompts.jsonl is written
-    atomically, so an existing prompts.jsonl always points at complete clips.
+    scene has exactly four distinct questions). exclude: scene keys (`scene_key`) not to use:
+    clip indices whose scene has one are skipped (ids keep their index), so a held-out set can
+    be disjoint from other sets by construction. Videos come first, then prompts.jsonl is
+    written atomically, so an existing prompts.jsonl always points at complete clips.
     """
     if container not in CONTAINERS:
         raise ValueError(f"unknown container {container!r}; choose from {CONTAINERS}")
@@ -365,7 +379,7 @@ def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     lines = []
-    for i in range(num_videos):
+    for i in _indices(seed, num_videos, height, width, index_pattern, exclude):
         scene = make_scene(seed, i, height, width, index_pattern)
         frames = render_frames(scene, num_frames, height, width, index_pattern)
         rel = video_name(i, container)
@@ -380,6 +394,18 @@ def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
     jsonl = out / "prompts.jsonl"
     atomic_write_text(jsonl, "".join(line + "\n" for line in lines))
     return jsonl
+
+
+def _indices(seed: int, n: int, height: int, width: int, index_pattern: bool, exclude) -> list[int]:
+    """The first `n` clip indices whose scene key is not in `exclude`."""
+    out, i = [], 0
+    while len(out) < n:
+        if i >= 100 * n + 1000:
+            raise ValueError(f"only {len(out)} of {n} clips avoid the {len(exclude)} excluded scenes")
+        if not exclude or scene_key(make_scene(seed, i, height, width, index_pattern)) not in exclude:
+            out.append(i)
+        i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,8 +80,10 @@ class Run:
             if not cfg.data.prompts and not (out / "data" / "prompts.jsonl").exists():
                 self._make_synthetic_data("data", cfg.data.synthetic_videos, cfg.seed)
             if self._synthetic_eval and not (out / "eval_data" / "prompts.jsonl").exists():
-                # another seed: held-out clips the loop never trains on
-                self._make_synthetic_data("eval_data", cfg.data.synthetic_eval_videos, cfg.seed + 1)
+                # another seed, and no clip that shows what a pool or warm-start clip shows:
+                # held out by construction, not by chance
+                self._make_synthetic_data("eval_data", cfg.data.synthetic_eval_videos, cfg.seed + 1,
+                                          exclude=self._seen_scenes())
             if cfg.model.source == "tiny" and not (out / "init_model").exists():
                 tmp = atomic_dir(out / "init_model")
                 load_adapter(cfg.model.family, "tiny", dtype=DTYPES[cfg.model.dtype], num_frames=cfg.model.num_frames,
@@ -126,12 +128,20 @@ class Run:
     def _synthetic_eval(self) -> bool:
         return not self.cfg.data.eval_prompts and self.cfg.data.synthetic_eval_videos > 0
 
-    def _make_synthetic_data(self, name: str, num_videos: int, seed: int, questions_per_video: int | None = None):
+    def _seen_scenes(self) -> set:
+        """Scene keys (objects, colours, directions) of the synthetic pool and warm-start clips."""
+        from isrt.engine.synthetic import scene_keys
+        cfg = self.cfg
+        seen = scene_keys(cfg.seed + 1000, cfg.warmstart.videos)
+        return seen | scene_keys(cfg.seed, cfg.data.synthetic_videos) if not cfg.data.prompts else seen
+
+    def _make_synthetic_data(self, name: str, num_videos: int, seed: int, questions_per_video: int | None = None,
+                             exclude: set = frozenset()):
         from isrt.engine.synthetic import make_dataset
         c = self.cfg.data
         tmp = atomic_dir(self.out / name)
         make_dataset(tmp, num_videos, seed=seed, container=c.synthetic_container,
-                     questions_per_video=questions_per_video or c.synthetic_questions_per_video)
+                     questions_per_video=questions_per_video or c.synthetic_questions_per_video, exclude=exclude)
         commit_dir(tmp, self.out / name)
 
     def warm_start(self) -> None:

@@ -263,3 +263,20 @@ def test_cli(tmp_path):
                         "--num-videos", "1", "--num-frames", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b" / "prompts.jsonl").is_file()
+
+
+def test_make_dataset_skips_excluded_scenes_by_key(tmp_path):
+    from isrt.engine.synthetic import make_scene, scene_key, scene_keys
+
+    keys = [scene_key(make_scene(5, i, 64, 64)) for i in range(8)]
+    exclude = {keys[1], keys[4]}
+    path = syn.make_dataset(tmp_path, 6, seed=5, num_frames=2, questions_per_video=1, exclude=exclude)
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    kept = [i for i in range(8) if keys[i] not in exclude][:6]
+    assert ids == [f"vid{i:04d}_q0" for i in kept]  # the same indices, the excluded ones skipped
+    assert scene_keys(5, 8) == set(keys)
+    # the key ignores frame size and object order: one scene at two sizes has one key
+    assert scene_key(make_scene(5, 3, 64, 64)) == scene_key(make_scene(5, 3, 48, 96)[::-1])
+    with pytest.raises(ValueError, match="avoid the"):
+        syn.make_dataset(tmp_path / "x", 3, seed=5, num_frames=2, exclude={scene_key(make_scene(5, i, 64, 64))
+                                                                       for i in range(2000)})

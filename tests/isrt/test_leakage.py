@@ -6,6 +6,7 @@ evaluation scorer and the report read the gold fields."""
 from __future__ import annotations
 
 import json
+import re
 
 from isrt.engine.adapters.base import VideoLMAdapter
 from isrt.run import main
@@ -48,3 +49,32 @@ def test_no_gold_answer_or_caption_reaches_any_model_input(tmp_path, monkeypatch
     assert not leaked, leaked[:3]
     # the gold fields are still there for the scorer: the run's records carry them
     assert "zqxgold0answer" in (out / "iter_00" / "responses.jsonl").read_text()
+
+
+def _shown(jsonl) -> set[frozenset]:
+    """What each clip of a prompts.jsonl shows, read from its caption: its (colour, shape, direction)s."""
+    caps = {json.loads(line)["video"]: json.loads(line)["caption"] for line in jsonl.read_text().splitlines()}
+    return {frozenset(re.findall(r"an? (\w+) (\w+) moving (\w+)", c)) for c in caps.values()}
+
+
+def test_held_out_clips_show_nothing_a_pool_or_warm_start_clip_shows(tmp_path):
+    from isrt.config import load_config
+    from isrt.engine.distributed import Dist
+    from isrt.engine.synthetic import scene_keys
+    from isrt.loop import Run
+
+    # the default preset's sizes and seeds overlapped by chance before (15 warm-start, 3 pool scenes)
+    cfg = load_config("default")
+    held_out = scene_keys(cfg.seed + 1, cfg.data.synthetic_eval_videos)
+    assert held_out & scene_keys(cfg.seed + 1000, cfg.warmstart.videos)
+    # a run builds its held-out set around them (smoke sizes with the default's overlapping seeds)
+    cfg = load_config("smoke", ["data.synthetic_videos=24", "data.synthetic_eval_videos=40", "warmstart.videos=60"])
+    run = Run(cfg, tmp_path, Dist())
+    for name, n, seed in (("data", 24, cfg.seed), ("sft_data", 60, cfg.seed + 1000)):
+        run._make_synthetic_data(name, n, seed)
+    assert run._seen_scenes() == scene_keys(cfg.seed, 24) | scene_keys(cfg.seed + 1000, 60)
+    run._make_synthetic_data("eval_data", 40, cfg.seed + 1, exclude=run._seen_scenes())
+    ev = _shown(tmp_path / "eval_data" / "prompts.jsonl")
+    assert len(ev) > 20
+    assert not ev & _shown(tmp_path / "data" / "prompts.jsonl")
+    assert not ev & _shown(tmp_path / "sft_data" / "prompts.jsonl")
