@@ -224,6 +224,12 @@ class WarmStartConfig:
     # judge examples per video (0: none), with the gold caption: A/B verdicts for judge.mode
     # score/generate, "answer from the description" (the likelihood judge's prompt) for likelihood
     judge_per_video: int = 1
+    # A planted language prior: {question type: the one answer its QA examples teach}. The QA
+    # examples of that type come only from clips whose answer it is, so the warm-started policy
+    # answers it whatever the video, while its description examples cover every clip (e.g.
+    # {count: two}: counts are only taught on two-object clips). Types: color, shape, count,
+    # direction. The demo uses it to make the failure i-SRT corrects visible at this size.
+    qa_prior: dict[str, str] = field(default_factory=dict)
     sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self):
@@ -234,6 +240,13 @@ class WarmStartConfig:
         for k in self.kinds:
             _one_of(k, "warmstart.kinds", ("qa", "describe", "retro"))
         _check(len(set(self.kinds)) == len(self.kinds), "warmstart.kinds", f"lists a kind twice: {list(self.kinds)}")
+        from isrt.engine.synthetic import COLORS, DIRECTIONS, NUMBER_WORDS, SHAPES
+
+        answers = {"color": list(COLORS), "shape": list(SHAPES), "count": list(NUMBER_WORDS.values()),
+                   "direction": list(DIRECTIONS)}
+        for kind, answer in self.qa_prior.items():
+            _one_of(kind, "warmstart.qa_prior", tuple(answers))
+            _one_of(answer, f"warmstart.qa_prior.{kind}", tuple(answers[kind]))
         _check(not self.videos or "describe" in self.kinds or self.sft.align_steps == 0, "warmstart.kinds",
                "stage 0 (warmstart.sft.align_steps > 0) learns from describe examples: add describe, "
                "or set warmstart.sft.align_steps=0")

@@ -159,7 +159,7 @@ class Run:
                             seed=cfg.seed, num_frames=cfg.model.num_frames, video_root=self.out / "sft_data",
                             kinds=(*cfg.warmstart.kinds, judge_kind),
                             judge_per_video=cfg.warmstart.judge_per_video, dtype=DTYPES[cfg.model.dtype],
-                            family=cfg.model.family)
+                            family=cfg.model.family, qa_prior=dict(cfg.warmstart.qa_prior))
         self.log(f"warm start: {result.metrics.get('steps')} steps, final loss {result.metrics.get('loss')}")
 
     def initial_source(self) -> str:

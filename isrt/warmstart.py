@@ -39,7 +39,8 @@ def _corrupt_caption(caption: str, rng: np.random.Generator) -> str:
 
 
 def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", "describe"), cache=None,
-                 seed: int = 0, judge_per_video: int | None = None) -> list[SFTExample]:
+                 seed: int = 0, judge_per_video: int | None = None,
+                 qa_prior: dict[str, str] | None = None) -> list[SFTExample]:
     """Supervised examples from prompt-pool records ({id, video | video_path, prompt, answer,
     caption}, e.g. isrt.engine.synthetic.make_dataset's prompts.jsonl), in record order:
 
@@ -62,7 +63,8 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
     without a caption skip describe/retro/judge/judge_answer. judge_per_video caps each judge
     kind's examples per video (judge prompts are ~3x longer than QA prompts, so they are the
     expensive kind); None: one per record.
-    `cache` is accepted for call compatibility and unused.
+    `cache` is accepted for call compatibility and unused. qa_prior ({question type: answer},
+    WarmStartConfig.qa_prior): qa examples of those types only where the answer is that one.
     """
     from isrt import prompts as P
     from isrt.engine.video import read_frames
@@ -90,7 +92,7 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
             pixels[path] = adapter.pixels(read_frames(path, adapter.num_frames))
         px = pixels[path]
         q, ans, cap = rec.get("prompt"), rec.get("answer"), rec.get("caption")
-        if "qa" in kinds and q and ans:
+        if "qa" in kinds and q and ans and (qa_prior or {}).get(question_type(q), ans) == ans:
             out.append(SFTExample(P.policy_prompt(adapter, q), ans, px, kind="qa", video=path))
         if cap and path not in described:
             if "describe" in kinds:
@@ -182,7 +184,8 @@ class WarmStartResult:
 
 def warm_start(out_dir, source: str, records: list[dict], cfg: SFTConfig, d: distributed.Dist, *, seed: int,
                num_frames: int, video_root=None, kinds=("qa", "describe", "judge"), judge_per_video: int | None = 1,
-               dtype=torch.float32, family: str = "video_llava") -> WarmStartResult:
+               dtype=torch.float32, family: str = "video_llava", qa_prior: dict[str, str] | None = None
+               ) -> WarmStartResult:
     """SFT of the model at `source` on `records`, saved to `out_dir` (save_pretrained folder plus
     sft.json with the metrics). Skipped when out_dir/sft.json exists (a finished warm start).
     Written by rank 0 into a temp folder renamed into place; every rank trains (DDP)."""
@@ -195,7 +198,7 @@ def warm_start(out_dir, source: str, records: list[dict], cfg: SFTConfig, d: dis
     adapter = load_adapter(family, str(source), device=d.device, dtype=dtype, num_frames=num_frames, seed=seed,
                            freeze_vision=False)
     examples = sft_examples(records, adapter, video_root=video_root, kinds=kinds, seed=seed,
-                            judge_per_video=judge_per_video)
+                            judge_per_video=judge_per_video, qa_prior=qa_prior)
     metrics = train_sft(adapter, examples, cfg, d, seed=seed)
     metrics["kinds"] = {k: sum(e.kind == k for e in examples) for k in kinds}
     if d.is_main:

@@ -79,3 +79,22 @@ def test_evaluate_qa_scores_the_loops_greedy_answers_by_question_type(tmp_path):
     right = [score_answer(r["prediction"], r["answer"]) for r in rows]
     assert res["accuracy"] == sum(right) / len(right)
     assert {question_type(r["prompt"]) for r in recs} == set(res["by_type"])
+
+
+def test_a_planted_qa_prior_teaches_one_answer_for_its_type_only(tmp_path):
+    jsonl = make_dataset(tmp_path / "d", 24, seed=3, num_frames=2, size=32, questions_per_video=4)
+    recs = read_jsonl(jsonl)
+    counts = [r for r in recs if question_type(r["prompt"]) == "count"]
+    assert {r["answer"] for r in counts} > {"two"}  # the pool has other counts to leave out
+    a = _adapter()
+    kinds = ("qa", "describe", "judge_answer")
+    plain = sft_examples(recs, a, video_root=tmp_path / "d", kinds=kinds, seed=0)
+    prior = sft_examples(recs, a, video_root=tmp_path / "d", kinds=kinds, seed=0, qa_prior={"count": "two"})
+    type_of = {a.chat_prompt(P.response_prompt(r["prompt"])): question_type(r["prompt"]) for r in recs}
+    qa = lambda ex, t: [e.target for e in ex if e.kind == "qa" and type_of[e.prompt] == t]  # noqa: E731
+    assert set(qa(prior, "count")) == {"two"} and qa(prior, "count") == [r["answer"] for r in counts
+                                                                          if r["answer"] == "two"]
+    for t in ("color", "shape", "direction"):
+        assert qa(prior, t) == qa(plain, t)
+    for kind in ("describe", "judge_answer"):  # the video is still described and read on every clip
+        assert [e.target for e in prior if e.kind == kind] == [e.target for e in plain if e.kind == kind]
