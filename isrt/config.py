@@ -289,7 +289,9 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         _check_required(preset, layers[1], layers[3:])
-        return OmegaConf.to_object(OmegaConf.merge(*layers))
+        cfg = OmegaConf.to_object(OmegaConf.merge(*layers))
+        _check_finite(cfg)
+        return cfg
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
@@ -297,6 +299,19 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def _check_finite(obj, prefix: str = "") -> None:
+    """Every float in the config is a finite number (a range check lets inf through)."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
 
 
 def _check_required(preset: str, preset_layer, user_layers) -> None:

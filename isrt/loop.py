@@ -26,6 +26,7 @@ same seeds, so a killed run continues where it stopped and a finished run does n
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import statistics
@@ -50,6 +51,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class RunDirMismatch(ValueError):
     pass
+
+
+class TrainingDiverged(RuntimeError):
+    """Stage 3 ended with a non-finite loss or weights: pi_{t+1} is not saved, the stage not done."""
 
 
 def _crash_point(name: str) -> None:
@@ -336,6 +341,7 @@ class Run:
             set_trainable(adapter, c.trainable, seed=stages.stable_seed(self.cfg.seed, t, "lora"))
         metrics = train_dpo(adapter, pairs, c, self.d, seed=stages.stable_seed(self.cfg.seed, t, "dpo"),
                             on_step=on_step)
+        self._refuse_diverged(t, metrics, adapter)
         if self.d.is_main and lora:
             # the adapter alone (MBs): PeftModel.from_pretrained(<pi_t>, iter_XX/lora_adapter) is pi_{t+1}
             tmp = atomic_dir(it / "lora_adapter")
@@ -348,6 +354,20 @@ class Run:
             commit_dir(tmp, it / "checkpoint")
         distributed.barrier(self.d)
         return metrics | self.cache.stats.as_dict()  # rank 0's, over the run so far
+
+    def _refuse_diverged(self, t: int, metrics: dict, adapter) -> None:
+        """TrainingDiverged (on every rank) when a step's loss or a trained weight is not finite:
+        a diverged policy must not be saved as pi_{t+1} nor its stage marked done."""
+        bad = next((r for r in metrics.get("history", []) if not math.isfinite(r["loss"])), None)
+        why = f"the loss was {bad['loss']} at step {bad['step']}" if bad else None
+        if why is None and self.d.is_main and adapter.model is not None:
+            name = next((n for n, p in adapter.model.named_parameters() if not torch.isfinite(p).all()), None)
+            why = f"weight {name} holds non-finite values" if name else None
+        why = distributed.broadcast_object(self.d, why)
+        if why:
+            raise TrainingDiverged(f"iteration {t}, stage 3: DPO diverged ({why}); pi_{t + 1} was not saved. "
+                                   f"Lower dpo.learning_rate (now {self.cfg.dpo.learning_rate}) or dpo.beta "
+                                   f"(now {self.cfg.dpo.beta}) and rerun")
 
     # ---- reporting ----------------------------------------------------------------------
     def write_metrics(self) -> list[dict]:

@@ -7,6 +7,7 @@ Measurements behind the defaults: docs/demo_model.md.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 LM_MODES = ("full", "lora", "frozen")
@@ -21,6 +22,14 @@ def _check(ok: bool, message: str) -> None:
 
 def _one_of(value: str, key: str, allowed: tuple[str, ...]) -> None:
     _check(value in allowed, f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _finite(obj, prefix: str) -> None:
+    """Every float field of `obj` is a finite number (inf > 0 would pass a range check, and a
+    learning rate of inf trains a policy of NaNs)."""
+    for name, value in vars(obj).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{prefix}.{name}: must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class SFTConfig:
     align_max_df: float = 0.5
 
     def __post_init__(self):
+        _finite(self, "sft")
         _one_of(self.lm, "sft.lm", LM_MODES)
         _one_of(self.normalization, "sft.normalization", ("example", "token"))
         _one_of(self.schedule, "sft.schedule", ("cosine", "constant"))
@@ -123,6 +133,7 @@ class DPOConfig:
     max_length: int = 0
 
     def __post_init__(self):
+        _finite(self, "dpo")
         _check(self.beta > 0, f"dpo.beta: must be > 0, got {self.beta}")
         _one_of(self.lm, "dpo.lm", ("full", "lora"))
         _check(self.lora_r >= 1, f"dpo.lora_r: must be >= 1, got {self.lora_r}")

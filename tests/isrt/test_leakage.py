@@ -78,3 +78,4 @@ def test_held_out_clips_show_nothing_a_pool_or_warm_start_clip_shows(tmp_path):
     assert len(ev) > 20
     assert not ev & _shown(tmp_path / "data" / "prompts.jsonl")
     assert not ev & _shown(tmp_path / "sft_data" / "prompts.jsonl")
+
