@@ -49,7 +49,7 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark some editors write is no data
         return json.load(f)
 
 
@@ -59,9 +59,10 @@ class JsonlError(ValueError):
 
 def read_jsonl(path: str | Path, *, strict: bool = True, bad: list | None = None) -> list[dict]:
     """Records of a JSONL file. strict: the first bad line raises JsonlError; otherwise bad
-    lines are appended to `bad` as "file:line: why" strings and skipped."""
+    lines are appended to `bad` as "file:line: why" strings and skipped. A UTF-8 byte-order mark
+    at the start is skipped (it would otherwise spoil the first record)."""
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

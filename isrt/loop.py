@@ -53,6 +53,10 @@ class RunDirMismatch(ValueError):
     pass
 
 
+class PoolError(ValueError):
+    """The prompt pool holds nothing to train on (no usable record, or no readable video)."""
+
+
 class TrainingDiverged(RuntimeError):
     """Stage 3 ended with a non-finite loss or weights: pi_{t+1} is not saved, the stage not done."""
 
@@ -102,18 +106,27 @@ class Run:
                 self._make_synthetic_data("sft_data", cfg.warmstart.videos, cfg.seed + 1000,
                                           questions_per_video=cfg.warmstart.questions_per_video)
         distributed.barrier(self.d)
-        if cfg.warmstart.videos:
-            self.warm_start()
+        # the pool and its videos are checked before the warm start, the first long work
         self.pool = load_pool(cfg.data.prompts or out / "data" / "prompts.jsonl", cfg.data.video_root or None)
+        if not self.pool.records:
+            first = f"; first problem: {self.pool.bad[0]}" if self.pool.bad else ""
+            raise PoolError(f"data.prompts: {cfg.data.prompts}: no usable records ({len(self.pool.bad)} bad{first})")
         if self.pool.bad:
             self.log(f"prompt pool: {len(self.pool.bad)} bad records skipped (first: {self.pool.bad[0]})")
         eval_path = cfg.data.eval_prompts or (out / "eval_data" / "prompts.jsonl" if self._synthetic_eval else None)
         self.eval_pool = load_pool(eval_path, cfg.data.video_root if cfg.data.eval_prompts else None) if eval_path else None
-        gib = 2 ** 30
+        gib, manifest = 2 ** 30, self._manifest()
+        unreadable = [r["video_path"] for r in self.pool.records if r["video_path"] in manifest.bad]
+        if len(unreadable) == len(self.pool.records):
+            raise PoolError(f"data.prompts: {cfg.data.prompts or 'the synthetic pool'}: none of its "
+                            f"{len(set(unreadable))} videos can be read (first: {unreadable[0]}: "
+                            f"{manifest.bad[unreadable[0]]})")
         self.cache = FeatureCache(cfg.model.num_frames, backend=cfg.data.video_backend,
-                                  num_workers=cfg.data.decode_workers, manifest=self._manifest(),
+                                  num_workers=cfg.data.decode_workers, manifest=manifest,
                                   budget_bytes=int(cfg.data.feature_cache_gb * gib) or None,
                                   host_budget_bytes=int(cfg.data.host_cache_gb * gib))
+        if cfg.warmstart.videos:
+            self.warm_start()
 
     def _manifest(self):
         """Frame count, fps, codec and size of every video, probed once (rank 0, cached in

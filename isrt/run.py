@@ -68,13 +68,13 @@ def main(argv=None) -> int:
     output_dir = args.output_dir or f"runs/{cfg.preset}"
 
     from isrt.engine import distributed  # heavy imports only after the config is known good
-    from isrt.loop import Run, RunDirMismatch, TrainingDiverged
+    from isrt.loop import PoolError, Run, RunDirMismatch, TrainingDiverged
 
     d = distributed.init()
     try:
         check_strategies(cfg, d)
         rows = Run(cfg, output_dir, d).run()
-    except (RunDirMismatch, StrategyError, TrainingDiverged) as e:
+    except (RunDirMismatch, StrategyError, TrainingDiverged, PoolError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

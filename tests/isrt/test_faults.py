@@ -38,3 +38,43 @@ def test_a_diverged_dpo_stage_is_an_error_and_saves_nothing(tmp_path, monkeypatc
     assert err[-1].startswith("error: iteration 0, stage 3: DPO diverged (the loss was nan at step ")
     assert "dpo.learning_rate" in err[-1]
     assert not (out / "iter_00" / "checkpoint").exists() and not (out / "iter_00" / "stage3.json").exists()
+
+
+def _run(tmp_path, pool, *over):
+    return main(["--preset", "smoke", "--output_dir", str(tmp_path / "run"), f"data.prompts={pool}",
+                 "iterations=1", *over])
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "not json\n[1, 2]\n", '{"id": "a", "video": "v.mp4"}\n'],
+                         ids=["empty", "blank", "bad-json", "no-prompt"])
+def test_a_pool_with_no_usable_record_is_an_error(tmp_path, capsys, content):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(content)
+    assert _run(tmp_path, pool) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "".join(err)
+    assert [e for e in err if e.startswith("error:")] == err[-1:]  # one error line
+    assert err[-1].startswith(f"error: data.prompts: {pool}: no usable records (")
+    assert not (tmp_path / "run" / "iter_00").exists()
+
+
+def test_a_pool_whose_every_video_is_unreadable_is_an_error_before_the_warm_start(tmp_path, capsys):
+    (tmp_path / "v.mp4").write_bytes(b"not a video")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "video": "v.mp4", "prompt": "What colour?", "answer": "red"}\n')
+    assert _run(tmp_path, pool, "warmstart.videos=2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [e for e in err if e.startswith("error:")] == err[-1:] and "Traceback" not in "".join(err)
+    assert "none of its 1 videos can be read (first: " in err[-1]
+    assert not (tmp_path / "run" / "warm_start").exists()
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path):
+    from isrt.data import load_pool
+    from isrt.engine.synthetic import make_dataset
+
+    path = make_dataset(tmp_path / "d", 2, seed=0, num_frames=2, questions_per_video=1)
+    lines = path.read_text(encoding="utf-8")
+    path.write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))
+    pool = load_pool(path)
+    assert [r["id"] for r in pool.records] == ["vid0000_q0", "vid0001_q0"] and not pool.bad
