@@ -78,13 +78,16 @@ class Run:
     # ---- set-up -------------------------------------------------------------------------
     def prepare(self) -> None:
         cfg, out = self.cfg, self.out
+        busy = distributed.broadcast_object(self.d, self.dir.lock() if self.d.is_main else None)
+        if busy:
+            raise RunDirMismatch(busy)
         text = to_yaml(cfg)
         # Every rank checks (the file is written atomically, so it is whole or absent), so
         # every rank stops on a mismatch instead of waiting for rank 0 at a barrier.
         if (out / "config.yaml").exists() and not same_config((out / "config.yaml").read_text(), cfg):
             raise RunDirMismatch(f"{out}: holds a run with another configuration "
                                  f"(see {out / 'config.yaml'}); use a new --output_dir")
-        if self.d.is_main:
+        if self.d.is_main and not (out / "config.yaml").exists():  # a finished run on read-only storage reruns
             atomic_write_text(out / "config.yaml", text)
             if not cfg.data.prompts and not (out / "data" / "prompts.jsonl").exists():
                 self._make_synthetic_data("data", cfg.data.synthetic_videos, cfg.seed)

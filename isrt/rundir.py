@@ -15,6 +15,32 @@ from isrt.engine.io import read_json, read_jsonl
 class RunDir:
     def __init__(self, root: str | Path, world_size: int = 1):
         self.root, self.world_size = Path(root), world_size
+        self._lock = None
+
+    def lock(self) -> str | None:
+        """Take the run directory for this process (an exclusive flock on .lock, released when
+        the process ends, however it ends). None when taken; else why not: another process holds
+        it. A directory this process cannot write is not locked (nothing can be written there)."""
+        import fcntl
+        import os
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.root / ".lock", "a+")
+        except OSError:
+            return None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            return f"{self.root}: another run is using it (pid {holder}); wait for it to end or use another --output_dir"
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+        return None
 
     def iteration(self, t: int) -> Path:
         return self.root / f"iter_{t:02d}"

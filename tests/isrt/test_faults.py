@@ -78,3 +78,21 @@ def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))
     pool = load_pool(path)
     assert [r["id"] for r in pool.records] == ["vid0000_q0", "vid0001_q0"] and not pool.bad
+
+
+def test_a_second_run_on_a_busy_directory_is_refused(tmp_path, capsys):
+    import os
+
+    from isrt.rundir import RunDir
+
+    holder = RunDir(tmp_path / "run")
+    assert holder.lock() is None  # this "other run" holds the directory until it ends
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("")
+    assert _run(tmp_path, pool) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: {tmp_path / 'run'}: another run is using it (pid {os.getpid()}); "
+                       "wait for it to end or use another --output_dir")
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before writing anything
+    holder._lock.close()  # the other run ended: the directory is free again
+    assert _run(tmp_path, pool) == 2 and "no usable records" in capsys.readouterr().err
