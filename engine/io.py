@@ -89,8 +89,16 @@ def atomic_dir(final: str | Path):
 
 
 def commit_dir(tmp: str | Path, final: str | Path) -> None:
+    """Rename the complete folder `tmp` to `final` (replacing an older one), its folders and files
+    given the process's usual modes first: mkdtemp makes 0700 folders and writers that go through
+    mkstemp (safetensors' weights) 0600 files, and checkpoints are shared with other users."""
     final = Path(final)
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; checkpoints are shared with other users
+    for root, dirs, files in os.walk(tmp):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~_UMASK)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o777 & ~_UMASK)
     if final.exists():  # a previous attempt finished the folder but not its stage: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -64,3 +64,23 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_error(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"data" and sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]
+
+
+def test_commit_dir_gives_files_and_folders_the_usual_modes(tmp_path):
+    import tempfile
+
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp = atomic_dir(tmp_path / "checkpoint")
+    fd, weights = tempfile.mkstemp(dir=tmp)  # how safetensors writes: 0600
+    os.close(fd)
+    os.rename(weights, tmp / "model.safetensors")
+    (tmp / "sub").mkdir(mode=0o700)
+    (tmp / "sub" / "x.json").write_text("{}")
+    os.chmod(tmp / "sub" / "x.json", 0o600)
+    commit_dir(tmp, tmp_path / "checkpoint")
+    final = tmp_path / "checkpoint"
+    for p in (final / "model.safetensors", final / "sub" / "x.json"):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+    for p in (final, final / "sub"):
+        assert p.stat().st_mode & 0o777 == 0o777 & ~umask
