@@ -81,6 +81,10 @@ class Run:
         busy = distributed.broadcast_object(self.d, self.dir.lock() if self.d.is_main else None)
         if busy:
             raise RunDirMismatch(busy)
+        if self.d.is_main:
+            removed, freed = self.dir.sweep_temp()
+            if removed:
+                self.log(f"removed {removed} temp files/folders left by an interrupted run ({freed / 2**20:.1f} MiB)")
         text = to_yaml(cfg)
         # Every rank checks (the file is written atomically, so it is whole or absent), so
         # every rank stops on a mismatch instead of waiting for rank 0 at a barrier.

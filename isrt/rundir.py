@@ -7,6 +7,7 @@ iterations keeps its chain of contexts.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from isrt.engine.io import read_json, read_jsonl
@@ -22,7 +23,6 @@ class RunDir:
         the process ends, however it ends). None when taken; else why not: another process holds
         it. A directory this process cannot write is not locked (nothing can be written there)."""
         import fcntl
-        import os
 
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -41,6 +41,29 @@ class RunDir:
         f.flush()
         self._lock = f
         return None
+
+    def sweep_temp(self) -> tuple[int, int]:
+        """Remove what interrupted writes left (isrt.engine.io's temp names: ".NAME.XXXX.tmp"
+        folders, ".STEM.XXXX.tmp.SUFFIX" files) anywhere under the run directory; call it while
+        holding `lock`, so no writer is using them. Returns (entries removed, bytes freed)."""
+        import re
+        import shutil
+
+        temp = re.compile(r"^\..+\.tmp(\.[^./]+)?$")
+        removed = freed = 0
+        for root, dirs, files in os.walk(self.root):
+            for name in [d for d in dirs if temp.match(d)]:
+                path = Path(root) / name
+                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path, ignore_errors=True)
+                dirs.remove(name)
+                removed += 1
+            for name in (f for f in files if temp.match(f)):
+                path = Path(root) / name
+                freed += path.stat().st_size
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed, freed
 
     def iteration(self, t: int) -> Path:
         return self.root / f"iter_{t:02d}"

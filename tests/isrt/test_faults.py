@@ -96,3 +96,18 @@ def test_a_second_run_on_a_busy_directory_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before writing anything
     holder._lock.close()  # the other run ended: the directory is free again
     assert _run(tmp_path, pool) == 2 and "no usable records" in capsys.readouterr().err
+
+
+def test_a_rerun_sweeps_what_interrupted_writes_left(tmp_path, capsys):
+    from isrt.engine.io import atomic_dir
+
+    out = tmp_path / "run"
+    partial = atomic_dir(out / "iter_00" / "checkpoint")  # a checkpoint killed half-written
+    (partial / "model.safetensors").write_bytes(b"x" * 4096)
+    (out / "iter_00" / ".stage1.shard0of1.k2j3.tmp.json").write_text("{")
+    (out / "iter_00" / ".hidden_user_file").write_text("mine")  # not a temp name: kept
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("")
+    assert _run(tmp_path, pool) == 2  # stops at the empty pool, after the sweep
+    assert sorted(p.name for p in (out / "iter_00").iterdir()) == [".hidden_user_file"]
+    assert "removed 2 temp files/folders left by an interrupted run" in capsys.readouterr().out
