@@ -337,9 +337,12 @@ def _missing_keys(node, prefix: str = "") -> list[str]:
 
 def _load_yaml(path: Path):
     try:
-        return OmegaConf.load(path)
+        layer = OmegaConf.load(path)
     except Exception as e:  # YAML syntax errors come from several libraries
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not OmegaConf.is_dict(layer):
+        raise ConfigError(f"{path}: must be a YAML mapping (key: value lines), got a list")
+    return layer
 
 
 def to_yaml(cfg: RunConfig) -> str:

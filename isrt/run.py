@@ -15,7 +15,12 @@ import sys
 # under load (docs/reproducibility.md). isrt.config imports no torch, so this line comes first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import errno  # noqa: E402
+
 from isrt.config import ConfigError, load_config, preset_names  # noqa: E402
+
+# Storage failures a user fixes outside the program: one line, not a traceback.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def parse_args(argv=None):
@@ -66,6 +71,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     output_dir = args.output_dir or f"runs/{cfg.preset}"
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        why = "it is a file, not a directory" if os.path.isfile(output_dir) else e.strerror
+        print(f"error: --output_dir: cannot use {output_dir}: {why}", file=sys.stderr)
+        return 2
 
     from isrt.engine import distributed  # heavy imports only after the config is known good
     from isrt.loop import PoolError, Run, RunDirMismatch, TrainingDiverged
@@ -77,6 +88,15 @@ def main(argv=None) -> int:
     except (RunDirMismatch, StrategyError, TrainingDiverged, PoolError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"error: {e.strerror}: {e.filename or output_dir}; nothing half-written was kept: free the space "
+              "or fix the permissions, then rerun the same command to resume", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last finished stage", file=sys.stderr)
+        return 130
     finally:
         distributed.shutdown(d)
     if d.is_main:

@@ -111,3 +111,32 @@ def test_a_rerun_sweeps_what_interrupted_writes_left(tmp_path, capsys):
     assert _run(tmp_path, pool) == 2  # stops at the empty pool, after the sweep
     assert sorted(p.name for p in (out / "iter_00").iterdir()) == [".hidden_user_file"]
     assert "removed 2 temp files/folders left by an interrupted run" in capsys.readouterr().out
+
+
+def test_an_output_dir_that_is_a_file_and_a_list_as_config_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["--preset", "smoke", "--output_dir", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"error: --output_dir: cannot use {tmp_path / 'afile'}: it is a file, not a directory"
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    assert main(["--preset", "smoke", "--config", str(tmp_path / "list.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"error: {tmp_path / 'list.yaml'}: must be a YAML mapping (key: value lines), got a list"
+
+
+@pytest.mark.parametrize("fault, rc, line", [
+    (OSError(28, "No space left on device", "iter_00/responses.jsonl"), 1,
+     "error: No space left on device: iter_00/responses.jsonl; nothing half-written was kept"),
+    (KeyboardInterrupt(), 130, "interrupted: rerun the same command to resume from the last finished stage")])
+def test_a_full_disk_or_ctrl_c_mid_run_is_one_line(tmp_path, monkeypatch, capsys, fault, rc, line):
+    import isrt.loop
+    from isrt.engine.synthetic import make_dataset
+
+    def fail(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(isrt.loop, "write_jsonl", fail)  # the first JSONL stage 1 writes
+    pool = make_dataset(tmp_path / "pool", 2, seed=0, questions_per_video=1)
+    assert _run(tmp_path, pool) == rc
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(line)
