@@ -71,11 +71,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     output_dir = args.output_dir or f"runs/{cfg.preset}"
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as e:
-        why = "it is a file, not a directory" if os.path.isfile(output_dir) else e.strerror
-        print(f"error: --output_dir: cannot use {output_dir}: {why}", file=sys.stderr)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        print(f"error: --output_dir: cannot use {output_dir}: it is a file, not a directory", file=sys.stderr)
         return 2
 
     from isrt.engine import distributed  # heavy imports only after the config is known good
