@@ -2,6 +2,7 @@
 from the run's own files; `python -m isrt.report RUN_DIR` does the same from a shell.
 
     collect      reading a run directory (the files it reads are listed there)
+    stats        exact paired tests (McNemar, sign, one-sided binomial)
     conclusions  the summary in words and its flags
     plots        overview.png and one PNG per panel
     markdown     report.md's text
@@ -25,9 +26,15 @@ Definitions (also written into the report):
   answers, the most frequent greedy answer and its share next to the most frequent gold
   answer's; a summary line flags a kind that collapsed onto one word (`_collapsed`).
 - the conclusion compares the first and the last policy that has the accuracy (greedy if two
-  policies have it, else sampled) and mean response length (words) of stage 1; an accuracy
-  change below two standard errors of the difference is called noise; length growth above
-  `LENGTH_GROWTH_LIMIT` (10%) is flagged as the length-bias failure i-SRT exists to prevent.
+  policies have it, else sampled) and mean response length (words) of stage 1. Accuracy is
+  paired on the question ids both policies answered (`stats`): beyond noise means an exact
+  McNemar p < 0.05 with more wrong->right than right->wrong questions, per question type in
+  the report's table; the unpaired two-standard-error band is the rule only when no id pairs
+  up. Length growth above `LENGTH_GROWTH_LIMIT` (10%) is flagged as the length-bias failure
+  i-SRT exists to prevent.
+- mechanism audit: with audit judges in judgments.jsonl, each judge's picks on the pairs with
+  exactly one right response (one-sided binomial against 50%) and a sign test of the training
+  judge (reading c_t) against the others (no context, c_{t-1}).
 
 Works on partial runs (missing iterations, stages or files) and on runs with zero kept pairs;
 unreadable lines are counted and listed under "Problems", never fatal. Files are written under
@@ -62,7 +69,8 @@ def write_report(run_dir: str | Path, *, tokenizer=None) -> Path:
     _plots.write_plots(data, run_dir)
     summary = {k: v for k, v in concl.items() if k != "lines"}
     atomic_write_text(run_dir / "report.json", json.dumps(
-        {"iterations": data["iterations"], "final": data["final"], "conclusions": summary,
+        {"iterations": data["iterations"], "final": data["final"], "paired": data["paired"],
+         "mechanism": data["mechanism"], "conclusions": summary,
          "summary": concl["lines"], "problems": data["problems"]}, indent=2, default=str) + "\n")
     path = run_dir / "report.md"
     atomic_write_text(path, _markdown.render_markdown(data, concl))

@@ -11,6 +11,11 @@ run's own files (see isrt/loop.py for its layout):
                                      sampled iter_XX/responses.jsonl)
     final_eval.jsonl                 optional: the same for the final policy pi_T
 
+Paired numbers (`isrt.report.stats`): "paired" compares the first and the last measured policy on
+the question ids both answered (McNemar); "mechanism" scores the training judge and the audit
+judges of iter_XX/judgments.jsonl ("context", "pick", "audit" keys; absent in older runs) on the
+pairs with exactly one right response.
+
 Works on partial runs (missing iterations, stages or files) and on runs with zero kept pairs;
 unreadable lines are counted in "problems", never fatal.
 """
@@ -19,12 +24,16 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from isrt.engine.io import read_jsonl
 from isrt.judge import reason_counts, swap_agreement
 from isrt.scoring import (answer_words, closed_word, description_names_answer, is_short_answer, kind_of, length_stats,
                           score_answer)
+from isrt.report.stats import binom_one_sided, paired_counts, sign_test
+
+QTYPE_KEYS = ("qtype", "question_type", "type")  # a record's own question type, when it has one
 
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
 
@@ -101,6 +110,43 @@ def answer_spread(records: list[dict]) -> dict:
     return out
 
 
+def _qtype(rec: dict) -> str:
+    """A record's question type: its own field (QTYPE_KEYS) if it has one, else the closed kind
+    of its one-word gold answer (color, shape, direction, count: `isrt.scoring.kind_of`, the
+    kinds of `answer_spread`), else "other"."""
+    for key in QTYPE_KEYS:
+        if isinstance(rec.get(key), str) and rec[key]:
+            return rec[key]
+    gold = answer_words(rec.get("answer"))
+    return (kind_of(gold[0]) if len(gold) == 1 else None) or "other"
+
+
+def _answers(records: list[dict] | None, sampled: bool) -> dict[str, tuple[str, list[bool]]]:
+    """{id: (question type, [correct?] per answer)} over the records with an id and a short gold
+    answer: the two stage-1 responses when `sampled`, else the greedy "prediction"."""
+    out = {}
+    for r in records or []:
+        if r.get("id") is None or not _short(r):
+            continue
+        ys = [y for y in (r.get("responses") or []) if isinstance(y, str)] if sampled else \
+            [r["prediction"]] if isinstance(r.get("prediction"), str) else []
+        if ys:
+            out[r["id"]] = (_qtype(r), [score_answer(y, r["answer"]) for y in ys])
+    return out
+
+
+def _paired(series: dict[str, list[tuple[int, dict]]]) -> dict:
+    """Paired accuracy of the first and the last measured policy (`isrt.report.stats.paired_counts`),
+    greedy answers if two policies have them, else sampled ones -- the choice of
+    `conclusions.accuracy_series`: {"kind", "before", "after", "overall", "by_type"}; {} if none."""
+    for kind in ("greedy", "sampled"):
+        measured = [(t, a) for t, a in series[kind] if a]
+        if len(measured) >= 2:
+            (t0, a0), (t1, a1) = measured[0], measured[-1]
+            return {"kind": kind, "before": t0, "after": t1, **paired_counts(a0, a1)}
+    return {}
+
+
 def _eval_stats(records: list[dict] | None, tokenizer) -> dict:
     """Greedy-answer numbers of one eval file: exact accuracy over records with a short
     answer and a prediction, lengths, and the LLM judge's numbers where records carry them."""
@@ -159,24 +205,99 @@ def _stage1(row: dict, reader: _Reader, it: Path, s1: dict | None, tokenizer) ->
     return responses
 
 
+def _right_response(rec: dict | None) -> str | None:
+    """"y1" or "y2": the one correct response of a pair with a short gold answer; None unless
+    exactly one of the two is correct."""
+    if not rec or not _short(rec) or len(rec.get("responses") or []) != 2:
+        return None
+    ok = [isinstance(y, str) and score_answer(y, rec["answer"]) for y in rec["responses"]]
+    return None if ok[0] == ok[1] else ("y1" if ok[0] else "y2")
+
+
 def _verdict_hits(judgments: list[dict], responses: list[dict] | None) -> tuple[int, int]:
     """(verdicts naming the correct response, verdicts counted): every single parsed verdict of
     the pairs with exactly one correct response, against the ground truth."""
     by_id = {r.get("id"): r for r in responses or []}
     hits = total = 0
     for j in judgments:
-        rec = by_id.get(j.get("id"))
-        if not rec or not _short(rec) or len(rec.get("responses") or []) != 2:
+        right = _right_response(by_id.get(j.get("id")))
+        if right is None:
             continue
-        ok = [score_answer(y, rec["answer"]) for y in rec["responses"]]
-        if ok[0] == ok[1]:
-            continue
-        right = "y1" if ok[0] else "y2"
         for v in j.get("verdicts") or []:
             if v in ("y1", "y2"):
                 total += 1
                 hits += v == right
     return hits, total
+
+
+def _pick(judgment: dict) -> str | None:
+    """The response a judge preferred in both orders: its "pick", or, in rows without one, both
+    verdicts naming the same response."""
+    if "pick" in judgment:
+        return judgment["pick"] if judgment["pick"] in ("y1", "y2") else None
+    v = list(judgment.get("verdicts") or [])
+    return v[0] if len(v) == 2 and v[0] == v[1] and v[0] in ("y1", "y2") else None
+
+
+def _mechanism_tally(judgments: list[dict], responses: list[dict] | None) -> dict | None:
+    """Per judge kind (the training judge's "context" and each non-null "audit" kind), over the
+    pairs with exactly one right response ("all") and the kept ones ("kept"): [right, wrong, no
+    pick]; per audit kind, the training judge against it on the same pairs: [wins, losses, pairs]
+    (win: the training judge picked right and the audit judge did not). None without "audit"."""
+    if not any(isinstance(j.get("audit"), dict) for j in judgments):
+        return None
+    by_id = {r.get("id"): r for r in responses or []}
+    judges: dict[str, dict] = {}
+    sign: dict[str, dict] = {}
+    training: Counter = Counter()
+    for j in judgments:
+        right = _right_response(by_id.get(j.get("id")))
+        if right is None:
+            continue
+        train = j.get("context") or "current"
+        training[train] += 1
+        picks = {k: _pick(a) for k, a in (j.get("audit") or {}).items() if isinstance(a, dict)}
+        picks[train] = _pick(j)
+        scopes = ("all", "kept") if j.get("kept") else ("all",)
+        for kind, pick in picks.items():
+            slot = 0 if pick == right else (1 if pick is not None else 2)
+            counts = judges.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]})
+            won = picks[train] == right and pick != right
+            lost = pick == right and picks[train] != right
+            for s in scopes:
+                counts[s][slot] += 1
+                if kind != train:
+                    t = sign.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]})[s]
+                    t[0], t[1], t[2] = t[0] + won, t[1] + lost, t[2] + 1
+    return {"training": dict(training), "judges": judges, "sign": sign}
+
+
+def mechanism_summary(tallies: list[dict]) -> dict:
+    """Sum of per-iteration `_mechanism_tally`s with the tests: {"training": the training judge's
+    kind (the most common), "pairs": {"all", "kept"}, "judges": {kind: {scope: {"n", "right",
+    "wrong", "none", "p"}}}, "sign": {audit kind: {scope: {"n", "wins", "losses", "p"}}}};
+    judge p = P(X >= right), X ~ Binomial(right + wrong, 1/2) (one-sided: its picks are right
+    more often than chance); sign p = two-sided exact sign test of wins vs losses. {} when empty."""
+    if not tallies:
+        return {}
+    training: Counter = Counter()
+    judges: dict[str, dict] = {}
+    sign: dict[str, dict] = {}
+    for t in tallies:
+        training.update(t["training"])
+        for src, dst in ((t["judges"], judges), (t["sign"], sign)):
+            for kind, scopes in src.items():
+                acc = dst.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]})
+                for s, v in scopes.items():
+                    acc[s] = [a + b for a, b in zip(acc[s], v)]
+    trained = training.most_common(1)[0][0] if training else "current"
+    return {"training": trained,
+            "pairs": {s: sum(judges[trained][s]) if trained in judges else 0 for s in ("all", "kept")},
+            "judges": {k: {s: {"n": sum(v), "right": v[0], "wrong": v[1], "none": v[2],
+                               "p": binom_one_sided(v[0], v[0] + v[1])} for s, v in sc.items()}
+                       for k, sc in sorted(judges.items())},
+            "sign": {k: {s: {"n": v[2], "wins": v[0], "losses": v[1], "p": sign_test(v[0], v[1])}
+                         for s, v in sc.items()} for k, sc in sorted(sign.items())}}
 
 
 def _kept_hits(prefs: list[dict]) -> tuple[int, int]:
@@ -205,6 +326,9 @@ def _stage2(row: dict, reader: _Reader, it: Path, s2: dict | None, responses: li
         row.update(swap_n=counted, swap_agreement=_ratio(agree, counted))
         hits, total = _verdict_hits(judgments, responses)
         row.update(verdict_gt_n=total, verdict_gt_agreement=_ratio(hits, total))
+        tally = _mechanism_tally(judgments, responses)
+        if tally is not None:
+            row["mechanism"] = tally
     elif s2 is not None:
         dropped = dict(s2.get("dropped") or {})
         row.update(judged=s2.get("judged"), kept=s2.get("kept", dropped.pop("kept", None)), dropped=dropped,
@@ -216,7 +340,8 @@ def _stage2(row: dict, reader: _Reader, it: Path, s2: dict | None, responses: li
             row["kept"] = len(prefs)
 
 
-def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> dict:
+def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> tuple[dict, dict]:
+    """(row of numbers, {"greedy", "sampled": `_answers`}) of one iteration folder."""
     row: dict = {"t": t, "dir": it.name}
     stages = {n: reader.json(it / f"stage{n}.json") for n in (1, 2, 3)}
     row["stages_done"] = [n for n, s in stages.items() if s is not None]
@@ -228,16 +353,18 @@ def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> dict:
         row.update(dpo_steps=s3.get("steps"), dpo_pairs=s3.get("pairs"), dpo_loss=s3.get("loss"),
                    dpo_first_loss=s3.get("first_loss"), dpo_margin=s3.get("reward_margin"),
                    dpo_acc=s3.get("reward_accuracy"))
-    row.update(_eval_stats(reader.jsonl(it / "eval.jsonl"), tokenizer))
+    evals = reader.jsonl(it / "eval.jsonl")
+    row.update(_eval_stats(evals, tokenizer))
     missing = [n for n in (1, 2, 3) if n not in row["stages_done"]]
     if missing:
         row["missing_stages"] = missing
-    return row
+    return row, {"greedy": _answers(evals, False), "sampled": _answers(responses, True)}
 
 
 def collect(run_dir: str | Path, *, tokenizer=None) -> dict:
     """Everything the report shows, read from `run_dir`: {"run_dir", "config", "planned",
-    "iterations": [row per iter_XX], "final": eval numbers of pi_T or {}, "problems"}."""
+    "iterations": [row per iter_XX], "final": eval numbers of pi_T or {}, "paired": `_paired`,
+    "mechanism": `mechanism_summary` ({} without audit judges), "problems"}."""
     run_dir = Path(run_dir)
     reader = _Reader(run_dir)
     config: dict = {}
@@ -249,12 +376,19 @@ def collect(run_dir: str | Path, *, tokenizer=None) -> dict:
             reader.problems.append(f"config.yaml: unreadable ({str(e).splitlines()[0]})")
     iters = sorted((int(m.group(1)), p) for p in run_dir.iterdir()
                    if p.is_dir() and (m := _ITER_DIR.match(p.name)))
-    rows = [_iteration(reader, p, t, tokenizer) for t, p in iters]
-    final = _eval_stats(reader.jsonl(run_dir / "final_eval.jsonl"), tokenizer)
+    read = [_iteration(reader, p, t, tokenizer) for t, p in iters]
+    rows = [row for row, _ in read]
+    final_records = reader.jsonl(run_dir / "final_eval.jsonl")
+    final = _eval_stats(final_records, tokenizer)
     planned = config.get("iterations") if isinstance(config.get("iterations"), int) else None
+    series = {k: [(row["t"], answers[k]) for row, answers in read] for k in ("greedy", "sampled")}
+    # pi_T's index as `conclusions.accuracy_series` numbers it
+    series["greedy"].append((planned if planned is not None else max((r["t"] for r in rows), default=-1) + 1,
+                             _answers(final_records, False)))
+    mechanism = mechanism_summary([r["mechanism"] for r in rows if r.get("mechanism")])
     return {"run_dir": str(run_dir), "config": config, "planned": planned, "iterations": rows,
-            "final": final, "problems": reader.problems}
+            "final": final, "paired": _paired(series), "mechanism": mechanism, "problems": reader.problems}
 
 
 
-__all__ = ["answer_spread", "collect"]
+__all__ = ["QTYPE_KEYS", "answer_spread", "collect", "mechanism_summary"]

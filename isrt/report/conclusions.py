@@ -1,10 +1,18 @@
 """The report's summary in words: `conclusions(data)` turns the numbers `collect` read into
 sentences and flags (did accuracy go up beyond noise, did responses grow longer, did the
-answers collapse onto one word, how good was the judge's evidence, did the method help).
+answers collapse onto one word, how good was the judge's evidence, did reading c_t help the
+judge, did the method help).
+
+"Beyond noise" is paired: both policies answer the same questions, so the first and the last
+policy are compared question by question with an exact McNemar test (p < ALPHA with more
+wrong->right than right->wrong questions). The unpaired band (two standard errors of the
+difference) remains as a secondary number, and is the rule only when no question pairs up.
 """
 from __future__ import annotations
 
 import math
+
+from isrt.report.stats import ALPHA, binom_one_sided
 
 LENGTH_GROWTH_LIMIT = 0.10
 # Answer collapse (`_collapsed`): at least COLLAPSE_MIN_N answers of a kind, the most frequent one
@@ -62,18 +70,48 @@ def _collapsed(first: dict, last: dict) -> list[str]:
             and first.get(k, {}).get("top_share", 1.0) < v["top_share"]]
 
 
-def _accuracy_line(out: dict, kind: str, series: list[tuple[int, int, int]]) -> str:
-    """The accuracy sentence; sets out["accuracy_up"] and out["accuracy_up_beyond_noise"]."""
+def _p(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+def _paired_line(out: dict, kind: str, paired: dict, unpaired: str) -> str:
+    """The accuracy sentence from the paired counts (`stats.paired_counts`' overall row)."""
+    o, t0, t1 = paired["overall"], paired["before"], paired["after"]
+    diff = o["acc_after"] - o["acc_before"]
+    out["accuracy_up"] = diff > 0
+    out["accuracy_p"] = o["p"]
+    out["accuracy_up_beyond_noise"] = o["p"] < ALPHA and o["c"] > o["b"]
+    direction = "went up" if diff > 0 else ("went down" if diff < 0 else "did not change")
+    moved = (f"{o['b']} questions went right->wrong and {o['c']} wrong->right" if kind == "greedy" else
+             f"{o['b']} questions had fewer right samples and {o['c']} more")
+    if o["p"] < ALPHA:
+        noise = "beyond noise on this run" + (" (a drop)" if o["b"] > o["c"] else "")
+    else:
+        noise = f"within noise on this run (p >= {ALPHA:g})"
+    return (f"**Accuracy** ({kind} answers, exact match, paired on the {o['n']} questions both policies answered): "
+            f"{direction} from {_pct(o['acc_before'])} (pi_{t0}, {o['k_before']}/{o['answers']}) to "
+            f"{_pct(o['acc_after'])} (pi_{t1}, {o['k_after']}/{o['answers']}), {100 * diff:+.1f} points; {moved}, "
+            f"exact McNemar p = {_p(o['p'])}: {noise}. {unpaired}")
+
+
+def _accuracy_line(out: dict, kind: str, series: list[tuple[int, int, int]], paired: dict | None = None) -> str:
+    """The accuracy sentence; sets out["accuracy_up"], out["accuracy_up_beyond_noise"] and, when
+    the two policies' questions pair up (`paired`), out["accuracy_p"] (McNemar)."""
     if len(series) >= 2:
         (t0, k0, n0), (t1, k1, n1) = series[0], series[-1]
         p0, p1 = k0 / n0, k1 / n1
         diff = p1 - p0
         noise = 2 * _se_diff(k0, n0, k1, n1)
+        if paired and paired.get("kind") == kind and (paired["before"], paired["after"]) == (t0, t1) \
+                and paired["overall"]["answers"]:
+            return _paired_line(out, kind, paired, (
+                f"Unpaired, over all scored answers ({k0}/{n0} -> {k1}/{n1}), two standard errors of the difference "
+                f"are {100 * noise:.1f} points."))
         out["accuracy_up"] = diff > 0
         out["accuracy_up_beyond_noise"] = diff > noise
         direction = "went up" if diff > 0 else ("went down" if diff < 0 else "did not change")
-        return (f"**Accuracy** ({kind} answers, exact match): {direction} from {_pct(p0)} (pi_{t0}, {k0}/{n0}) "
-                f"to {_pct(p1)} (pi_{t1}, {k1}/{n1}), {100 * diff:+.1f} points; "
+        return (f"**Accuracy** ({kind} answers, exact match, unpaired: no question id pairs up): {direction} from "
+                f"{_pct(p0)} (pi_{t0}, {k0}/{n0}) to {_pct(p1)} (pi_{t1}, {k1}/{n1}), {100 * diff:+.1f} points; "
                 + ("that is more than two standard errors of the difference "
                    f"({100 * noise:.1f} points)." if abs(diff) > noise else
                    f"that is within two standard errors of the difference ({100 * noise:.1f} points): "
@@ -130,7 +168,8 @@ def _judge_line(rows: list[dict]) -> str | None:
     line = f"**Judge**: kept {kept} of {judged} judged pairs ({_pct(kept / judged)}) over all iterations"
     if gt_n:
         return line + (f"; in the {gt_n} kept pairs where exactly one response was correct, it chose the correct "
-                       f"one {gt_hits} times ({_pct(gt_hits / gt_n)}; 50% is chance).")
+                       f"one {gt_hits} times ({_pct(gt_hits / gt_n)}; 50% is chance, one-sided binomial "
+                       f"p = {_p(binom_one_sided(gt_hits, gt_n))}).")
     return line + ("; no kept pair had exactly one correct response, so agreement with the ground truth "
                    "is unknown.")
 
@@ -154,21 +193,66 @@ def _evidence_line(rows: list[dict]) -> str | None:
                    "policy's evidence, the premise the method needs.")
 
 
+JUDGE_NAMES = {"current": "the judge reading c_t", "previous": "the judge reading c_{t-1}",
+               "none": "the judge without context"}
+JUDGE_SHORT = {"current": "c_t", "previous": "c_{t-1}", "none": "none"}
+
+
+def _judge_score(v: dict, total: int) -> str:
+    of = "" if v["n"] == total else f" of {v['n']}"
+    return (f"{v['right']} times{of} ({_pct(v['right'] / v['n'], 0)}; {v['wrong']} wrong, {v['none']} no pick; "
+            f"one-sided binomial p = {_p(v['p'])})")
+
+
+def _mechanism_line(out: dict, mech: dict) -> str | None:
+    """Did reading c_t make the judge pick the right response (`collect.mechanism_summary`): the
+    training judge and the audit judges on the pairs with exactly one right response, and a
+    sign test between them; sets out["mechanism"] = {audit kind: sign test on all pairs}."""
+    if not mech:
+        return None
+    total, train = mech["pairs"]["all"], mech["training"]
+    if not total:
+        return ("**Mechanism**: no judged pair had exactly one right response, so the audit judges cannot be "
+                "compared with the training judge.")
+    js = mech["judges"]
+    order = [train] + [k for k in js if k != train]
+    scores = [f"{JUDGE_NAMES.get(k, k)} {_judge_score(js[k]['all'], total)}" for k in order[1:]
+              if js.get(k, {}).get("all", {}).get("n")]
+    line = (f"**Mechanism** (audit judges, not used for training): on the {total} judged pairs with exactly one "
+            f"right answer, the training judge ({JUDGE_NAMES.get(train, train)}) picked the right one "
+            f"{_judge_score(js[train]['all'], total)}" + "".join(f"; {sc}" for sc in scores))
+    signs = mech["sign"]
+    out["mechanism"] = {k: {x: v["all"][x] for x in ("wins", "losses", "p")} for k, v in signs.items()}
+    line += "".join(f"; sign test {JUDGE_SHORT.get(train, train)} vs {JUDGE_SHORT.get(k, k)}: "
+                    f"{v['all']['wins']} wins, {v['all']['losses']} losses, p = {_p(v['all']['p'])}"
+                    for k, v in signs.items())
+    kept = mech["pairs"]["kept"]
+    if kept:
+        line += (f". On the {kept} kept pairs alone: " + ", ".join(
+            f"{JUDGE_SHORT.get(k, k)} right {js[k]['kept']['right']}/{js[k]['kept']['n']}"
+            for k in order if js.get(k, {}).get("kept", {}).get("n"))
+            + "".join(f"; sign test vs {JUDGE_SHORT.get(k, k)}: {v['kept']['wins']} wins, "
+                      f"{v['kept']['losses']} losses, p = {_p(v['kept']['p'])}" for k, v in signs.items()))
+    return line + "."
+
+
 def _verdict_line(out: dict) -> str:
     """Did the method help, from the accuracy and length flags; sets out["helped"]."""
     if out["accuracy_up"] is None:
         return ("**Verdict**: not enough measured policies to say whether the method helped "
                 "(accuracy needs two policies with ground-truth answers).")
+    test = (f" (paired exact McNemar p = {_p(out['accuracy_p'])})" if out.get("accuracy_p") is not None
+            else " (unpaired band: two standard errors of the difference)")
     if out["accuracy_up_beyond_noise"] and not out["length_grew"]:
         out["helped"] = True
-        return ("**Verdict**: the method helped on this run: accuracy went up by more than the noise"
+        return (f"**Verdict**: the method helped on this run: accuracy went up beyond noise{test}"
                 + (" and responses did not get more than 10% longer." if out["length_grew"] is False else "."))
     if out["accuracy_up_beyond_noise"]:
         out["helped"] = True
-        return (f"**Verdict**: accuracy went up, but responses also got {100 * out['length_growth']:.0f}% longer: "
-                "check that the gain is not bought with length.")
+        return (f"**Verdict**: on this run accuracy went up beyond noise{test}, but responses also got "
+                f"{100 * out['length_growth']:.0f}% longer: check that the gain is not bought with length.")
     out["helped"] = False
-    why = ("accuracy went up only within noise" if out["accuracy_up"] else "accuracy did not go up")
+    why = (f"accuracy went up only within noise{test}" if out["accuracy_up"] else "accuracy did not go up")
     verdict = f"**Verdict**: the method did not help on this run: {why}"
     if out["length_grew"]:
         return verdict + (f", while responses got {100 * out['length_growth']:.0f}% longer: the length-bias failure "
@@ -178,19 +262,21 @@ def _verdict_line(out: dict) -> str:
 
 def conclusions(data: dict) -> dict:
     """The summary in words, each sentence computed from the numbers; also the flags
-    {"accuracy_up", "accuracy_up_beyond_noise", "length_growth", "length_grew", "helped"}."""
-    out: dict = {"lines": [], "accuracy_up": None, "accuracy_up_beyond_noise": None, "length_growth": None,
-                 "length_grew": None, "helped": None}
+    {"accuracy_up", "accuracy_up_beyond_noise", "accuracy_p" (McNemar; None when unpaired),
+    "length_growth", "length_grew", "helped"} and, with audit judges, "mechanism"."""
+    out: dict = {"lines": [], "accuracy_up": None, "accuracy_up_beyond_noise": None, "accuracy_p": None,
+                 "length_growth": None, "length_grew": None, "helped": None}
     rows = data["iterations"]
     kind, series = accuracy_series(data)
-    out["lines"].append(_accuracy_line(out, kind, series))
+    out["lines"].append(_accuracy_line(out, kind, series, data.get("paired")))
     out["lines"].append(_length_line(out, rows))
-    for line in (_collapse_line(spread_series(data)), _judge_line(rows), _evidence_line(rows)):
+    for line in (_collapse_line(spread_series(data)), _judge_line(rows), _evidence_line(rows),
+                 _mechanism_line(out, data.get("mechanism") or {})):
         if line is not None:
             out["lines"].append(line)
     out["lines"].append(_verdict_line(out))
     return out
 
 
-__all__ = ["COLLAPSE_MARGIN", "COLLAPSE_MIN_N", "COLLAPSE_SHARE", "LENGTH_GROWTH_LIMIT", "accuracy_series",
-           "conclusions", "spread_series"]
+__all__ = ["COLLAPSE_MARGIN", "COLLAPSE_MIN_N", "COLLAPSE_SHARE", "JUDGE_NAMES", "JUDGE_SHORT",
+           "LENGTH_GROWTH_LIMIT", "accuracy_series", "conclusions", "spread_series"]

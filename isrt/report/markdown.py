@@ -1,12 +1,13 @@
 """The report's text: `render_markdown(data, concl)` lays out report.md from the numbers
-`collect` read and the sentences `conclusions` wrote (tables per policy, answer spread,
-dropped pairs, wall time, plots, problems, definitions).
+`collect` read and the sentences `conclusions` wrote (tables per policy, paired accuracy per
+question type, answer spread, mechanism audit, dropped pairs, wall time, plots, problems,
+definitions).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from isrt.report.conclusions import LENGTH_GROWTH_LIMIT, _pct, spread_series
+from isrt.report.conclusions import JUDGE_NAMES, LENGTH_GROWTH_LIMIT, _p, _pct, spread_series
 from isrt.report.plots import PANELS
 
 DROP_REASONS = ("tie", "disagreement", "unparseable", "identical", "unbalanced")
@@ -130,6 +131,50 @@ def _spread_section(data: dict) -> list[str]:
     return out + [_table(["policy"] + kinds, cells), ""]
 
 
+def _paired_section(paired: dict) -> list[str]:
+    """The "Paired accuracy" section: per question type, the first and the last policy on the
+    same questions (`stats.paired_counts`)."""
+    if not paired or not paired["overall"]["n"]:
+        return []
+    t0, t1, greedy = paired["before"], paired["after"], paired["kind"] == "greedy"
+    moved = ["right->wrong", "wrong->right"] if greedy else ["fewer right samples", "more right samples"]
+    header = ["type", "n", f"pi_{t0} acc", f"pi_{t1} acc"] + moved + ["McNemar p"]
+    rows = [[name, str(r["n"]), _pct(r["acc_before"]), _pct(r["acc_after"]), str(r["b"]), str(r["c"]), _p(r["p"])]
+            for name, r in list(paired["by_type"].items()) + [("all", paired["overall"])]]
+    return [f"## Paired accuracy ({paired['kind']} answers, pi_{t0} vs pi_{t1}, same questions)", "",
+            "n: questions both policies answered (ids with a short gold answer); a question counts once in "
+            f"{moved[0]} or {moved[1]}; exact two-sided McNemar test on those two counts.", "",
+            _table(header, rows), ""]
+
+
+def _mechanism_section(mech: dict) -> list[str]:
+    """The "Mechanism audit" section: each judge on the pairs with exactly one right response
+    (all judged, and kept only), and the sign tests of the training judge against the others."""
+    if not mech or not mech["pairs"]["all"]:
+        return []
+    train = mech["training"]
+    kinds = [train] + [k for k in mech["judges"] if k != train]
+    rows = []
+    for k in kinds:
+        for scope in ("all", "kept"):
+            v = mech["judges"].get(k, {}).get(scope)
+            if v and v["n"]:
+                rows.append([JUDGE_NAMES.get(k, k) + (" (training)" if k == train else ""), scope, str(v["n"]),
+                             str(v["right"]), str(v["wrong"]), str(v["none"]), _pct(v["right"] / v["n"], 0),
+                             _p(v["p"])])
+    signs = [[f"{JUDGE_NAMES.get(train, train)} vs {JUDGE_NAMES.get(k, k)}", scope, str(v[scope]["n"]),
+              str(v[scope]["wins"]), str(v[scope]["losses"]), _p(v[scope]["p"])]
+             for k, v in mech["sign"].items() for scope in ("all", "kept") if v[scope]["n"]]
+    out = ["## Mechanism audit (pairs with exactly one right response)", "",
+           "pick: the response a judge preferred in both orders; audit judges judge the same pairs and are never "
+           "used for training. binomial p: one-sided, right picks vs wrong picks (H0: 50%).", "",
+           _table(["judge", "pairs", "n", "right", "wrong", "no pick", "right share", "binomial p"], rows), ""]
+    if signs:
+        out += ["Sign test: a win is a pair the training judge got right and the other judge did not; ties dropped; "
+                "exact two-sided.", "", _table(["comparison", "pairs", "n", "wins", "losses", "p"], signs), ""]
+    return out
+
+
 def _drops_and_times(rows: list[dict]) -> list[str]:
     """The "Dropped pairs by reason" and "Wall time per stage" sections."""
     reasons = list(DROP_REASONS) + sorted({k for r in rows for k in (r.get("dropped") or {})} - set(DROP_REASONS))
@@ -182,8 +227,12 @@ def _definitions(has_context: bool) -> list[str]:
             "before the swap filter. 50% is chance.",
             "- **DPO loss**: first step and last-epoch mean; **reward margin / acc**: last-epoch means "
             "(beta-scaled log-ratio margin, share of pairs with chosen reward > rejected).",
-            f"- **Verdict rule**: accuracy change versus two standard errors of the difference; length growth "
-            f"above {int(LENGTH_GROWTH_LIMIT * 100)}% is flagged.", ""]
+            "- **Verdict rule**: the first and the last measured policy are paired on the questions both answered; "
+            "accuracy went up beyond noise when the exact McNemar test on right->wrong (b) and wrong->right (c) "
+            "questions gives p < 0.05 with c > b (two standard errors of the unpaired difference only when no "
+            f"question pairs up); length growth above {int(LENGTH_GROWTH_LIMIT * 100)}% is flagged.",
+            "- **Judge / Mechanism p-values**: one-sided exact binomial of right vs wrong picks (H0: 50%); the sign "
+            "test between two judges counts the pairs only one of them got right.", ""]
 
 
 def render_markdown(data: dict, concl: dict) -> str:
@@ -193,7 +242,9 @@ def render_markdown(data: dict, concl: dict) -> str:
     out = _head(data, done) + ["## Summary", ""] + [f"- {line}" for line in concl["lines"]] + [""]
     out += ["![overview](overview.png)", ""]
     out += _policy_table(data, has)
+    out += _paired_section(data.get("paired") or {})
     out += _spread_section(data)
+    out += _mechanism_section(data.get("mechanism") or {})
     out += _drops_and_times(data["iterations"])
     out += ["## Plots", ""] + [f"![{name}]({name}.png)" for name in PANELS] + [""]
     out += _problems(data, done)

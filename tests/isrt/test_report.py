@@ -176,10 +176,14 @@ def test_report_says_the_method_helped_with_greedy_eval(tmp_path):
     assert concl["accuracy_up_beyond_noise"] and concl["helped"] and concl["length_grew"] is False
     text = write_report(run).read_text()
     assert "went up from 10.0% (pi_0, 1/10) to 90.0% (pi_2, 9/10)" in text
-    assert "the method helped on this run" in text
+    # paired on the same 10 ids: 0 right->wrong, 8 wrong->right, McNemar p = 2 / 2^8
+    assert concl["accuracy_p"] == 2 / 256 and data["paired"]["overall"]["b"] == 0
+    assert "0 questions went right->wrong and 8 wrong->right, exact McNemar p = 0.0078: beyond noise on this run" \
+        in text
+    assert "the method helped on this run: accuracy went up beyond noise (paired exact McNemar p = 0.0078)" in text
     assert "| pi_2 (final) |" in text
-    # every kept pair chose the correct response
-    assert "chose the correct one 4 times (100.0%" in text
+    # every kept pair chose the correct response: one-sided binomial p = 1 / 2^4
+    assert "chose the correct one 4 times (100.0%; 50% is chance, one-sided binomial p = 0.062)" in text
 
 
 def _shapes(said: list[str]):
@@ -268,7 +272,8 @@ def test_small_gain_is_called_noise(tmp_path):
     _iteration(run, 1, same, {"p1": KEEP_Y1}, eval_rows=_greedy(5))
     concl = conclusions(collect(run))
     assert concl["accuracy_up"] and not concl["accuracy_up_beyond_noise"] and concl["helped"] is False
-    assert "within noise" in write_report(run).read_text()
+    assert concl["accuracy_p"] == 1.0  # one question went wrong->right, none the other way
+    assert "accuracy went up only within noise (paired exact McNemar p = 1)" in write_report(run).read_text()
 
 
 def test_zero_kept_pairs_and_tokens(tmp_path):
