@@ -42,6 +42,21 @@ def load_pool(path: str | Path, video_root: str | Path | None = None) -> PromptP
     return PromptPool(records, bad)
 
 
+def _fits(adapter, rec: dict, room: int, bad: list | None) -> bool:
+    from isrt import prompts
+
+    context = getattr(adapter.model.config.get_text_config(), "max_position_embeddings", None)
+    if not context:
+        return True
+    n = len(adapter.encode_prompt(prompts.policy_prompt(adapter, rec["prompt"]), adapter.n_video_tokens))
+    if n + room <= context:
+        return True
+    if bad is not None:
+        bad.append(f"{rec.get('id')}: prompt too long ({n} tokens with the video, + {room} to answer, "
+                   f"against a context of {context})")
+    return False
+
+
 def iteration_prompts(pool: PromptPool, iteration: int, per_iteration: int, seed: int) -> list[dict]:
     """The prompts of iteration t: the whole pool, or `per_iteration` fresh prompts taken in a
     seeded shuffled order (wrapping around when the pool is exhausted)."""
@@ -70,10 +85,14 @@ def video_path(rec: dict, video_root=None) -> str:
 
 
 def usable_records(adapter, cache, records: list[dict], *, bad: list | None = None, video_root=None,
-                   show: bool = False) -> list[dict]:
-    """The records whose video decodes and encodes, in input order, with their features in
-    `cache`; each other record is described in `bad` ("id: why") when a list is given. Every
-    video is decoded once (`cache.prefetch`), then looked up."""
+                   show: bool = False, room: int = 0) -> list[dict]:
+    """The records whose prompt fits the model's context and whose video decodes and encodes, in
+    input order, with their features in `cache`; each other record is described in `bad` ("id:
+    why") when a list is given. A prompt fits when its policy prompt (video tokens included) plus
+    `room` new tokens is within the context (max_position_embeddings): one 100k-character
+    question must cost one record, not every attempt at the batch it lands in. Every video is
+    decoded once (`cache.prefetch`), then looked up."""
+    records = [r for r in records if _fits(adapter, r, room, bad)]
     cache.prefetch(adapter, [video_path(r, video_root) for r in records], show=show)
     good = []
     for rec in records:

@@ -275,7 +275,8 @@ class Run:
         records = iteration_prompts(self.pool, t, self.cfg.data.prompts_per_iteration, self.cfg.seed)
         if not shard.exists():
             mine = shard_by_video(records, self.d.rank, self.d.world_size)
-            good, bad = stages.load_features(adapter, self.cache, mine, show=self.d.is_main)
+            good, bad = stages.load_features(adapter, self.cache, mine, show=self.d.is_main,
+                                             room=self.cfg.sampling.max_new_tokens)
             videos = list(dict.fromkeys(r["video_path"] for r in good))
             index = self.dir.previous_contexts(t)
             video_of = {r["video_path"]: r["video"] for r in good}

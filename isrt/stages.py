@@ -34,10 +34,11 @@ def _batches(items: list, size: int):
         yield i // size, items[i:i + size]
 
 
-def load_features(adapter, cache, records: list[dict], *, show: bool) -> tuple[list[dict], list[str]]:
-    """Encode each video once; records whose video fails to decode are returned as bad."""
+def load_features(adapter, cache, records: list[dict], *, show: bool, room: int = 0) -> tuple[list[dict], list[str]]:
+    """Encode each video once; records whose video fails to decode, or whose prompt leaves less
+    than `room` tokens of the context, are returned as bad."""
     bad: list[str] = []
-    return usable_records(adapter, cache, records, bad=bad, show=show), bad
+    return usable_records(adapter, cache, records, bad=bad, show=show, room=room), bad
 
 
 def generate_contexts(adapter, cache, videos: list[str], previous: dict[str, str | None], cfg, *,

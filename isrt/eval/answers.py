@@ -31,7 +31,7 @@ def greedy_answers(adapter, cache, records: list[dict], *, batch_size: int, max_
     from isrt.engine.generation import generate
 
     cache = cache if cache is not None else FeatureCache(adapter.num_frames)
-    good = usable_records(adapter, cache, records, bad=bad, video_root=video_root)
+    good = usable_records(adapter, cache, records, bad=bad, video_root=video_root, room=max_new_tokens)
     out = []
     bar = tqdm(total=len(good), desc="eval answers", unit="prompt", disable=not show, leave=False)
     for start in range(0, len(good), batch_size):

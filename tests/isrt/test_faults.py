@@ -140,3 +140,19 @@ def test_a_full_disk_or_ctrl_c_mid_run_is_one_line(tmp_path, monkeypatch, capsys
     assert _run(tmp_path, pool) == rc
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(line)
+
+
+def test_a_prompt_longer_than_the_context_costs_its_record_only(tmp_path):
+    import json
+
+    from isrt.engine.synthetic import make_dataset
+
+    pool = make_dataset(tmp_path / "pool", 3, seed=0, questions_per_video=1)
+    records = [json.loads(line) for line in pool.read_text().splitlines()]
+    records[1]["prompt"] = "Why? " * 20_000  # 100k characters
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _run(tmp_path, pool) == 0
+    s1 = json.loads((tmp_path / "run" / "iter_00" / "stage1.json").read_text())
+    assert s1["responses"] == 2 and len(s1["bad_records"]) == 1
+    assert s1["bad_records"][0].startswith(f"{records[1]['id']}: prompt too long (")
+    assert "against a context of 2048" in s1["bad_records"][0]
