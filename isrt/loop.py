@@ -153,6 +153,13 @@ class Run:
     def _synthetic_eval(self) -> bool:
         return not self.cfg.data.eval_prompts and self.cfg.data.synthetic_eval_videos > 0
 
+    def _here(self, records: list[dict]) -> list[dict]:
+        """Records read back from this run's files, their video_path resolved anew from the pool
+        (by id): the files hold the path as it was when they were written, and the run directory
+        (which holds a synthetic pool) may have moved since."""
+        where = {r["id"]: r["video_path"] for r in self.pool.records}
+        return [dict(r, video_path=where.get(r["id"], r.get("video_path"))) for r in records]
+
     def _seen_scenes(self) -> set:
         """Scene keys (objects, colours, directions) of the synthetic pool and warm-start clips."""
         from isrt.engine.synthetic import scene_keys
@@ -312,7 +319,7 @@ class Run:
 
     def stage2(self, t: int, it: Path, adapter) -> dict:
         shard = self.dir.shard(it, "stage2", self.d.rank)
-        records = read_jsonl(it / "responses.jsonl")
+        records = self._here(read_jsonl(it / "responses.jsonl"))
         if not shard.exists():
             mine = shard_by_video(records, self.d.rank, self.d.world_size)
             judgments = stages.judge_pairs(adapter, self.cache, mine, self.cfg, seed_key=(self.cfg.seed, t),
@@ -344,7 +351,7 @@ class Run:
                 "swap_agreement": agree / counted if counted else 0.0}
 
     def stage3(self, t: int, it: Path, adapter) -> dict:
-        prefs = read_jsonl(it / "preferences.jsonl")
+        prefs = self._here(read_jsonl(it / "preferences.jsonl"))
         # features fetched per micro-batch (Pair doc): the pool's features never sit in one list
         pairs = [Pair(prompts.policy_prompt(adapter, p["prompt"]), p["chosen"], p["rejected"],
                       functools.partial(self.cache.get, adapter, p["video_path"]), p["ref_chosen_logp"],

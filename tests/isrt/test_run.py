@@ -310,3 +310,20 @@ def test_balanced_judge_keeps_as_many_of_each_direction(pool, tmp_path):
     short = Counter(k for k in keys if all(0 < len(w) <= 3 for w in k) and k[0] != k[1])
     assert all(short[(b, a)] == n for (a, b), n in short.items())
     assert json.loads((it / "stage2.json").read_text())["dropped"]["unbalanced"] >= 1
+
+
+def test_a_run_directory_moved_inside_an_iteration_resumes(tmp_path):
+    """Killed in stage 3 (preferences.jsonl written with the old absolute video paths), moved,
+    rerun: stage 3 finds the videos at their new place."""
+    args = ["--preset", "smoke", "data.synthetic_eval_videos=0", "iterations=1"]
+    first = tmp_path / "before"
+    p = subprocess.run([sys.executable, "-m", "isrt.run", *args, "--output_dir", str(first)], cwd=REPO,
+                       env=_env(ISRT_CRASH_AT="iter_00/stage3"), capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and (first / "iter_00" / "preferences.jsonl").exists()
+    assert str(first) in (first / "iter_00" / "preferences.jsonl").read_text()
+    moved = tmp_path / "after"
+    first.rename(moved)
+    p = subprocess.run([sys.executable, "-m", "isrt.run", *args, "--output_dir", str(moved)], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (moved / "iter_00" / "stage3.json").exists() and (moved / "iter_00" / "checkpoint").exists()
