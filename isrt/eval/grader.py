@@ -236,6 +236,9 @@ def grade_results(results: list[dict], client: GraderClient, *, workers: int = 4
         for _ in pool.map(one, results):
             bar.update(1)
     bar.close()
+    if counts["failed"] and not counts["ok"] and not counts["malformed"] and not state["error"]:
+        # fewer records than give_up_after, every one failed: the grader never answered
+        state["error"] = f"judge: no answer from {client.url} for any of the {counts['failed']} records"
     return dict(counts, retried=client.retried, error=state["error"])
 
 

@@ -181,6 +181,14 @@ def test_grader_unreachable_gives_up_bounded():
     assert counts["error"].startswith("judge: no answer from http://127.0.0.1:")
 
 
+def test_grader_unreachable_for_fewer_records_than_the_give_up_count_is_an_error():
+    """(issue 16) 2 records, both failed, fewer than give_up_after: still an error (exit 1)."""
+    client = GraderClient(f"http://127.0.0.1:{_closed_port()}/v1", "m", timeout=2, retries=0, backoff=0.01)
+    counts = grade_results([_result("q0"), _result("q1")], client, workers=1, give_up_after=3)
+    assert counts["failed"] == 2 and counts["ok"] == 0
+    assert counts["error"].startswith("judge: no answer from http://127.0.0.1:") and "any of the 2 records" in counts["error"]
+
+
 # ---- the model part ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
