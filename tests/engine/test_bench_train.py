@@ -70,7 +70,7 @@ def test_cpu_tiny_rows_have_every_column_and_flops_by_hand(tmp_path):
 
 
 @pytest.mark.parametrize("family, frames, tokens", [("qwen2_5_vl", 8, 256), ("qwen2_5_vl", 32, 1024),
-                                                    ("video_llava", 8, 2056), ("video_llava", 16, 4112)])
+                                                    ("video_llava", 8, 2056)])
 def test_7b_configs_build_with_the_real_shapes_on_meta(family, frames, tokens):
     import torch
 
@@ -80,3 +80,11 @@ def test_7b_configs_build_with_the_real_shapes_on_meta(family, frames, tokens):
     assert a.n_video_tokens == tokens
     assert b.decoder_linear_params(a) == b.param_counts(s, s["vocab"], 16)["n_dec"]
     assert a.head().weight.shape == (s["vocab"], s["hidden"])
+
+
+def test_video_llava_7b_at_16_frames_is_refused_in_one_line():
+    """Video-LLaVA-7B's context is 4096 tokens; 16 frames are 16 x 257 = 4112 video tokens."""
+    import torch
+
+    with pytest.raises(ValueError, match=r"num_frames=16: one video is 4112 tokens .* context of 4096"):
+        _bench().build_adapter("video_llava", "7b", 16, torch.device("meta"), torch.bfloat16, "sdpa")
