@@ -135,8 +135,11 @@ def _assert_same_training(got, want, rtol=1e-4, atol=1e-6):
         for gx, gy in zip(x, y):
             torch.testing.assert_close(gx, gy, rtol=rtol, atol=atol, msg=f"step {step}")
     assert [r["loss"] for r in m1["history"]] == pytest.approx([r["loss"] for r in m2["history"]], rel=1e-5)
+    # Weights after AdamW: an element whose gradient is round-off-small moves by up to lr whatever
+    # its sign (AdamW divides by sqrt(v)), so fp32 round-off in the gradients above (compared
+    # directly) can move it by ~1e-5 at lr 1e-3: seen once per 8192 elements on an AVX-512 CPU.
     for n, p in w2.items():
-        torch.testing.assert_close(w1[n], p, rtol=rtol, atol=1e-5, msg=n)
+        torch.testing.assert_close(w1[n], p, rtol=rtol, atol=1e-4, msg=n)
 
 
 @pytest.mark.parametrize("batch, accum", [(2, 2), (1, 4)])
