@@ -102,3 +102,20 @@ def commit_dir(tmp: str | Path, final: str | Path) -> None:
     if final.exists():  # a previous attempt finished the folder but not its stage: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def copy_tree_linked(src: str | Path, final: str | Path) -> None:
+    """Make `final` a whole copy of the folder `src` (atomically, as commit_dir), hard-linking
+    each file where the filesystem allows (no extra disk; the engine never rewrites a file in
+    place, it replaces it) and copying it elsewhere."""
+    src, tmp = Path(src), atomic_dir(final)
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        for name in dirs:
+            (tmp / rel / name).mkdir()
+        for name in files:
+            try:
+                os.link(Path(root) / name, tmp / rel / name)
+            except OSError:  # another filesystem, or links not allowed
+                shutil.copy2(Path(root) / name, tmp / rel / name)
+    commit_dir(tmp, final)

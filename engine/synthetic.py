@@ -212,15 +212,25 @@ def caption(scene: list[SceneObject]) -> str:
             f"Each object keeps its colour and shape and moves steadily in one direction.")
 
 
-def questions(scene: list[SceneObject], rng: np.random.Generator, k: int) -> list[tuple[str, str]]:
-    """k distinct (prompt, answer) pairs about `scene`, each with exactly one correct answer."""
-    pool = [("How many objects are there?", NUMBER_WORDS[len(scene)])]
+QUESTION_TYPES = ("count", "color", "shape", "direction")
+
+
+def questions(scene: list[SceneObject], rng: np.random.Generator, k: int,
+              first: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """k distinct (prompt, answer) pairs about `scene`, each with exactly one correct answer.
+    first: question types (QUESTION_TYPES) asked before the random draw, one question each (a
+    random object's), so a set can hold as many questions of one type as it has clips."""
+    pool = [("count", "How many objects are there?", NUMBER_WORDS[len(scene)])]
     for o in scene:  # colour and shape are unique within a scene, so each names one object
-        pool.append((f"What color is the {o.shape}?", o.color))
-        pool.append((f"What shape is the {o.color} object?", o.shape))
-        pool.append((f"Which direction does the {o.color} {o.shape} move?", o.direction))
-    order = rng.permutation(len(pool))[:k]
-    return [pool[int(i)] for i in order]
+        pool.append(("color", f"What color is the {o.shape}?", o.color))
+        pool.append(("shape", f"What shape is the {o.color} object?", o.shape))
+        pool.append(("direction", f"Which direction does the {o.color} {o.shape} move?", o.direction))
+    order = [int(i) for i in rng.permutation(len(pool))]
+    for kind in reversed(first):  # the first of each type in the shuffled order moves to the front
+        j = next(j for j in order if pool[j][0] == kind)
+        order.remove(j)
+        order.insert(0, j)
+    return [pool[i][1:] for i in order[:k]]
 
 
 _PHRASE = re.compile(r"\ba (\w+) (\w+) moving (\w+)")
@@ -360,13 +370,15 @@ def scene_keys(seed: int, num_videos: int) -> set[tuple]:
 def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
                  num_frames: int = 32, size: int | tuple[int, int] = 64, fps: int = 8,
                  container: str = "mp4", questions_per_video: int = 2,
-                 index_pattern: bool = False, exclude: set[tuple] | frozenset = frozenset()) -> Path:
+                 index_pattern: bool = False, exclude: set[tuple] | frozenset = frozenset(),
+                 ask_first: tuple[str, ...] = ()) -> Path:
     """Write `num_videos` clips and their QA prompt pool under `out_dir`; return the JSONL path.
 
     size: an int (square frames) or (width, height). questions_per_video: 1-4 (a one-object
     scene has exactly four distinct questions). exclude: scene keys (`scene_key`) not to use:
     clip indices whose scene has one are skipped (ids keep their index), so a held-out set can
-    be disjoint from other sets by construction. Videos come first, then prompts.jsonl is
+    be disjoint from other sets by construction. ask_first: question types every clip is asked
+    first (`questions`' first), e.g. ("count",). Videos come first, then prompts.jsonl is
     written atomically, so an existing prompts.jsonl always points at complete clips.
     """
     if container not in CONTAINERS:
@@ -375,6 +387,9 @@ def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
         raise ValueError("num_videos must be >= 0 and num_frames >= 1")
     if not 1 <= questions_per_video <= 4:
         raise ValueError("questions_per_video must be in 1..4")
+    if set(ask_first) - set(QUESTION_TYPES) or len(set(ask_first)) != len(ask_first) or len(ask_first) > questions_per_video:
+        raise ValueError(f"ask_first={list(ask_first)}: distinct types of {QUESTION_TYPES}, "
+                         f"at most questions_per_video={questions_per_video}")
     width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(width, height) < 16:
         raise ValueError(f"frame size {width}x{height} too small (min 16)")
@@ -389,7 +404,7 @@ def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
         # Question choice has its own stream, so it never shifts the scene's random numbers.
         qrng = np.random.default_rng([seed, i, 1])
         cap = caption(scene)
-        for j, (prompt, answer) in enumerate(questions(scene, qrng, questions_per_video)):
+        for j, (prompt, answer) in enumerate(questions(scene, qrng, questions_per_video, tuple(ask_first))):
             rec = {"id": f"vid{i:04d}_q{j}", "video": rel, "prompt": prompt,
                    "answer": answer, "caption": cap}
             lines.append(json.dumps(rec, ensure_ascii=False))

@@ -82,6 +82,9 @@ class DataConfig:
     synthetic_videos: int = 8  # used when prompts == "": clips generated into <output_dir>/data
     synthetic_questions_per_video: int = 1
     synthetic_container: str = "mp4"
+    # question types every synthetic pool and held-out clip is asked first (count, color, shape,
+    # direction), e.g. [count]: as many questions of that type as clips (the demo's planted type)
+    synthetic_ask_first: list[str] = field(default_factory=list)
     # 0: every iteration uses the whole pool (fixed pool); k > 0: k fresh prompts per iteration,
     # taken in a seeded shuffled order and wrapping around when the pool runs out.
     prompts_per_iteration: int = 0
@@ -110,6 +113,11 @@ class DataConfig:
         _check(self.synthetic_questions_per_video >= 1, "data.synthetic_questions_per_video", "must be >= 1")
         _check(self.prompts_per_iteration >= 0, "data.prompts_per_iteration", "must be >= 0")
         _one_of(self.synthetic_container, "data.synthetic_container", ("mp4", "webm", "gif", "avi", "mkv", "frames"))
+        for kind in self.synthetic_ask_first:
+            _one_of(kind, "data.synthetic_ask_first", ("count", "color", "shape", "direction"))
+        _check(len(set(self.synthetic_ask_first)) == len(self.synthetic_ask_first) <= self.synthetic_questions_per_video,
+               "data.synthetic_ask_first", f"distinct types, at most data.synthetic_questions_per_video="
+               f"{self.synthetic_questions_per_video}, got {list(self.synthetic_ask_first)}")
         if self.prompts:
             _check(Path(self.prompts).is_file(), "data.prompts", f"no such file: {self.prompts}")
 
@@ -231,6 +239,12 @@ class WarmStartConfig:
     # direction. The demo uses it to make the failure i-SRT corrects visible at this size.
     qa_prior: dict[str, str] = field(default_factory=dict)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    # A folder of finished warm starts shared by runs ("" = none): each is kept under a key of
+    # every setting it depends on (seed, model, warmstart.*, judge.mode, prompts.*), and a run
+    # whose key is there hard-links it into its warm_start/ instead of training (an ablation
+    # starts from the very same pi_0). The key holds settings, not code: clear the folder after
+    # changing the warm start's code.
+    cache_dir: str = ""
 
     def __post_init__(self):
         _check(self.videos >= 0, "warmstart.videos", "must be >= 0")
@@ -253,6 +267,24 @@ class WarmStartConfig:
 
 
 @dataclass
+class GateConfig:
+    """Before iteration 0, check on held-out clips that pi_0 shows the failure the loop is meant
+    to correct (isrt.gate): for `question_type`, its descriptions name the answer at least
+    `margin` more often than its answers get it right, one-sided McNemar p < `alpha`. A failed
+    gate is said in the log and the report; the loop still runs."""
+    question_type: str = ""  # "" = no gate; count | color | shape | direction
+    questions: int = 48  # the first this many held-out questions of the type
+    margin: float = 0.2
+    alpha: float = 0.05
+
+    def __post_init__(self):
+        _one_of(self.question_type, "gate.question_type", ("", "count", "color", "shape", "direction"))
+        _check(self.questions >= 1, "gate.questions", f"must be >= 1, got {self.questions}")
+        _check(0 <= self.margin <= 1, "gate.margin", f"must be in [0, 1], got {self.margin}")
+        _check(0 < self.alpha < 1, "gate.alpha", f"must be in (0, 1), got {self.alpha}")
+
+
+@dataclass
 class RunConfig:
     preset: str = "default"
     iterations: int = 3  # T; the paper's released model is the 9th iteration
@@ -264,9 +296,12 @@ class RunConfig:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        _check(not self.gate.question_type or self.data.synthetic_eval_videos > 0 or bool(self.data.eval_prompts),
+               "gate.question_type", "the gate reads held-out clips: set data.synthetic_eval_videos or data.eval_prompts")
 
 
 def preset_names() -> list[str]:
@@ -275,10 +310,7 @@ def preset_names() -> list[str]:
 
 def load_config(preset: str = "default", overrides: list[str] = (), config_file: str | None = None) -> RunConfig:
     """Defaults <- preset YAML <- optional user YAML <- `key=value` overrides, then checked."""
-    preset_file = PRESET_DIR / f"{preset}.yaml"
-    if not preset_file.is_file():
-        raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
-    layers = [OmegaConf.structured(RunConfig), _load_yaml(preset_file), OmegaConf.create({"preset": preset})]
+    layers = [OmegaConf.structured(RunConfig), _preset_layer(preset), OmegaConf.create({"preset": preset})]
     if config_file:
         if not Path(config_file).is_file():
             raise ConfigError(f"--config: no such file: {config_file}")
@@ -299,6 +331,18 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def _preset_layer(preset: str, seen: tuple[str, ...] = ()):
+    """A preset's YAML over the one it names in `extends:` (an ablation preset says only what differs)."""
+    preset_file = PRESET_DIR / f"{preset}.yaml"
+    if not preset_file.is_file():
+        raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
+    if preset in seen:
+        raise ConfigError(f"presets extend each other in a circle: {' -> '.join((*seen, preset))}")
+    layer = _load_yaml(preset_file)
+    base = layer.pop("extends", None)
+    return OmegaConf.merge(_preset_layer(str(base), (*seen, preset)), layer) if base else layer
 
 
 def _check_finite(obj, prefix: str = "") -> None:
@@ -330,7 +374,7 @@ def _missing_keys(node, prefix: str = "") -> list[str]:
     for k in node:
         if OmegaConf.is_missing(node, k):
             out.append(f"{prefix}{k}")
-        elif OmegaConf.is_config(node[k]):
+        elif OmegaConf.is_dict(node[k]):  # not into lists: their items are values, not keys
             out += _missing_keys(node[k], f"{prefix}{k}.")
     return out
 

@@ -41,13 +41,35 @@ from isrt.data import iteration_prompts, load_pool, shard_by_video
 from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter
 from isrt.engine.features import FeatureCache
-from isrt.engine.io import atomic_dir, atomic_write_text, commit_dir, read_json, read_jsonl, write_json, write_jsonl
+from isrt.engine.io import atomic_dir, atomic_write_text, commit_dir, copy_tree_linked, read_json, read_jsonl, write_json, write_jsonl
 from isrt.engine.training.dpo import Pair, train_dpo
 from isrt.engine.training.trainable import finish_training, set_trainable
 from isrt.rundir import RunDir, public
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+
+
+def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
+    """Where warmstart.cache_dir keeps the warm start of these settings (None: no cache): a key
+    of everything the warm start depends on, so two runs share one only when it would come out
+    the same (thread count and world size included: they change the float reduction order)."""
+    import dataclasses
+    import hashlib
+    import json
+    import isrt
+
+    if not cfg.warmstart.cache_dir:
+        return None
+    m = cfg.model
+    source = m.source if m.source in ("tiny", "smollm2") else str(Path(m.source).resolve())
+    settings = dict(version=isrt.__version__, seed=cfg.seed, family=m.family, source=source, dtype=m.dtype,
+                    num_frames=m.num_frames, attn=m.attn_implementation, judge_mode=cfg.judge.mode,
+                    container=cfg.data.synthetic_container, warmstart=dataclasses.asdict(cfg.warmstart),
+                    prompts=dataclasses.asdict(cfg.prompts), world_size=world_size, threads=torch.get_num_threads())
+    settings["warmstart"].pop("cache_dir")
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.warmstart.cache_dir).resolve() / f"{m.family}-{key}"
 
 class RunDirMismatch(ValueError):
     pass
@@ -134,6 +156,8 @@ class Run:
                                   host_budget_bytes=int(cfg.data.host_cache_gb * gib))
         if cfg.warmstart.videos:
             self.warm_start()
+        if cfg.gate.question_type:
+            self.gate()
 
     def _manifest(self):
         """Frame count, fps, codec and size of every video, probed once (rank 0, cached in
@@ -172,7 +196,8 @@ class Run:
         from isrt.engine.synthetic import make_dataset
         c = self.cfg.data
         tmp = atomic_dir(self.out / name)
-        make_dataset(tmp, num_videos, seed=seed, container=c.synthetic_container,
+        first = () if questions_per_video else tuple(c.synthetic_ask_first)  # the pool and eval sets, not sft_data
+        make_dataset(tmp, num_videos, seed=seed, container=c.synthetic_container, ask_first=first,
                      questions_per_video=questions_per_video or c.synthetic_questions_per_video, exclude=exclude)
         commit_dir(tmp, self.out / name)
 
@@ -182,6 +207,13 @@ class Run:
         from isrt.warmstart import warm_start
         cfg = self.cfg
         if (self.out / "warm_start" / "sft.json").exists():
+            return
+        shared = self._shared_warm_start()
+        if shared is not None and (shared / "sft.json").exists():
+            if self.d.is_main:
+                copy_tree_linked(shared, self.out / "warm_start")
+            distributed.barrier(self.d)
+            self.log(f"warm start: the one in {shared} (warmstart.cache_dir)")
             return
         self.log("== supervised warm start ==")
         records = read_jsonl(self.out / "sft_data" / "prompts.jsonl")
@@ -193,6 +225,27 @@ class Run:
                             judge_per_video=cfg.warmstart.judge_per_video, dtype=DTYPES[cfg.model.dtype],
                             family=cfg.model.family, qa_prior=dict(cfg.warmstart.qa_prior))
         self.log(f"warm start: {result.metrics.get('steps')} steps, final loss {result.metrics.get('loss')}")
+        if shared is not None and self.d.is_main and not (shared / "sft.json").exists():
+            copy_tree_linked(self.out / "warm_start", shared)
+
+    def _shared_warm_start(self) -> Path | None:
+        return shared_warm_start_dir(self.cfg, self.d.world_size)
+
+    def gate(self) -> None:
+        """isrt.gate on pi_0 and the held-out clips, once (gate.json); rank 0 runs it."""
+        from isrt.gate import gate_line, run_gate
+        path = self.out / "gate.json"
+        if self.d.is_main and not path.exists():
+            g, s = self.cfg.gate, self.cfg.sampling
+            self.log("== gate: does pi_0 answer worse than it describes? ==")
+            start = time.time()
+            result = run_gate(self.load_policy(0), self.cache, self.eval_pool.records, question_type=g.question_type,
+                              questions=g.questions, margin=g.margin, alpha=g.alpha, batch_size=s.batch_size,
+                              max_new_tokens=s.max_new_tokens, describe_max_new_tokens=s.context_max_new_tokens)
+            write_json(path, dict(result, seconds=round(time.time() - start, 3)))
+        distributed.barrier(self.d)
+        if self.d.is_main:
+            self.log(gate_line(read_json(path)))
 
     def initial_source(self) -> str:
         """The model before any training: built into init_model/ (tiny, smollm2) or the given folder."""

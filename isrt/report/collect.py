@@ -364,7 +364,8 @@ def _iteration(reader: _Reader, it: Path, t: int, tokenizer) -> tuple[dict, dict
 def collect(run_dir: str | Path, *, tokenizer=None) -> dict:
     """Everything the report shows, read from `run_dir`: {"run_dir", "config", "planned",
     "iterations": [row per iter_XX], "final": eval numbers of pi_T or {}, "paired": `_paired`,
-    "mechanism": `mechanism_summary` ({} without audit judges), "problems"}."""
+    "mechanism": `mechanism_summary` ({} without audit judges), "gate": gate.json (isrt.gate) or
+    None, "problems"}."""
     run_dir = Path(run_dir)
     reader = _Reader(run_dir)
     config: dict = {}
@@ -386,8 +387,10 @@ def collect(run_dir: str | Path, *, tokenizer=None) -> dict:
     series["greedy"].append((planned if planned is not None else max((r["t"] for r in rows), default=-1) + 1,
                              _answers(final_records, False)))
     mechanism = mechanism_summary([r["mechanism"] for r in rows if r.get("mechanism")])
+    gate = reader.json(run_dir / "gate.json") if (run_dir / "gate.json").exists() else None
     return {"run_dir": str(run_dir), "config": config, "planned": planned, "iterations": rows,
-            "final": final, "paired": _paired(series), "mechanism": mechanism, "problems": reader.problems}
+            "final": final, "paired": _paired(series), "mechanism": mechanism, "gate": gate,
+            "problems": reader.problems}
 
 
 

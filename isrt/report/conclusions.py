@@ -260,6 +260,33 @@ def _verdict_line(out: dict) -> str:
     return verdict + "."
 
 
+def _planted_line(config: dict) -> str | None:
+    """Say plainly when pi_0 was taught a prior on purpose (warmstart.qa_prior)."""
+    prior = ((config.get("warmstart") or {}).get("qa_prior") or {}) if (config.get("warmstart") or {}).get("videos") else {}
+    if not prior:
+        return None
+    what = ", ".join(f"every {k} question answered \"{v}\"" for k, v in prior.items())
+    return (f"**Planted prior**: the warm start was taught a language prior on purpose ({what}, whatever the "
+            "video; warmstart.qa_prior), to make the failure i-SRT corrects visible at this size. This run "
+            "demonstrates the mechanism; it is not a benchmark result.")
+
+
+def _gate_line(out: dict, gate: dict | None) -> str | None:
+    """The gate (isrt.gate): does pi_0 answer the gated type worse than it describes it?"""
+    out["gate_passed"] = None if gate is None else bool(gate.get("passed"))
+    if gate is None:
+        return None
+    from isrt.gate import gate_line
+
+    try:
+        line = gate_line(gate)
+    except (KeyError, TypeError, ValueError):
+        return "**Gate**: gate.json is unreadable; whether pi_0 shows the failure is unknown."
+    tail = ("" if gate["passed"] else " So pi_0 does not show the failure the loop corrects (or its descriptions "
+            "are no better evidence): what follows does not test the mechanism.")
+    return f"**Gate**: {line[0].upper()}{line[1:]}.{tail}"
+
+
 def conclusions(data: dict) -> dict:
     """The summary in words, each sentence computed from the numbers; also the flags
     {"accuracy_up", "accuracy_up_beyond_noise", "accuracy_p" (McNemar; None when unpaired),
@@ -267,6 +294,9 @@ def conclusions(data: dict) -> dict:
     out: dict = {"lines": [], "accuracy_up": None, "accuracy_up_beyond_noise": None, "accuracy_p": None,
                  "length_growth": None, "length_grew": None, "helped": None}
     rows = data["iterations"]
+    for line in (_planted_line(data.get("config") or {}), _gate_line(out, data.get("gate"))):
+        if line is not None:
+            out["lines"].append(line)
     kind, series = accuracy_series(data)
     out["lines"].append(_accuracy_line(out, kind, series, data.get("paired")))
     out["lines"].append(_length_line(out, rows))

@@ -182,6 +182,22 @@ def test_answer_from_caption_reads_every_question_back():
     assert n == 800
 
 
+def test_ask_first_puts_one_question_of_each_type_first_and_changes_nothing_else(tmp_path):
+    for i in range(50):
+        scene = syn.make_scene(3, i, 64, 64)
+        plain = syn.questions(scene, np.random.default_rng(i), 3)
+        first = syn.questions(scene, np.random.default_rng(i), 3, ("count", "direction"))
+        assert first[0] == ("How many objects are there?", syn.NUMBER_WORDS[len(scene)])
+        assert first[1][0].startswith("Which direction") and len(set(first)) == 3
+        assert syn.questions(scene, np.random.default_rng(i), 3, ()) == plain  # the default draw is unchanged
+    jsonl = syn.make_dataset(tmp_path / "d", 6, seed=2, questions_per_video=2, ask_first=("count",))
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["prompt"] for r in recs[::2]] == ["How many objects are there?"] * 6
+    assert not any(r["prompt"].startswith("How many") for r in recs[1::2])
+    with pytest.raises(ValueError, match="ask_first"):
+        syn.make_dataset(tmp_path / "e", 1, questions_per_video=1, ask_first=("count", "shape"))
+
+
 @pytest.mark.parametrize("question,text,expected", [
     ("What color is the square?", "Two objects: a red square moving left and a blue circle moving up.", "red"),
     ("What colour is the square?", "Two objects: a red square moving left, and a blue circle moving up.", "red"),

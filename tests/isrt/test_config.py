@@ -34,6 +34,9 @@ def test_presets_load_and_overrides_apply():
     (["dpo.lora_r=0"], "dpo.lora_r"),
     (["dpo.lora_alpha=0"], "dpo.lora_alpha"),
     (["dpo.max_length=-1"], "dpo.max_length"),
+    (["data.synthetic_ask_first=[size]"], "data.synthetic_ask_first"),
+    (["data.synthetic_ask_first=[count,count]", "data.synthetic_questions_per_video=2"], "data.synthetic_ask_first"),
+    (["data.synthetic_ask_first=[count,shape]"], "data.synthetic_ask_first"),  # more than questions per clip
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError) as e:
@@ -163,3 +166,26 @@ def test_prompt_templates_come_from_the_config_and_are_checked(tmp_path):
         load_config("smoke", ["prompts.judge=Which of {response_a} or {response_b}?"])
     with pytest.raises(ConfigError, match=r"^prompts.context_retro: .*previous_context"):
         load_config("smoke", ["prompts.context_retro=Describe it again."])
+
+
+def test_an_ablation_preset_extends_the_default_and_changes_only_what_it_says():
+    import dataclasses
+
+    base, ablation = load_config("default"), load_config("demo_nocontext")
+    assert ablation.judge.context == "none" and base.judge.context == "current"
+    assert dataclasses.replace(ablation, preset="default", judge=base.judge) == base
+    # the override still wins over both layers
+    assert load_config("demo_nocontext", ["judge.context=previous"]).judge.context == "previous"
+
+
+def test_presets_that_extend_each_other_in_a_circle_are_one_line_errors(tmp_path, monkeypatch):
+    import isrt.config as C
+
+    (tmp_path / "a.yaml").write_text("extends: b\niterations: 2\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    (tmp_path / "c.yaml").write_text("extends: nothere\n")
+    monkeypatch.setattr(C, "PRESET_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=r"^presets extend each other in a circle: a -> b -> a$"):
+        load_config("a")
+    with pytest.raises(ConfigError, match=r"^--preset: unknown preset 'nothere'"):
+        load_config("c")

@@ -294,6 +294,58 @@ def test_warm_start_kinds_come_from_the_config(pool, tmp_path):
     assert kinds == {"describe": 2, "retro": 2, "judge_answer": 2}
 
 
+def test_warm_start_cache_is_shared_by_runs_of_the_same_warm_start_settings(pool, tmp_path):
+    """warmstart.cache_dir: the second run (an ablation: another judge.context) takes the first
+    run's warm start, hard-linked, instead of training its own; other warm-start settings get
+    another key."""
+    import torch
+
+    from isrt.config import load_config
+    from isrt.loop import shared_warm_start_dir
+
+    cache = tmp_path / "warm_starts"
+    ws = ["warmstart.videos=2", "warmstart.sft.steps=1", "warmstart.sft.align_steps=1", "warmstart.sft.batch_size=2",
+          "iterations=1", "judge.mode=likelihood", f"warmstart.cache_dir={cache}"]
+    run_isrt(tmp_path / "a", pool, *ws)
+    p = run_isrt(tmp_path / "b", pool, *ws, "judge.context=none")
+    assert "warm start: the one in" in p.stdout + p.stderr
+    (entry,) = cache.iterdir()
+    for f in entry.rglob("*"):
+        if f.is_file():
+            for run in ("a", "b"):
+                mine = tmp_path / run / "warm_start" / f.relative_to(entry)
+                assert mine.read_bytes() == f.read_bytes() and mine.stat().st_ino == f.stat().st_ino
+    assert not list(entry.parent.glob(".*.tmp"))
+
+    def key(*more, threads=1):  # the runs ran with OMP_NUM_THREADS=1; the thread count is part of the key
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return shared_warm_start_dir(load_config("smoke", [f"data.prompts={pool}", *ws, *more]), 1)
+        finally:
+            torch.set_num_threads(before)
+    assert key() == entry and key("judge.context=none", "dpo.beta=0.5") == entry
+    assert len({key(), key("warmstart.sft.steps=2"), key("seed=1"), key("judge.mode=score"),
+                key("warmstart.qa_prior.count=two"), key("model.num_frames=2"), key(threads=2)}) == 7
+    assert shared_warm_start_dir(load_config("smoke", [f"data.prompts={pool}"]), 1) is None
+
+
+def test_the_gate_runs_once_before_iteration_0_and_the_report_states_it(pool, tmp_path):
+    out = tmp_path / "gate"
+    args = ["iterations=1", "gate.question_type=count", "data.synthetic_ask_first=[count]", "data.synthetic_eval_videos=3"]
+    p = run_isrt(out, pool, *args)
+    g = json.loads((out / "gate.json").read_text())
+    assert g["n"] == 3 and g["question_type"] == "count" and isinstance(g["passed"], bool)
+    log = p.stdout + p.stderr
+    assert log.index("gate passed" if g["passed"] else "gate FAILED") < log.index("== iteration 0 ==")
+    assert "**Gate**: Gate" in (out / "report.md").read_text()
+    evals = read_jsonl(out / "iter_00" / "eval.jsonl")
+    assert sum(r["prompt"] == "How many objects are there?" for r in evals) == 3
+    before = (out / "gate.json").stat().st_mtime_ns
+    run_isrt(out, pool, *args)
+    assert (out / "gate.json").stat().st_mtime_ns == before
+
+
 def test_balanced_judge_keeps_as_many_of_each_direction(pool, tmp_path):
     """judge.balance: the kept pairs of short responses are balanced per pair of answers, the
     surplus is recorded as "unbalanced", and kept judgments still equal the preference pairs."""
