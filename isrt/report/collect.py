@@ -241,8 +241,8 @@ def _pick(judgment: dict) -> str | None:
 
 def _mechanism_tally(judgments: list[dict], responses: list[dict] | None) -> dict | None:
     """Per judge kind (the training judge's "context" and each non-null "audit" kind), over the
-    pairs with exactly one right response ("all") and the kept ones ("kept"): [right, wrong, no
-    pick]; per audit kind, the training judge against it on the same pairs: [wins, losses, pairs]
+    pairs with exactly one right response ("all"), the kept ones ("kept") and those of each
+    question type ("type:<kind>"): [right, wrong, no pick]; per audit kind, the training judge against it on the same pairs: [wins, losses, pairs]
     (win: the training judge picked right and the audit judge did not). None without "audit"."""
     if not any(isinstance(j.get("audit"), dict) for j in judgments):
         return None
@@ -258,16 +258,18 @@ def _mechanism_tally(judgments: list[dict], responses: list[dict] | None) -> dic
         training[train] += 1
         picks = {k: _pick(a) for k, a in (j.get("audit") or {}).items() if isinstance(a, dict)}
         picks[train] = _pick(j)
-        scopes = ("all", "kept") if j.get("kept") else ("all",)
+        # and per question type ("type:count", ...): the planted type is where the mechanism shows
+        scopes = ("all", "kept", f"type:{_qtype(by_id[j['id']])}") if j.get("kept") \
+            else ("all", f"type:{_qtype(by_id[j['id']])}")
         for kind, pick in picks.items():
             slot = 0 if pick == right else (1 if pick is not None else 2)
             counts = judges.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]})
             won = picks[train] == right and pick != right
             lost = pick == right and picks[train] != right
             for s in scopes:
-                counts[s][slot] += 1
+                counts.setdefault(s, [0, 0, 0])[slot] += 1
                 if kind != train:
-                    t = sign.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]})[s]
+                    t = sign.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]}).setdefault(s, [0, 0, 0])
                     t[0], t[1], t[2] = t[0] + won, t[1] + lost, t[2] + 1
     return {"training": dict(training), "judges": judges, "sign": sign}
 
@@ -289,7 +291,7 @@ def mechanism_summary(tallies: list[dict]) -> dict:
             for kind, scopes in src.items():
                 acc = dst.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]})
                 for s, v in scopes.items():
-                    acc[s] = [a + b for a, b in zip(acc[s], v)]
+                    acc[s] = [a + b for a, b in zip(acc.get(s, [0, 0, 0]), v)]
     trained = training.most_common(1)[0][0] if training else "current"
     return {"training": trained,
             "pairs": {s: sum(judges[trained][s]) if trained in judges else 0 for s in ("all", "kept")},

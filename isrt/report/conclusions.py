@@ -204,10 +204,11 @@ def _judge_score(v: dict, total: int) -> str:
             f"one-sided binomial p = {_p(v['p'])})")
 
 
-def _mechanism_line(out: dict, mech: dict) -> str | None:
+def _mechanism_line(out: dict, mech: dict, gated: str = "") -> str | None:
     """Did reading c_t make the judge pick the right response (`collect.mechanism_summary`): the
     training judge and the audit judges on the pairs with exactly one right response, and a
-    sign test between them; sets out["mechanism"] = {audit kind: sign test on all pairs}."""
+    sign test between them, also on the gated question type alone (`gated`, the demo's planted
+    type); sets out["mechanism"] = {audit kind: sign test on all pairs}."""
     if not mech:
         return None
     total, train = mech["pairs"]["all"], mech["training"]
@@ -226,6 +227,14 @@ def _mechanism_line(out: dict, mech: dict) -> str | None:
     line += "".join(f"; sign test {JUDGE_SHORT.get(train, train)} vs {JUDGE_SHORT.get(k, k)}: "
                     f"{v['all']['wins']} wins, {v['all']['losses']} losses, p = {_p(v['all']['p'])}"
                     for k, v in signs.items())
+    scope = f"type:{gated}"
+    mine = js[train].get(scope) if gated else None
+    if mine and mine["n"]:
+        line += (f". On the {mine['n']} {gated} pairs alone (the gated type): " + ", ".join(
+            f"{JUDGE_SHORT.get(k, k)} right {js[k][scope]['right']}/{js[k][scope]['n']}"
+            for k in order if js.get(k, {}).get(scope, {}).get("n"))
+            + "".join(f"; sign test vs {JUDGE_SHORT.get(k, k)}: {v[scope]['wins']} wins, "
+                      f"{v[scope]['losses']} losses, p = {_p(v[scope]['p'])}" for k, v in signs.items() if scope in v))
     kept = mech["pairs"]["kept"]
     if kept:
         line += (f". On the {kept} kept pairs alone: " + ", ".join(
@@ -301,7 +310,8 @@ def conclusions(data: dict) -> dict:
     out["lines"].append(_accuracy_line(out, kind, series, data.get("paired")))
     out["lines"].append(_length_line(out, rows))
     for line in (_collapse_line(spread_series(data)), _judge_line(rows), _evidence_line(rows),
-                 _mechanism_line(out, data.get("mechanism") or {})):
+                 _mechanism_line(out, data.get("mechanism") or {},
+                                 ((data.get("config") or {}).get("gate") or {}).get("question_type") or "")):
         if line is not None:
             out["lines"].append(line)
     out["lines"].append(_verdict_line(out))

@@ -147,6 +147,11 @@ def _paired_section(paired: dict) -> list[str]:
             _table(header, rows), ""]
 
 
+def _scope(scope: str) -> str:
+    """"all", "kept", or "count only" for "type:count"."""
+    return f"{scope[5:]} only" if scope.startswith("type:") else scope
+
+
 def _mechanism_section(mech: dict) -> list[str]:
     """The "Mechanism audit" section: each judge on the pairs with exactly one right response
     (all judged, and kept only), and the sign tests of the training judge against the others."""
@@ -154,17 +159,18 @@ def _mechanism_section(mech: dict) -> list[str]:
         return []
     train = mech["training"]
     kinds = [train] + [k for k in mech["judges"] if k != train]
+    scopes = ["all", "kept"] + sorted({s for v in mech["judges"].values() for s in v if s.startswith("type:")})
     rows = []
     for k in kinds:
-        for scope in ("all", "kept"):
+        for scope in scopes:
             v = mech["judges"].get(k, {}).get(scope)
             if v and v["n"]:
-                rows.append([JUDGE_NAMES.get(k, k) + (" (training)" if k == train else ""), scope, str(v["n"]),
+                rows.append([JUDGE_NAMES.get(k, k) + (" (training)" if k == train else ""), _scope(scope), str(v["n"]),
                              str(v["right"]), str(v["wrong"]), str(v["none"]), _pct(v["right"] / v["n"], 0),
                              _p(v["p"])])
-    signs = [[f"{JUDGE_NAMES.get(train, train)} vs {JUDGE_NAMES.get(k, k)}", scope, str(v[scope]["n"]),
+    signs = [[f"{JUDGE_NAMES.get(train, train)} vs {JUDGE_NAMES.get(k, k)}", _scope(scope), str(v[scope]["n"]),
               str(v[scope]["wins"]), str(v[scope]["losses"]), _p(v[scope]["p"])]
-             for k, v in mech["sign"].items() for scope in ("all", "kept") if v[scope]["n"]]
+             for k, v in mech["sign"].items() for scope in scopes if v.get(scope, {}).get("n")]
     out = ["## Mechanism audit (pairs with exactly one right response)", "",
            "pick: the response a judge preferred in both orders; audit judges judge the same pairs and are never "
            "used for training. binomial p: one-sided, right picks vs wrong picks (H0: 50%).", "",

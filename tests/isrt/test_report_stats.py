@@ -196,3 +196,17 @@ def test_runs_without_audit_report_as_before(audit_run):
     text = write_report(audit_run).read_text()
     assert "**Mechanism**" not in text and "## Mechanism audit" not in text
     assert "**Judge**: kept 7 of 8 judged pairs" in text
+
+
+def test_mechanism_per_question_type_and_the_gated_type_line(audit_run):
+    m = collect(audit_run)["mechanism"]
+    # every pair of the fixture is a colour question: the type's scope repeats "all"
+    assert m["judges"]["current"]["type:color"] == m["judges"]["current"]["all"]
+    assert m["sign"]["none"]["type:color"] == m["sign"]["none"]["all"]
+    text = write_report(audit_run).read_text()
+    assert "| the judge reading c_t (training) | color only | 7 | 5 | 1 | 1 | 71% | 0.11 |" in text
+    assert "the gated type" not in text
+    (audit_run / "config.yaml").write_text("iterations: 2\ngate:\n  question_type: color\n")
+    text = write_report(audit_run).read_text()
+    assert ("On the 7 color pairs alone (the gated type): c_t right 5/7, none right 4/7, c_{t-1} right 2/4; "
+            "sign test vs none: 3 wins, 2 losses, p = 1") in text
