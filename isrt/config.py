@@ -243,8 +243,8 @@ class WarmStartConfig:
     # every setting it depends on (seed, model, warmstart.*, judge.mode, prompts.*), and a run
     # whose key is there hard-links it into its warm_start/ instead of training (an ablation
     # starts from the very same pi_0). The key holds settings, not code: clear the folder after
-    # changing the warm start's code.
-    cache_dir: str = ""
+    # changing the warm start's code. "" or null (`warmstart.cache_dir=` on a command line): none.
+    cache_dir: str | None = ""
 
     def __post_init__(self):
         _check(self.videos >= 0, "warmstart.videos", "must be >= 0")

@@ -85,9 +85,10 @@ class TrainingDiverged(RuntimeError):
 
 def _crash_point(name: str) -> None:
     """Test hook: ISRT_CRASH_AT=iter_00/stage2 kills this process (SIGKILL, no cleanup)
-    in the middle of that stage, as a preempted job would die."""
+    in the middle of that stage, as a preempted job would die; ISRT_CRASH_SIGNAL=TERM or INT
+    sends that signal instead (a scheduler's polite stop, Ctrl-C)."""
     if os.environ.get("ISRT_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("ISRT_CRASH_SIGNAL", "KILL")))
 
 
 class Run:

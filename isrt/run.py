@@ -16,6 +16,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import errno  # noqa: E402
+import signal  # noqa: E402
 
 from isrt.config import ConfigError, load_config, preset_names  # noqa: E402
 
@@ -51,6 +52,26 @@ class StrategyError(ValueError):
     pass
 
 
+class Terminated(Exception):
+    """SIGTERM reached the run's process (a scheduler stopping the job)."""
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM raises Terminated in this process, so the run unwinds like Ctrl-C (its writes are
+    atomic: nothing half-written) and says how to resume. Processes forked from it (decoding
+    workers) keep the default: a pool that terminates its workers must not see exceptions."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def check_strategies(cfg, d) -> None:
     """fsdp2 with one process is refused before any stage runs, not when stage 3 starts."""
     from isrt.engine.training.steps import check_strategy
@@ -79,6 +100,7 @@ def main(argv=None) -> int:
     from isrt.loop import PoolError, Run, RunDirMismatch, TrainingDiverged
 
     d = distributed.init()
+    stop_cleanly_on_sigterm()
     try:
         check_strategies(cfg, d)
         rows = Run(cfg, output_dir, d).run()
@@ -94,6 +116,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last finished stage", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM): rerun the same command to resume from the last finished stage", file=sys.stderr)
+        return 143
     finally:
         distributed.shutdown(d)
     if d.is_main:

@@ -25,14 +25,14 @@ def _env(**extra):
     return env
 
 
-def run_isrt(out: Path, pool: Path, *overrides, nproc=None, crash_at=None, check=True):
+def run_isrt(out: Path, pool: Path, *overrides, nproc=None, crash_at=None, crash_signal="KILL", check=True):
     args = ["--preset", "smoke", "--output_dir", str(out), f"data.prompts={pool}", *overrides]
     if nproc:
         torchrun = Path(sys.executable).parent / "torchrun"
         cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "isrt.run", *args]
     else:
         cmd = [sys.executable, "-m", "isrt.run", *args]
-    env = _env(**({"ISRT_CRASH_AT": crash_at} if crash_at else {}))
+    env = _env(**({"ISRT_CRASH_AT": crash_at, "ISRT_CRASH_SIGNAL": crash_signal} if crash_at else {}))
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
@@ -195,6 +195,21 @@ def test_killed_in_each_stage_and_rerun_gives_the_same_pairs(full_run, pool, tmp
         assert len(ids) == len(set(ids))
     leftovers = [p for p in out.rglob("*.tmp")]
     assert not leftovers
+
+
+def test_sigterm_stops_in_one_line_and_the_rerun_gives_the_same_pairs(full_run, pool, tmp_path):
+    """A scheduler's SIGTERM, at two points: exit 143, one line saying how to resume, no
+    traceback, nothing half-written; the rerun ends with the uninterrupted run's pairs."""
+    out = tmp_path / "terminated"
+    for at in ("iter_00/stage2", "iter_01/stage1"):
+        p = run_isrt(out, pool, crash_at=at, crash_signal="TERM", check=False)
+        assert p.returncode == 143, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr
+        assert p.stderr.strip().splitlines()[-1] == ("terminated (SIGTERM): rerun the same command to resume from "
+                                                     "the last finished stage")
+        assert not (out / f"{at}.json").exists() and not list(out.rglob("*.tmp"))
+    run_isrt(out, pool)
+    assert pair_ids(out) == pair_ids(full_run[0])
 
 
 def test_a_run_directory_moved_between_iterations_keeps_its_chain_of_contexts(tmp_path):
