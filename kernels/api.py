@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .losses import check_pairs
 from .options import DEFAULT_OPTIONS, KernelOptions, triton_interpreting
 from .torch_logprobs import torch_linear_logprobs
 from .two_pass import two_pass_dpo
@@ -103,6 +104,10 @@ def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     log-probs. The Triton backend runs `options.schedule`; the torch backend is two-pass.
     """
     _check_shapes(hidden, weight, labels, bias)
+    if hidden.dim() == 3 and hidden.shape[0] % 2 == 0:  # else the backends name the shape problem
+        b = hidden.shape[0] // 2
+        marker = hidden.new_empty(b)
+        check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
     hidden, weight, bias = _autocast(hidden, weight, bias)
     if resolve_backend(backend, hidden) == "triton":
         from .triton_dpo import triton_fused_linear_dpo

@@ -42,6 +42,21 @@ def _check(loss_type: str, beta: float, label_smoothing: float) -> None:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
 
 
+def check_pairs(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+                ref_rejected_logps: torch.Tensor) -> None:
+    """Four `[B]` tensors on one device, or a ValueError naming the odd one: a `[B, 1]` reference
+    would broadcast against `[B]` log-probs into a `[B, B]` margin, a wrong loss without an error."""
+    b = chosen_logps.shape[0] if chosen_logps.dim() == 1 else None
+    named = {"chosen_logps": chosen_logps, "rejected_logps": rejected_logps,
+             "ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != b:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}: expected shape [B] = [{b}] (one value per pair), got {shape}")
+        if t.device != chosen_logps.device:
+            raise ValueError(f"{name}: on {t.device}, the policy log-probs on {chosen_logps.device}")
+
+
 def per_pair_losses(margin: torch.Tensor, *, beta: float, loss_type: str,
                     label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-pair loss `[B]` from the log-ratio margin m `[B]` (formulas in the module docstring)."""
@@ -67,6 +82,7 @@ def preference_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
     Returns `(loss, metrics)`: a 0-dim loss differentiable w.r.t. the policy log-probs, and a dict of
     detached `[B]` tensors (see the module docstring). Reference log-probs get no gradient.
     """
+    check_pairs(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     dt = acc_dtype(chosen_logps)
     pc, pr = chosen_logps.to(dt), rejected_logps.to(dt)
     rc, rr = ref_chosen_logps.detach().to(dt), ref_rejected_logps.detach().to(dt)

@@ -76,12 +76,14 @@ class SinglePassDPO(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, cfg):
-        beta, loss_type, ls, options, dw_fp32 = cfg
+        beta, loss_type, ls, options, dw_fp32, grad_enabled = cfg
         two_b, _, hdim = hidden.shape
         n_pairs = two_b // 2
         v = weight.shape[0]
         acc = acc_dtype(hidden)
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        # needs_input_grad follows requires_grad even under no_grad / inference_mode, where no
+        # backward can come: the gradient work is done here in forward, so skip it there
+        need_h, need_w, need_b = (n and grad_enabled for n in ctx.needs_input_grad[:3])
         h2 = hidden.reshape(-1, hdim)
         ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
         seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
@@ -189,7 +191,8 @@ def triton_fused_linear_dpo(hidden, weight, labels, ref_chosen_logps, ref_reject
                             label_smoothing=label_smoothing, bias=bias, ignore_index=ignore_index)
     loss, seq_logps = SinglePassDPO.apply(hidden, weight, bias, ref_chosen_logps,
                                           ref_rejected_logps, *plan,
-                                          (beta, loss_type, label_smoothing, options, dw_fp32))
+                                          (beta, loss_type, label_smoothing, options, dw_fp32,
+                                           torch.is_grad_enabled()))
     b = hidden.shape[0] // 2
     _, metrics = preference_loss(seq_logps[:b], seq_logps[b:], ref_chosen_logps,
                                  ref_rejected_logps, beta=beta, loss_type=loss_type,

@@ -220,6 +220,40 @@ def test_bad_inputs():
         fused_linear_dpo(h.reshape(-1, 8), w, y.reshape(-1), rc, rr, backend="triton")
 
 
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_reference_logps_of_another_shape_or_device_are_a_clear_error(path):
+    """A [B, 1] reference used to broadcast against [B] policy log-probs into a [B, B] margin
+    (issue 15, defect 3): a wrong loss and [B, B] metrics, without an error."""
+    h, w, bb, y, rc, rr = make(3, 4, 8, 20, torch.float32, seed=12)
+    for bad_c, bad_r, name in ((rc[:, None], rr, "ref_chosen_logps"), (rc, rr[:, None], "ref_rejected_logps"),
+                               (rc[:2], rr, "ref_chosen_logps"), (rc, rr.sum(), "ref_rejected_logps")):
+        with pytest.raises(ValueError, match=rf"^{name}: expected shape \[B\] = \[3\]"):
+            dpo(path, h, w, y, bad_c, bad_r, bias=bb)
+    with pytest.raises(ValueError, match=r"^ref_chosen_logps: on meta, the policy log-probs on cpu"):
+        dpo(path, h, w, y, rc.to("meta"), rr, bias=bb)
+    with pytest.raises(ValueError, match=r"^ref_rejected_logps: expected shape \[B\] = \[3\]"):
+        preference_loss(rc, rr, rc, rr[:, None])
+
+
+@pytest.mark.parametrize("single", PATHS[3:], ids=IDS[3:])
+def test_single_pass_does_no_gradient_work_under_no_grad(single, monkeypatch):
+    """The single pass computes dH/dW/db in forward; under no_grad / inference_mode no backward
+    can come, so it must not (issue 15, defect 1: 102.7 ms under no_grad against 95.7 ms for
+    forward + backward on an H200). Same loss either way."""
+    h, w, bb, y, rc, rr = make(2, 6, 8, 20, torch.float32, seed=13)
+    calls = []
+    orig = TD.row_grad_
+    monkeypatch.setattr(TD, "row_grad_", lambda *a, **k: (calls.append(1), orig(*a, **k))[1])
+    with_grad, _ = dpo(single, h, w, y, rc, rr, bias=bb)
+    assert calls, "the spy must see the gradient work when grad is on"
+    calls.clear()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            loss, metrics = dpo(single, h, w, y, rc, rr, bias=bb)
+        assert not calls and not loss.requires_grad
+        assert loss.item() == with_grad.item() and metrics["rewards/margins"].shape == (2,)
+
+
 def test_options_reach_the_kernels(monkeypatch):
     """KernelOptions is the only switch: impl picks the tile kernels, schedule the single pass;
     bad values fail when the options are built."""
