@@ -151,12 +151,15 @@ class SinglePassDPO(torch.autograd.Function):
         hshape, wdtype, bdtype = ctx.shapes
         # The gradients were computed in forward for d loss; scale by the upstream scalar (no
         # copy in the usual loss.backward() case; never in place, so backward can run twice).
+        # The scale is applied in fp32 and rounded once: a bf16 copy of 1/3 is 0.3340, which
+        # shifted every gradient by +0.2% (issue 15, defect 2).
         one = bool(grad_loss == 1)
-        dh = None if dh2 is None else (dh2 if one else dh2 * grad_loss.to(dh2.dtype)).view(hshape)
+        scale = grad_loss.float()
+        dh = None if dh2 is None else (dh2 if one else (dh2.float() * scale).to(dh2.dtype)).view(hshape)
         if dw is not None:
-            dw = (dw if one else dw * grad_loss.to(dw.dtype)).to(wdtype)
+            dw = (dw if one else dw.float() * scale).to(wdtype)
         if db is not None:
-            db = (db * grad_loss).to(bdtype)
+            db = (db.float() * scale).to(bdtype)
         return (dh, dw, db) + (None,) * 9
 
 
