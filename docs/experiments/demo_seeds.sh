@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The demo's three seeds and its ablation (docs/demo_model.md, "The demo"): `make run` is seed 0
+# of the default preset (runs/default); this runs the rest one after another on the same machine
+# and thread count, so each ablation shares its seed's warm start (warmstart.cache_dir), then
+# prints each run's summary. Run from the repository root after `make run`:
+#     bash docs/experiments/demo_seeds.sh
+set -euo pipefail
+RUN=".venv/bin/torchrun --nproc_per_node=1 -m isrt.run"
+for seed in 0 1 2; do
+    suffix=$([ "$seed" = 0 ] && echo "" || echo "_s$seed")
+    for preset in default demo_nocontext; do
+        out="runs/$preset$suffix"
+        start=$(date +%s)
+        $RUN --preset "$preset" --output_dir "$out" "seed=$seed" > "$out.log" 2>&1
+        echo "$out: $(( $(date +%s) - start )) s"
+    done
+done
+for seed in 0 1 2; do
+    suffix=$([ "$seed" = 0 ] && echo "" || echo "_s$seed")
+    for preset in default demo_nocontext; do
+        echo "== runs/$preset$suffix"
+        .venv/bin/python docs/experiments/per_type_answers.py "runs/$preset$suffix" | tail -5
+        .venv/bin/python docs/experiments/mechanism_by_type.py "runs/$preset$suffix"
+        grep -E '^- \*\*(Gate|Accuracy|Length|Mechanism|Verdict)' "runs/$preset$suffix/report.md" | cut -c1-400
+    done
+done
