@@ -26,6 +26,7 @@ same seeds, so a killed run continues where it stopped and a finished run does n
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import signal
@@ -56,7 +57,6 @@ def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
     the same (thread count and world size included: they change the float reduction order)."""
     import dataclasses
     import hashlib
-    import json
     import isrt
 
     if not cfg.warmstart.cache_dir:
@@ -462,6 +462,9 @@ class Run:
                     row.pop("history", None)
                     row.pop("bad_records", None)
                     rows.append(row)
-        write_jsonl(self.out / "metrics.jsonl", rows)
+        # a finished run, rerun, writes nothing: so it can be re-invoked on read-only storage
+        path = self.out / "metrics.jsonl"
+        if not path.exists() or read_jsonl(path, strict=False, bad=[]) != json.loads(json.dumps(rows)):
+            write_jsonl(path, rows)
         return rows
 

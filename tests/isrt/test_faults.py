@@ -156,3 +156,28 @@ def test_a_prompt_longer_than_the_context_costs_its_record_only(tmp_path):
     assert s1["responses"] == 2 and len(s1["bad_records"]) == 1
     assert s1["bad_records"][0].startswith(f"{records[1]['id']}: prompt too long (")
     assert "against a context of 2048" in s1["bad_records"][0]
+
+
+def test_a_finished_run_reruns_on_read_only_storage(tmp_path, monkeypatch, capsys):
+    """A finished run may be re-invoked where nothing can be written (issue 16): it writes
+    nothing, so it prints its summary and exits 0. Read-only storage is emulated by writers that
+    fail with EROFS (the tests run as root, where file modes do not stop a write)."""
+    import errno
+
+    import isrt.engine.io as io
+    import isrt.loop
+    from isrt.engine.synthetic import make_dataset
+
+    pool = make_dataset(tmp_path / "pool", 2, seed=0, questions_per_video=1)
+    assert _run(tmp_path, pool) == 0
+    capsys.readouterr()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(args[0]) if args else "?")
+    for module in (io, isrt.loop):
+        for name in ("write_jsonl", "write_json", "atomic_write_text", "atomic_dir"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, read_only)
+    assert _run(tmp_path, pool) == 0
+    out = capsys.readouterr()
+    assert "run directory:" in out.out and "Traceback" not in out.err
