@@ -29,8 +29,8 @@ from pathlib import Path
 
 from isrt.engine.io import read_jsonl
 from isrt.judge import reason_counts, swap_agreement
-from isrt.scoring import (answer_words, closed_word, description_names_answer, is_short_answer, kind_of, length_stats,
-                          score_answer)
+from isrt.scoring import (NUMBERS, answer_words, closed_word, description_names_answer, is_short_answer, kind_of,
+                          length_stats, score_answer)
 from isrt.report.stats import binom_one_sided, paired_counts, sign_test
 
 QTYPE_KEYS = ("qtype", "question_type", "type")  # a record's own question type, when it has one
@@ -83,6 +83,9 @@ def _short(rec: dict) -> bool:
     return is_short_answer(rec.get("answer"))
 
 
+_COUNT_WORD = {digits: word for word, digits in reversed(list(NUMBERS.items()))}  # "2" -> "two"
+
+
 def answer_spread(records: list[dict]) -> dict:
     """Per closed answer kind (colour, shape, direction, count) of the one-word gold answers:
     {kind: {"n", "accuracy", "top", "top_share", "gold_top_share"}}, accuracy = share of the
@@ -104,7 +107,8 @@ def answer_spread(records: list[dict]) -> dict:
     for kind, (said, golds, right) in sorted(by.items()):
         named = [w for w in said if w is not None]
         top = max(sorted(set(named)), key=named.count) if named else None
-        out[kind] = {"n": len(said), "accuracy": sum(right) / len(said), "top": top,
+        shown = _COUNT_WORD.get(top, top) if kind == "count" else top  # "two", not normalize's "2"
+        out[kind] = {"n": len(said), "accuracy": sum(right) / len(said), "top": shown,
                      "top_share": named.count(top) / len(said) if top else 0.0,
                      "gold_top_share": max(golds.count(g) for g in set(golds)) / len(golds)}
     return out

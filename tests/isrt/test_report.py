@@ -205,7 +205,7 @@ def test_answer_spread_and_collapse(tmp_path):
     sp = answer_spread(rows)
     assert sp["shape"] == {"n": 13, "accuracy": 13 / 13, "top": "square", "top_share": 5 / 13, "gold_top_share": 5 / 13}
     assert sp["color"] == {"n": 2, "accuracy": 0.5, "top": "red", "top_share": 0.5, "gold_top_share": 0.5}
-    assert sp["count"] == {"n": 2, "accuracy": 0.5, "top": "1", "top_share": 0.5, "gold_top_share": 0.5}
+    assert sp["count"] == {"n": 2, "accuracy": 0.5, "top": "one", "top_share": 0.5, "gold_top_share": 0.5}
     assert set(sp) == {"shape", "color", "count"}
     run = tmp_path / "collapse"
     run.mkdir()
@@ -312,3 +312,8 @@ def test_cli(failing_run, capsys):
     assert main([str(failing_run), "--tokenizer", "none"]) == 0
     out = capsys.readouterr().out
     assert "Verdict: the method did not help" in out and f"report: {failing_run / 'report.md'}" in out
+
+
+def test_answer_spread_names_counts_in_words():
+    rows = [{"prompt": "How many objects are there?", "answer": "three", "prediction": p} for p in ("two", "2", "three")]
+    assert answer_spread(rows)["count"]["top"] == "two"
