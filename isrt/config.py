@@ -238,6 +238,10 @@ class WarmStartConfig:
     # {count: two}: counts are only taught on two-object clips). Types: color, shape, count,
     # direction. The demo uses it to make the failure i-SRT corrects visible at this size.
     qa_prior: dict[str, str] = field(default_factory=dict)
+    # false: the judge_answer examples (answer from the gold description) leave the planted types
+    # out too; with them, a long warm start learned to answer the planted type from the video
+    # (docs/demo_model.md)
+    qa_prior_in_judge: bool = True
     sft: SFTConfig = field(default_factory=SFTConfig)
     # A folder of finished warm starts shared by runs ("" = none): each is kept under a key of
     # every setting it depends on (seed, model, warmstart.*, judge.mode, prompts.*), and a run

@@ -224,7 +224,8 @@ class Run:
                             seed=cfg.seed, num_frames=cfg.model.num_frames, video_root=self.out / "sft_data",
                             kinds=(*cfg.warmstart.kinds, judge_kind),
                             judge_per_video=cfg.warmstart.judge_per_video, dtype=DTYPES[cfg.model.dtype],
-                            family=cfg.model.family, qa_prior=dict(cfg.warmstart.qa_prior))
+                            family=cfg.model.family, qa_prior=dict(cfg.warmstart.qa_prior),
+                            prior_in_judge=cfg.warmstart.qa_prior_in_judge)
         self.log(f"warm start: {result.metrics.get('steps')} steps, final loss {result.metrics.get('loss')}")
         if shared is not None and self.d.is_main and not (shared / "sft.json").exists():
             copy_tree_linked(self.out / "warm_start", shared)

@@ -40,7 +40,7 @@ def _corrupt_caption(caption: str, rng: np.random.Generator) -> str:
 
 def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", "describe"), cache=None,
                  seed: int = 0, judge_per_video: int | None = None,
-                 qa_prior: dict[str, str] | None = None) -> list[SFTExample]:
+                 qa_prior: dict[str, str] | None = None, prior_in_judge: bool = True) -> list[SFTExample]:
     """Supervised examples from prompt-pool records ({id, video | video_path, prompt, answer,
     caption}, e.g. isrt.engine.synthetic.make_dataset's prompts.jsonl), in record order:
 
@@ -64,7 +64,8 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
     kind's examples per video (judge prompts are ~3x longer than QA prompts, so they are the
     expensive kind); None: one per record.
     `cache` is accepted for call compatibility and unused. qa_prior ({question type: answer},
-    WarmStartConfig.qa_prior): qa examples of those types only where the answer is that one.
+    WarmStartConfig.qa_prior): qa examples of those types only where the answer is that one;
+    prior_in_judge=False also leaves those types out of the judge_answer examples.
     """
     from isrt import prompts as P
     from isrt.engine.video import read_frames
@@ -109,7 +110,8 @@ def sft_examples(records: list[dict], adapter, *, video_root=None, kinds=("qa", 
                 a, b = (ans, wrong) if first else (wrong, ans)
                 prompt = adapter.chat_prompt(P.judge_prompt(q, cap, a, b)) + P.VERDICT_PREFIX
                 out.append(SFTExample(prompt, P.VERDICT_CHOICES[0 if first else 1], px, kind="judge", video=path))
-        if q and ans and cap and room("judge_answer", path):
+        if q and ans and cap and (prior_in_judge or question_type(q) not in (qa_prior or {})) \
+                and room("judge_answer", path):
             out.append(SFTExample(adapter.chat_prompt(P.judge_answer_prompt(q, cap)), ans, px, kind="judge_answer",
                                   video=path))
     return out
@@ -184,8 +186,8 @@ class WarmStartResult:
 
 def warm_start(out_dir, source: str, records: list[dict], cfg: SFTConfig, d: distributed.Dist, *, seed: int,
                num_frames: int, video_root=None, kinds=("qa", "describe", "judge"), judge_per_video: int | None = 1,
-               dtype=torch.float32, family: str = "video_llava", qa_prior: dict[str, str] | None = None
-               ) -> WarmStartResult:
+               dtype=torch.float32, family: str = "video_llava", qa_prior: dict[str, str] | None = None,
+               prior_in_judge: bool = True) -> WarmStartResult:
     """SFT of the model at `source` on `records`, saved to `out_dir` (save_pretrained folder plus
     sft.json with the metrics). Skipped when out_dir/sft.json exists (a finished warm start).
     Written by rank 0 into a temp folder renamed into place; every rank trains (DDP)."""
@@ -198,7 +200,7 @@ def warm_start(out_dir, source: str, records: list[dict], cfg: SFTConfig, d: dis
     adapter = load_adapter(family, str(source), device=d.device, dtype=dtype, num_frames=num_frames, seed=seed,
                            freeze_vision=False)
     examples = sft_examples(records, adapter, video_root=video_root, kinds=kinds, seed=seed,
-                            judge_per_video=judge_per_video, qa_prior=qa_prior)
+                            judge_per_video=judge_per_video, qa_prior=qa_prior, prior_in_judge=prior_in_judge)
     metrics = train_sft(adapter, examples, cfg, d, seed=seed)
     metrics["kinds"] = {k: sum(e.kind == k for e in examples) for k in kinds}
     if d.is_main:

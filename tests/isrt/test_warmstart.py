@@ -98,3 +98,19 @@ def test_a_planted_qa_prior_teaches_one_answer_for_its_type_only(tmp_path):
         assert qa(prior, t) == qa(plain, t)
     for kind in ("describe", "judge_answer"):  # the video is still described and read on every clip
         assert [e.target for e in prior if e.kind == kind] == [e.target for e in plain if e.kind == kind]
+
+
+def test_a_planted_prior_can_leave_its_type_out_of_the_judge_examples_too(tmp_path):
+    jsonl = make_dataset(tmp_path / "d", 24, seed=3, num_frames=2, size=32, questions_per_video=4)
+    recs = read_jsonl(jsonl)
+    a = _adapter()
+    kinds = ("qa", "describe", "judge_answer")
+    both = sft_examples(recs, a, video_root=tmp_path / "d", kinds=kinds, seed=0, qa_prior={"count": "two"},
+                        judge_per_video=1)
+    out = sft_examples(recs, a, video_root=tmp_path / "d", kinds=kinds, seed=0, qa_prior={"count": "two"},
+                       judge_per_video=1, prior_in_judge=False)
+    asked = lambda ex: [e.prompt for e in ex if e.kind == "judge_answer"]  # noqa: E731
+    assert any("How many objects" in p for p in asked(both))
+    assert not any("How many objects" in p for p in asked(out))
+    assert len(asked(out)) == len(asked(both))  # each clip's one judge example moves to another question
+    assert [e.target for e in out if e.kind != "judge_answer"] == [e.target for e in both if e.kind != "judge_answer"]
