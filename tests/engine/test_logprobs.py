@@ -198,6 +198,11 @@ _DDP_WORKER = textwrap.dedent("""
         a.model.zero_grad(set_to_none=True)
         del ddp, lp
     dist.destroy_process_group()
+    # Leave without interpreter finalization: gloo's worker threads once aborted the process
+    # there ("terminate called without an active exception", exit -6) after all work was saved.
+    import os
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 
