@@ -31,6 +31,9 @@ _WORKER = textwrap.dedent("""
     from test_fsdp import run_cases
     run_cases(rank, out)
     dist.destroy_process_group()
+    import os
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter finalization: gloo's threads can abort it (test_logprobs.py)
 """)
 
 _DPO = dict(learning_rate=1e-3, epochs=2)

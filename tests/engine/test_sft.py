@@ -217,6 +217,9 @@ _DDP_WORKER = textwrap.dedent("""
     from isrt.engine import distributed
     torch.save(_ddp_run(distributed.Dist(rank, 2), batch_size=2), f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+    import os
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter finalization: gloo's threads can abort it (test_logprobs.py)
 """)
 
 
