@@ -387,7 +387,8 @@ def make_dataset(out_dir: str | os.PathLike, num_videos: int, *, seed: int = 0,
         raise ValueError("num_videos must be >= 0 and num_frames >= 1")
     if not 1 <= questions_per_video <= 4:
         raise ValueError("questions_per_video must be in 1..4")
-    if set(ask_first) - set(QUESTION_TYPES) or len(set(ask_first)) != len(ask_first) or len(ask_first) > questions_per_video:
+    if set(ask_first) - set(QUESTION_TYPES) or len(set(ask_first)) != len(ask_first) \
+            or len(ask_first) > questions_per_video:
         raise ValueError(f"ask_first={list(ask_first)}: distinct types of {QUESTION_TYPES}, "
                          f"at most questions_per_video={questions_per_video}")
     width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

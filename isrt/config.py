@@ -37,6 +37,7 @@ def _one_of(value: str, key: str, allowed: tuple[str, ...]) -> None:
 
 
 BUILT_SOURCES = ("tiny", "smollm2")  # models a run builds itself (isrt.engine.adapters.tiny / .smol)
+QUESTION_TYPES = ("count", "color", "shape", "direction")  # the synthetic questions' types (isrt.engine.synthetic)
 
 
 def _model_type(config_file: Path) -> str | None:
@@ -113,11 +114,12 @@ class DataConfig:
         _check(self.synthetic_questions_per_video >= 1, "data.synthetic_questions_per_video", "must be >= 1")
         _check(self.prompts_per_iteration >= 0, "data.prompts_per_iteration", "must be >= 0")
         _one_of(self.synthetic_container, "data.synthetic_container", ("mp4", "webm", "gif", "avi", "mkv", "frames"))
-        for kind in self.synthetic_ask_first:
-            _one_of(kind, "data.synthetic_ask_first", ("count", "color", "shape", "direction"))
-        _check(len(set(self.synthetic_ask_first)) == len(self.synthetic_ask_first) <= self.synthetic_questions_per_video,
-               "data.synthetic_ask_first", f"distinct types, at most data.synthetic_questions_per_video="
-               f"{self.synthetic_questions_per_video}, got {list(self.synthetic_ask_first)}")
+        first = self.synthetic_ask_first
+        for kind in first:
+            _one_of(kind, "data.synthetic_ask_first", QUESTION_TYPES)
+        _check(len(set(first)) == len(first) <= self.synthetic_questions_per_video, "data.synthetic_ask_first",
+               f"distinct types, at most data.synthetic_questions_per_video={self.synthetic_questions_per_video}, "
+               f"got {list(first)}")
         if self.prompts:
             _check(Path(self.prompts).is_file(), "data.prompts", f"no such file: {self.prompts}")
 
@@ -282,7 +284,7 @@ class GateConfig:
     alpha: float = 0.05
 
     def __post_init__(self):
-        _one_of(self.question_type, "gate.question_type", ("", "count", "color", "shape", "direction"))
+        _one_of(self.question_type, "gate.question_type", ("", *QUESTION_TYPES))
         _check(self.questions >= 1, "gate.questions", f"must be >= 1, got {self.questions}")
         _check(0 <= self.margin <= 1, "gate.margin", f"must be in [0, 1], got {self.margin}")
         _check(0 < self.alpha < 1, "gate.alpha", f"must be in (0, 1), got {self.alpha}")
@@ -305,7 +307,8 @@ class RunConfig:
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
         _check(not self.gate.question_type or self.data.synthetic_eval_videos > 0 or bool(self.data.eval_prompts),
-               "gate.question_type", "the gate reads held-out clips: set data.synthetic_eval_videos or data.eval_prompts")
+               "gate.question_type",
+               "the gate reads held-out clips: set data.synthetic_eval_videos or data.eval_prompts")
 
 
 def preset_names() -> list[str]:

@@ -37,18 +37,18 @@ from pathlib import Path
 import torch
 
 from isrt import judge, prompts, stages
-from isrt.config import RunConfig, same_config, to_yaml
+from isrt.config import BUILT_SOURCES, RunConfig, same_config, to_yaml
 from isrt.data import iteration_prompts, load_pool, shard_by_video
 from isrt.engine import distributed
 from isrt.engine.adapters import load_adapter
 from isrt.engine.features import FeatureCache
-from isrt.engine.io import atomic_dir, atomic_write_text, commit_dir, copy_tree_linked, read_json, read_jsonl, write_json, write_jsonl
+from isrt.engine.io import (atomic_dir, atomic_write_text, commit_dir, copy_tree_linked, read_json, read_jsonl,
+                            write_json, write_jsonl)
 from isrt.engine.training.dpo import Pair, train_dpo
 from isrt.engine.training.trainable import finish_training, set_trainable
 from isrt.rundir import RunDir, public
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 
 def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
@@ -62,7 +62,7 @@ def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
     if not cfg.warmstart.cache_dir:
         return None
     m = cfg.model
-    source = m.source if m.source in ("tiny", "smollm2") else str(Path(m.source).resolve())
+    source = m.source if m.source in BUILT_SOURCES else str(Path(m.source).resolve())
     settings = dict(version=isrt.__version__, seed=cfg.seed, family=m.family, source=source, dtype=m.dtype,
                     num_frames=m.num_frames, attn=m.attn_implementation, judge_mode=cfg.judge.mode,
                     container=cfg.data.synthetic_container, warmstart=dataclasses.asdict(cfg.warmstart),
@@ -70,6 +70,7 @@ def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
     settings["warmstart"].pop("cache_dir")
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.warmstart.cache_dir).resolve() / f"{m.family}-{key}"
+
 
 class RunDirMismatch(ValueError):
     pass
@@ -117,11 +118,13 @@ class Run:
         if self.d.is_main and not (out / "config.yaml").exists():  # a finished run on read-only storage reruns
             atomic_write_text(out / "config.yaml", text)
             if not cfg.data.prompts and not (out / "data" / "prompts.jsonl").exists():
-                self._make_synthetic_data("data", cfg.data.synthetic_videos, cfg.seed)
+                self._make_synthetic_data("data", cfg.data.synthetic_videos, cfg.seed,
+                                          ask_first=tuple(cfg.data.synthetic_ask_first))
             if self._synthetic_eval and not (out / "eval_data" / "prompts.jsonl").exists():
                 # another seed, and no clip that shows what a pool or warm-start clip shows:
                 # held out by construction, not by chance
                 self._make_synthetic_data("eval_data", cfg.data.synthetic_eval_videos, cfg.seed + 1,
+                                          ask_first=tuple(cfg.data.synthetic_ask_first),
                                           exclude=self._seen_scenes())
             if cfg.model.source == "tiny" and not (out / "init_model").exists():
                 tmp = atomic_dir(out / "init_model")
@@ -193,12 +196,11 @@ class Run:
         return seen | scene_keys(cfg.seed, cfg.data.synthetic_videos) if not cfg.data.prompts else seen
 
     def _make_synthetic_data(self, name: str, num_videos: int, seed: int, questions_per_video: int | None = None,
-                             exclude: set = frozenset()):
+                             exclude: set = frozenset(), ask_first: tuple[str, ...] = ()):
         from isrt.engine.synthetic import make_dataset
         c = self.cfg.data
         tmp = atomic_dir(self.out / name)
-        first = () if questions_per_video else tuple(c.synthetic_ask_first)  # the pool and eval sets, not sft_data
-        make_dataset(tmp, num_videos, seed=seed, container=c.synthetic_container, ask_first=first,
+        make_dataset(tmp, num_videos, seed=seed, container=c.synthetic_container, ask_first=ask_first,
                      questions_per_video=questions_per_video or c.synthetic_questions_per_video, exclude=exclude)
         commit_dir(tmp, self.out / name)
 
@@ -209,7 +211,7 @@ class Run:
         cfg = self.cfg
         if (self.out / "warm_start" / "sft.json").exists():
             return
-        shared = self._shared_warm_start()
+        shared = shared_warm_start_dir(cfg, self.d.world_size)
         if shared is not None and (shared / "sft.json").exists():
             if self.d.is_main:
                 copy_tree_linked(shared, self.out / "warm_start")
@@ -230,9 +232,6 @@ class Run:
         if shared is not None and self.d.is_main and not (shared / "sft.json").exists():
             copy_tree_linked(self.out / "warm_start", shared)
 
-    def _shared_warm_start(self) -> Path | None:
-        return shared_warm_start_dir(self.cfg, self.d.world_size)
-
     def gate(self) -> None:
         """isrt.gate on pi_0 and the held-out clips, once (gate.json); rank 0 runs it."""
         from isrt.gate import gate_line, run_gate
@@ -251,7 +250,7 @@ class Run:
 
     def initial_source(self) -> str:
         """The model before any training: built into init_model/ (tiny, smollm2) or the given folder."""
-        return str(self.out / "init_model") if self.cfg.model.source in ("tiny", "smollm2") else self.cfg.model.source
+        return str(self.out / "init_model") if self.cfg.model.source in BUILT_SOURCES else self.cfg.model.source
 
     def policy_source(self, t: int) -> str:
         if t > 0:

@@ -246,8 +246,9 @@ def _pick(judgment: dict) -> str | None:
 def _mechanism_tally(judgments: list[dict], responses: list[dict] | None) -> dict | None:
     """Per judge kind (the training judge's "context" and each non-null "audit" kind), over the
     pairs with exactly one right response ("all"), the kept ones ("kept") and those of each
-    question type ("type:<kind>"): [right, wrong, no pick]; per audit kind, the training judge against it on the same pairs: [wins, losses, pairs]
-    (win: the training judge picked right and the audit judge did not). None without "audit"."""
+    question type ("type:<kind>"): [right, wrong, no pick]; per audit kind, the training judge
+    against it on the same pairs: [wins, losses, pairs] (win: the training judge picked right
+    and the audit judge did not). None without "audit"."""
     if not any(isinstance(j.get("audit"), dict) for j in judgments):
         return None
     by_id = {r.get("id"): r for r in responses or []}
@@ -263,8 +264,8 @@ def _mechanism_tally(judgments: list[dict], responses: list[dict] | None) -> dic
         picks = {k: _pick(a) for k, a in (j.get("audit") or {}).items() if isinstance(a, dict)}
         picks[train] = _pick(j)
         # and per question type ("type:count", ...): the planted type is where the mechanism shows
-        scopes = ("all", "kept", f"type:{_qtype(by_id[j['id']])}") if j.get("kept") \
-            else ("all", f"type:{_qtype(by_id[j['id']])}")
+        by_type = f"type:{_qtype(by_id[j['id']])}"
+        scopes = ("all", "kept", by_type) if j.get("kept") else ("all", by_type)
         for kind, pick in picks.items():
             slot = 0 if pick == right else (1 if pick is not None else 2)
             counts = judges.setdefault(kind, {"all": [0, 0, 0], "kept": [0, 0, 0]})

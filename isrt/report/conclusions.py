@@ -271,7 +271,8 @@ def _verdict_line(out: dict) -> str:
 
 def _planted_line(config: dict) -> str | None:
     """Say plainly when pi_0 was taught a prior on purpose (warmstart.qa_prior)."""
-    prior = ((config.get("warmstart") or {}).get("qa_prior") or {}) if (config.get("warmstart") or {}).get("videos") else {}
+    warmstart = config.get("warmstart") or {}
+    prior = warmstart.get("qa_prior") if warmstart.get("videos") else None
     if not prior:
         return None
     what = ", ".join(f"every {k} question answered \"{v}\"" for k, v in prior.items())
