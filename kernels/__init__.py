@@ -1,20 +1,21 @@
-"""isrt.kernels: log-probabilities of label tokens under an LM head, and DPO losses on them.
+"""isrt.kernels: log-probabilities of label tokens under an LM head, and preference losses on them.
 
 Plain tensors in and out; depends only on torch (and triton for the GPU kernels).
 
     linear_logprobs(hidden, weight, labels)            -> fp32 log p(label) per row, 0 where ignored
     preference_loss(pc, pr, ref_c, ref_r, beta=...)    -> (loss, metrics)
+    fused_linear_preference(hidden, weight, labels, loss_type=...) -> (loss, metrics)
     fused_linear_dpo(hidden, weight, labels, ref_c, ref_r, beta=...) -> (loss, metrics)
     KernelOptions(...)                                 -> how the Triton backend computes
 
 The functions live in `api` (dispatch), `losses`, `torch_logprobs`, `two_pass` and the Triton
 files; docs/kernels.md has the design and the FLOP accounting.
 """
-from .api import BACKENDS, fused_linear_dpo, linear_logprobs, resolve_backend
-from .losses import LOSS_TYPES, preference_loss
+from .api import BACKENDS, fused_linear_dpo, fused_linear_preference, linear_logprobs, resolve_backend
+from .losses import DPO_LOSS_TYPES, LOSS_TYPES, REFERENCE_FREE, PreferenceLoss, preference_loss
 from .options import KernelOptions
 from .torch_logprobs import torch_linear_logprobs
-from .two_pass import two_pass_dpo
+from .two_pass import two_pass_preference
 
-__all__ = ["linear_logprobs", "preference_loss", "fused_linear_dpo", "KernelOptions", "LOSS_TYPES",
-           "BACKENDS"]
+__all__ = ["linear_logprobs", "preference_loss", "fused_linear_preference", "fused_linear_dpo",
+           "PreferenceLoss", "KernelOptions", "LOSS_TYPES", "DPO_LOSS_TYPES", "REFERENCE_FREE", "BACKENDS"]

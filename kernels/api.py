@@ -1,6 +1,7 @@
 """The public functions of isrt.kernels: shape/dtype checks, autocast, backend dispatch.
 
     linear_logprobs(hidden, weight, labels)                          -> fp32 log p(label) per row
+    fused_linear_preference(hidden, weight, labels, loss_type=..., ...) -> (loss, metrics)
     fused_linear_dpo(hidden, weight, labels, ref_c, ref_r, beta=...) -> (loss, metrics)
 
 backend: "torch" (chunked PyTorch, the CPU path), "triton" (Triton kernels; CUDA tensors, or CPU
@@ -12,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from .losses import check_pairs
+from .losses import DPO_LOSS_TYPES, PreferenceLoss, check_pairs, check_references
 from .options import DEFAULT_OPTIONS, KernelOptions, triton_interpreting
 from .torch_logprobs import torch_linear_logprobs
-from .two_pass import two_pass_dpo
+from .two_pass import two_pass_preference
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -90,31 +91,51 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     return torch_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
 
 
+def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                            loss_type: str, ref_chosen_logps: torch.Tensor | None = None,
+                            ref_rejected_logps: torch.Tensor | None = None, beta: float = 0.1,
+                            gamma: float | None = None, label_smoothing: float = 0.0,
+                            nll_weight: float | None = None, average_log_prob: bool | None = None,
+                            bias: torch.Tensor | None = None, ignore_index: int = -100,
+                            backend: str = "auto", options: KernelOptions = DEFAULT_OPTIONS,
+                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A preference loss (DPO family, SimPO, CPO, ORPO; `losses` has the formulas and defaults)
+    straight from LM-head inputs, without materializing the logits.
+
+    hidden [2B, T, H] (B chosen sequences, then the B rejected ones), labels [2B, T] (shifted,
+    ignore_index on prompt/video/padding), ref_*_logps [B] (reference sequence SUMS; reference-
+    based losses only). Returns (loss, metrics) exactly as `preference_loss` does on the sequence
+    sums and label counts. The Triton backend runs `options.schedule`; the torch backend is
+    two-pass.
+    """
+    spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
+    check_references(spec, ref_chosen_logps, ref_rejected_logps)
+    _check_shapes(hidden, weight, labels, bias)
+    if hidden.dim() == 3 and hidden.shape[0] % 2 == 0:  # else the backends name the shape problem
+        marker = hidden.new_empty(hidden.shape[0] // 2)
+        check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    if resolve_backend(backend, hidden) == "triton":
+        from .triton_dpo import triton_fused_linear_preference
+        return triton_fused_linear_preference(hidden, weight, labels, spec, ref_chosen_logps,
+                                              ref_rejected_logps, bias=bias, ignore_index=ignore_index,
+                                              options=options)
+    return two_pass_preference(torch_linear_logprobs, hidden, weight, labels, spec, ref_chosen_logps,
+                               ref_rejected_logps, bias=bias, ignore_index=ignore_index)
+
+
 def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                      ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *,
                      beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                      bias: torch.Tensor | None = None, ignore_index: int = -100,
                      backend: str = "auto", options: KernelOptions = DEFAULT_OPTIONS,
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO-family loss from LM-head inputs: see `two_pass` and `losses.preference_loss`.
-
-    hidden [2B, T, H] (B chosen sequences, then the B rejected ones), labels [2B, T] (shifted,
-    ignore_index on prompt/video/padding), ref_*_logps [B] (sequence sums from the reference
-    model). Returns (loss, metrics) exactly as `preference_loss` does on the sequence-summed
-    log-probs. The Triton backend runs `options.schedule`; the torch backend is two-pass.
-    """
-    _check_shapes(hidden, weight, labels, bias)
-    if hidden.dim() == 3 and hidden.shape[0] % 2 == 0:  # else the backends name the shape problem
-        b = hidden.shape[0] // 2
-        marker = hidden.new_empty(b)
-        check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
-    hidden, weight, bias = _autocast(hidden, weight, bias)
-    if resolve_backend(backend, hidden) == "triton":
-        from .triton_dpo import triton_fused_linear_dpo
-        return triton_fused_linear_dpo(hidden, weight, labels, ref_chosen_logps, ref_rejected_logps,
-                                       beta=beta, loss_type=loss_type,
-                                       label_smoothing=label_smoothing, bias=bias,
-                                       ignore_index=ignore_index, options=options)
-    return two_pass_dpo(torch_linear_logprobs, hidden, weight, labels, ref_chosen_logps,
-                        ref_rejected_logps, beta=beta, loss_type=loss_type,
-                        label_smoothing=label_smoothing, bias=bias, ignore_index=ignore_index)
+    """`fused_linear_preference` for the reference-based losses (`DPO_LOSS_TYPES`), with the
+    references positional as before; ipo is length-averaged (TRL's IPO)."""
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"fused_linear_dpo: loss_type={loss_type!r} is not one of {DPO_LOSS_TYPES} "
+                         "(reference-free losses: fused_linear_preference)")
+    return fused_linear_preference(hidden, weight, labels, loss_type=loss_type,
+                                   ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
+                                   beta=beta, label_smoothing=label_smoothing, bias=bias,
+                                   ignore_index=ignore_index, backend=backend, options=options)

@@ -1,7 +1,8 @@
-"""Single-pass fused linear DPO (Triton backend): loss and all gradients in one sweep, 6NHV.
+"""Single-pass fused linear preference losses (Triton backend): loss and all gradients in one
+sweep, 6NHV.
 
-Once the reference log-probs are given, g_t = dL/dlogp_t of a row depends only on its own pair
-(chosen i, rejected i). So the valid rows are ordered pair by pair, cut into chunks of whole pairs
+Once the reference log-probs, the pair count B and the chosen label total are given, g_t =
+dL/dlogp_t of a row depends only on its own pair (chosen i, rejected i): `losses.pair_terms`. So the valid rows are ordered pair by pair, cut into chunks of whole pairs
 that fit the memory budget, and for each chunk:
 
     Z  = H_c W^T (+ b)                       [R, V] kept in the operand dtype      2RHV
@@ -10,7 +11,7 @@ that fit the memory budget, and for each chunk:
                                              impl "cublas": cuBLAS Z, then row_lse_kernel
     LSE_Z of the stored Z                    row_lse_kernel (tile: one extra read of Z)
     logp_seq += segment sums of z_y - LSE    -> the chunk's pairs are complete
-    g  = d preference_loss / d logp          losses.sequence_grad (the ONE loss), x P_c / B
+    g  = d loss / d logp of the chunk's pairs losses.sequence_grad (the ONE loss)
     Z <- dZ = g (onehot - exp(Z - LSE_Z))    triton_rows.row_grad_kernel, in place
     dH_c = dZ W                              cuBLAS, written once                 2RHV
     dW  += dZ^T H_c                          cuBLAS (trainable head only)         2RHV
@@ -32,13 +33,13 @@ import functools
 
 import torch
 
-from .losses import _check, preference_loss, sequence_grad
+from .losses import PreferenceLoss, sequence_grad, spec_loss
 from .options import DEFAULT_OPTIONS, KernelOptions
 from .torch_logprobs import acc_dtype, no_autocast, valid_rows
 from .triton_logprobs import mm_acc_, triton_linear_logprobs
 from .triton_rows import row_grad_, row_lse_update
 from .triton_tiles import tile_lse
-from .two_pass import two_pass_dpo
+from .two_pass import two_pass_preference
 
 
 def plan_chunks(pair: torch.Tensor, n_pairs: int, max_rows: int):
@@ -72,11 +73,11 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
     return fp32, max(1, left // per_row)
 
 
-class SinglePassDPO(torch.autograd.Function):
+class SinglePassPreference(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, cfg):
-        beta, loss_type, ls, options, dw_fp32, grad_enabled = cfg
+        spec, options, dw_fp32, grad_enabled = cfg
         two_b, _, hdim = hidden.shape
         n_pairs = two_b // 2
         v = weight.shape[0]
@@ -85,7 +86,10 @@ class SinglePassDPO(torch.autograd.Function):
         # backward can come: the gradient work is done here in forward, so skip it there
         need_h, need_w, need_b = (n and grad_enabled for n in ctx.needs_input_grad[:3])
         h2 = hidden.reshape(-1, hdim)
-        ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
+        if ref_c is not None:
+            ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
+        n_tok = torch.bincount(seq, minlength=two_b)  # labels per sequence
+        chosen_total = n_tok[:n_pairs].sum()
         seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
         dh2 = torch.zeros_like(h2) if need_h else None
         dw = None
@@ -119,13 +123,12 @@ class SinglePassDPO(torch.autograd.Function):
             seq_logps.index_add_(0, sc, tgt - lse)
             if not (need_h or need_w or need_b):
                 continue
-            # g of this chunk's (now complete) pairs from the shared loss; its mean is over the
-            # chunk's P_c pairs, the loss's over all B: scale by P_c / B.
-            _, gc, gr, _ = sequence_grad(seq_logps[p0:p1], seq_logps[n_pairs + p0:n_pairs + p1],
-                                         ref_c[p0:p1], ref_r[p0:p1], beta=beta,
-                                         loss_type=loss_type, label_smoothing=ls)
-            scale = (p1 - p0) / n_pairs
-            g = torch.where(sc < n_pairs, gc[pc - p0], gr[pc - p0]) * scale
+            # g of this chunk's (now complete) pairs: their terms of the shared loss
+            c, r_ = slice(p0, p1), slice(n_pairs + p0, n_pairs + p1)
+            gc, gr = sequence_grad(spec, seq_logps[c], seq_logps[r_], None if ref_c is None else ref_c[c],
+                                   None if ref_r is None else ref_r[c], n_tok[c], n_tok[r_],
+                                   n_pairs=n_pairs, chosen_token_total=chosen_total)
+            g = torch.where(sc < n_pairs, gc[pc - p0], gr[pc - p0])
             dz = row_grad_(z, zb, yc, lse_z, g.contiguous(), 0)
             if need_h:
                 dh2.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
@@ -137,16 +140,16 @@ class SinglePassDPO(torch.autograd.Function):
             if need_b:
                 db += dz.sum(0, dtype=acc)
         del buf
-        loss, _ = preference_loss(seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r,
-                                  beta=beta, loss_type=loss_type, label_smoothing=ls)
+        loss, _ = spec_loss(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r,
+                            n_tok[:n_pairs], n_tok[n_pairs:])
         ctx.save_for_backward(dh2, dw, db)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(seq_logps)
-        return loss, seq_logps
+        ctx.mark_non_differentiable(seq_logps, n_tok)
+        return loss, seq_logps, n_tok
 
     @staticmethod
     @no_autocast
-    def backward(ctx, grad_loss, _grad_seq):
+    def backward(ctx, grad_loss, _grad_seq, _grad_n):
         dh2, dw, db = ctx.saved_tensors
         hshape, wdtype, bdtype = ctx.shapes
         # The gradients were computed in forward for d loss; scale by the upstream scalar (no
@@ -163,12 +166,11 @@ class SinglePassDPO(torch.autograd.Function):
         return (dh, dw, db) + (None,) * 9
 
 
-def triton_fused_linear_dpo(hidden, weight, labels, ref_chosen_logps, ref_rejected_logps, *,
-                            beta=0.1, loss_type="sigmoid", label_smoothing=0.0, bias=None,
-                            ignore_index=-100, options: KernelOptions = DEFAULT_OPTIONS):
-    """fused_linear_dpo on the Triton backend: `options.schedule` "single" (this file, falling
-    back to two-pass when a pair does not fit one chunk) or "two" (`two_pass.two_pass_dpo`)."""
-    _check(loss_type, beta, label_smoothing)
+def triton_fused_linear_preference(hidden, weight, labels, spec: PreferenceLoss, ref_chosen_logps,
+                                   ref_rejected_logps, *, bias=None, ignore_index=-100,
+                                   options: KernelOptions = DEFAULT_OPTIONS):
+    """fused_linear_preference on the Triton backend: `options.schedule` "single" (this file,
+    falling back to two-pass when a pair does not fit one chunk) or "two" (`two_pass`)."""
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or hidden.shape[0] % 2:
         raise ValueError(f"expected hidden [2B, T, H] and labels [2B, T], got {tuple(hidden.shape)} "
                          f"and {tuple(labels.shape)}")
@@ -189,15 +191,11 @@ def triton_fused_linear_dpo(hidden, weight, labels, ref_chosen_logps, ref_reject
             plan = (rows, y, seq, pair, chunks, max(1, max_rows))
     if plan is None:
         logprobs_fn = functools.partial(triton_linear_logprobs, options=options)
-        return two_pass_dpo(logprobs_fn, hidden, weight, labels, ref_chosen_logps,
-                            ref_rejected_logps, beta=beta, loss_type=loss_type,
-                            label_smoothing=label_smoothing, bias=bias, ignore_index=ignore_index)
-    loss, seq_logps = SinglePassDPO.apply(hidden, weight, bias, ref_chosen_logps,
-                                          ref_rejected_logps, *plan,
-                                          (beta, loss_type, label_smoothing, options, dw_fp32,
-                                           torch.is_grad_enabled()))
+        return two_pass_preference(logprobs_fn, hidden, weight, labels, spec, ref_chosen_logps,
+                                   ref_rejected_logps, bias=bias, ignore_index=ignore_index)
+    loss, seq_logps, n_tok = SinglePassPreference.apply(hidden, weight, bias, ref_chosen_logps, ref_rejected_logps,
+                                                 *plan, (spec, options, dw_fp32, torch.is_grad_enabled()))
     b = hidden.shape[0] // 2
-    _, metrics = preference_loss(seq_logps[:b], seq_logps[b:], ref_chosen_logps,
-                                 ref_rejected_logps, beta=beta, loss_type=loss_type,
-                                 label_smoothing=label_smoothing)
+    _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
+                           n_tok[:b], n_tok[b:])
     return loss, metrics

@@ -139,8 +139,11 @@ class DPOConfig:
         _check(self.lora_r >= 1, f"dpo.lora_r: must be >= 1, got {self.lora_r}")
         _check(self.lora_alpha > 0, f"dpo.lora_alpha: must be > 0, got {self.lora_alpha}")
         _check(self.max_length >= 0, f"dpo.max_length: must be >= 0 (0: no limit), got {self.max_length}")
-        _one_of(self.loss_type, "dpo.loss_type", ("sigmoid", "ipo", "hinge", "robust"))
+        # isrt.kernels.DPO_LOSS_TYPES (this module stays torch-free); ipo is length-averaged (TRL's)
+        _one_of(self.loss_type, "dpo.loss_type", ("sigmoid", "robust", "hinge", "ipo", "apo_zero", "apo_down"))
         _check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing: must be in [0, 0.5)")
+        _check(not self.label_smoothing or self.loss_type in ("sigmoid", "robust"),
+               f"dpo.label_smoothing: only sigmoid and robust use it, got loss_type {self.loss_type}")
         _check(self.learning_rate > 0, f"dpo.learning_rate: must be > 0, got {self.learning_rate}")
         _check(self.epochs >= 1, "dpo.epochs: must be >= 1")
         _check(self.batch_size >= 1, "dpo.batch_size: must be >= 1")

@@ -18,6 +18,8 @@ def test_presets_load_and_overrides_apply():
     (["dpo.beta=-1"], "dpo.beta"),
     (["dpo.beta=abc"], "dpo.beta"),
     (["dpo.loss_type=kto"], "dpo.loss_type"),
+    (["dpo.loss_type=simpo"], "dpo.loss_type"),
+    (["dpo.loss_type=hinge", "dpo.label_smoothing=0.1"], "dpo.label_smoothing"),
     (["iterations=0"], "iterations"),
     (["iterations=1.5"], "iterations"),
     (["sampling.top_p=1.5"], "sampling.top_p"),

@@ -1,10 +1,12 @@
-"""fused_linear_dpo: torch backend, Triton two-pass and Triton single-pass (interpreter on the CPU)."""
+"""fused_linear_preference / fused_linear_dpo: torch backend, Triton two-pass and Triton single-pass
+(interpreter on the CPU), against an fp64 composition of eager log-softmax and preference_loss."""
 import math
 
 import pytest
 import torch
 
-from isrt.kernels import KernelOptions, LOSS_TYPES, fused_linear_dpo, linear_logprobs, preference_loss
+from isrt.kernels import (KernelOptions, LOSS_TYPES, REFERENCE_FREE, fused_linear_dpo, fused_linear_preference,
+                          linear_logprobs, preference_loss)
 from isrt.kernels import triton_dpo as TD
 from isrt.kernels import triton_logprobs as TL
 
@@ -16,15 +18,17 @@ PATHS = [("torch", None, None), ("triton", "two", "cublas"), ("triton", "two", "
 IDS = ["torch", "two-cublas", "two-tile", "single-cublas", "single-tile"]
 
 
-def dpo(path, h, w, y, rc, rr, *, budget=None, dw_accum="auto", **kw):
-    """fused_linear_dpo on one path; budget = single-pass bytes (None: the default)."""
+def dpo(path, h, w, y, rc, rr, *, budget=None, dw_accum="auto", loss_type="sigmoid", **kw):
+    """fused_linear_preference on one path; budget = single-pass bytes (None: the default);
+    rc, rr None for the reference-free losses."""
     backend, schedule, impl = path
+    opts = KernelOptions()
     if backend == "triton":
         require_interpreter()
         opts = KernelOptions(schedule=schedule, impl=impl, dw_accum=dw_accum,
                              single_pass_bytes=budget or KernelOptions().single_pass_bytes)
-        return fused_linear_dpo(h, w, y, rc, rr, backend="triton", options=opts, **kw)
-    return fused_linear_dpo(h, w, y, rc, rr, backend="torch", **kw)
+    return fused_linear_preference(h, w, y, loss_type=loss_type, ref_chosen_logps=rc, ref_rejected_logps=rr,
+                                   backend=backend, options=opts, **kw)
 
 
 def make(b, t, hdim, vocab, dtype, *, seed=0, bias=True):
@@ -44,8 +48,20 @@ def make(b, t, hdim, vocab, dtype, *, seed=0, bias=True):
 def reference(h, w, bb, y, rc, rr, **kw):
     """Composition of the eager selective log-softmax and preference_loss (fp64 if given fp64)."""
     lp = eager_logprobs(h, w, y, bb).sum(-1)
+    n = (y != -100).sum(-1)
     b = h.shape[0] // 2
-    return preference_loss(lp[:b], lp[b:], rc, rr, **kw)
+    return preference_loss(lp[:b], lp[b:], rc, rr, chosen_tokens=n[:b], rejected_tokens=n[b:], **kw)
+
+
+def loss_kwargs(loss_type, rc, rr):
+    """Settings that exercise every option a loss type has: smoothing, an NLL term, simpo's gamma."""
+    kw = dict(beta=0.2, loss_type=loss_type, nll_weight=0.3)
+    if loss_type in ("sigmoid", "robust", "simpo", "cpo"):
+        kw["label_smoothing"] = 0.1
+    if loss_type == "simpo":
+        kw["gamma"] = 0.7
+    refs = (None, None) if loss_type in REFERENCE_FREE else (rc, rr)
+    return kw, refs
 
 
 def run(fn, tensors):
@@ -60,10 +76,11 @@ def run(fn, tensors):
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_matches_fp64_composition(path, loss_type):
     h, w, bb, y, rc, rr = make(3, 11, 24, 57, torch.float32, seed=1)
-    kw = dict(beta=0.2, loss_type=loss_type, label_smoothing=0.1 if loss_type != "hinge" else 0.0)
-    loss, m, g = run(lambda h, w, bb: dpo(path, h, w, y, rc, rr, bias=bb, **kw), [h, w, bb])
-    rl, rm, rg = run(lambda h, w, bb: reference(h, w, bb, y, rc.double(), rr.double(), **kw),
-                     fp64([h, w, bb]))
+    kw, (c, r) = loss_kwargs(loss_type, rc, rr)
+    loss, m, g = run(lambda h, w, bb: dpo(path, h, w, y, c, r, bias=bb, **kw), [h, w, bb])
+    c64, r64 = (None, None) if c is None else (c.double(), r.double())
+    rl, rm, rg = run(lambda h, w, bb: reference(h, w, bb, y, c64, r64, **kw), fp64([h, w, bb]))
+    assert set(m) == set(rm)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert abs(loss.item() - rl.item()) <= 1e-5 * max(1.0, abs(rl.item()))
     for k in rm:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from isrt.kernels import (KernelOptions, fused_linear_dpo, linear_logprobs, preference_loss,
+from isrt.kernels import (KernelOptions, PreferenceLoss, fused_linear_dpo, linear_logprobs, preference_loss,
                           resolve_backend)
 from isrt.kernels import triton_dpo as TD
 from isrt.kernels import triton_logprobs as TL
@@ -122,7 +122,7 @@ def test_fused_dpo_bf16_real_size(schedule, impl, dw_accum, monkeypatch):
     monkeypatch.setattr(TD, "plan_chunks", lambda *a: plans.append(real(*a)) or plans[-1])
 
     def ours(h, w):
-        return TD.triton_fused_linear_dpo(h, w, y, rc, rr, options=opts)[0]
+        return TD.triton_fused_linear_preference(h, w, y, PreferenceLoss(), rc, rr, options=opts)[0]
 
     def eager(h, w):
         lp = eager_logprobs(h, w, y).sum(-1)
