@@ -1,6 +1,7 @@
 """The public functions of isrt.kernels: shape/dtype checks, autocast, backend dispatch.
 
     linear_logprobs(hidden, weight, labels)                          -> fp32 log p(label) per row
+                   (..., segment_ids=...)                            -> fp32 sums per sequence
     fused_linear_preference(hidden, weight, labels, loss_type=..., ...) -> (loss, metrics)
     fused_linear_dpo(hidden, weight, labels, ref_c, ref_r, beta=...) -> (loss, metrics)
 
@@ -15,6 +16,7 @@ import torch
 
 from .losses import DPO_LOSS_TYPES, PreferenceLoss, check_pairs, check_references
 from .options import DEFAULT_OPTIONS, KernelOptions, triton_interpreting
+from .segments import flat_layout, sequence_sums
 from .torch_logprobs import torch_linear_logprobs
 from .two_pass import two_pass_preference
 
@@ -72,23 +74,33 @@ def _autocast(hidden, weight, bias):
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                     bias: torch.Tensor | None = None, ignore_index: int = -100,
+                    segment_ids: torch.Tensor | None = None, num_segments: int | None = None,
                     backend: str = "auto",
                     options: KernelOptions = DEFAULT_OPTIONS) -> torch.Tensor:
     """log softmax(hidden @ weight.T + bias)[label] per row, without materializing the logits.
 
     hidden [..., H] (fp32/bf16/fp16/fp64), weight [V, H], bias [V] or None, labels [...] int.
     Returns fp32 [...] (fp64 for fp64 hidden), exactly 0 where labels == ignore_index (those rows
-    never enter a matmul). Differentiable w.r.t. hidden, weight (work and memory for dW only when
-    weight.requires_grad) and bias. Callers shift labels themselves: hidden[..., t, :] predicts
-    labels[..., t].
+    never enter a matmul). With `segment_ids` [...] (each token's sequence index, -1 for none):
+    per-sequence sums [num_segments] instead (default: largest id + 1), e.g. packed rows.
+    Differentiable w.r.t. hidden, weight (work and memory for dW only when weight.requires_grad)
+    and bias. Callers shift labels themselves: hidden[..., t, :] predicts labels[..., t].
     """
     _check_shapes(hidden, weight, labels, bias)
     hidden, weight, bias = _autocast(hidden, weight, bias)
+    if segment_ids is not None:
+        seg_max = int(segment_ids.max()) if segment_ids.numel() else -1
+        n = seg_max + 1 if num_segments is None else num_segments
+        if seg_max >= n:
+            raise ValueError(f"segment_ids go up to {seg_max}, num_segments is {n}")
+        hidden, labels, seg, _ = flat_layout(hidden, labels, segment_ids, ignore_index, (n + 1) // 2)
     if resolve_backend(backend, hidden) == "triton":
         from .triton_logprobs import triton_linear_logprobs
-        return triton_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
-                                      options=options)
-    return torch_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
+        out = triton_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
+                                     options=options)
+    else:
+        out = torch_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
+    return out if segment_ids is None else sequence_sums(out, seg, labels != ignore_index, n)
 
 
 def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -97,30 +109,34 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
                             gamma: float | None = None, label_smoothing: float = 0.0,
                             nll_weight: float | None = None, average_log_prob: bool | None = None,
                             bias: torch.Tensor | None = None, ignore_index: int = -100,
-                            backend: str = "auto", options: KernelOptions = DEFAULT_OPTIONS,
+                            segment_ids: torch.Tensor | None = None, backend: str = "auto",
+                            options: KernelOptions = DEFAULT_OPTIONS,
                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A preference loss (DPO family, SimPO, CPO, ORPO; `losses` has the formulas and defaults)
     straight from LM-head inputs, without materializing the logits.
 
-    hidden [2B, T, H] (B chosen sequences, then the B rejected ones), labels [2B, T] (shifted,
-    ignore_index on prompt/video/padding), ref_*_logps [B] (reference sequence SUMS; reference-
-    based losses only). Returns (loss, metrics) exactly as `preference_loss` does on the sequence
-    sums and label counts. The Triton backend runs `options.schedule`; the torch backend is
-    two-pass.
+    Padded: hidden [2B, T, H] (B chosen sequences, then the B rejected ones), labels [2B, T]
+    (shifted, ignore_index on prompt/video/padding). Packed: hidden [..., H], labels [...] and
+    `segment_ids` [...] (each token's sequence: chosen i -> i, rejected i -> B + i, or -1; see
+    `segments`). ref_*_logps [B]: reference sequence SUMS, reference-based losses only. Returns
+    (loss, metrics) exactly as `preference_loss` does on the sequence sums and label counts. The
+    Triton backend runs `options.schedule`; the torch backend is two-pass.
     """
     spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
     check_references(spec, ref_chosen_logps, ref_rejected_logps)
     _check_shapes(hidden, weight, labels, bias)
-    if hidden.dim() == 3 and hidden.shape[0] % 2 == 0:  # else the backends name the shape problem
-        marker = hidden.new_empty(hidden.shape[0] // 2)
-        check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
     hidden, weight, bias = _autocast(hidden, weight, bias)
+    n_ref = None
+    if segment_ids is not None and ref_chosen_logps is not None and ref_chosen_logps.dim() == 1:
+        n_ref = ref_chosen_logps.shape[0]
+    h2, y, seg, b = flat_layout(hidden, labels, segment_ids, ignore_index, n_ref)
+    marker = h2.new_empty(b)
+    check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
     if resolve_backend(backend, hidden) == "triton":
         from .triton_dpo import triton_fused_linear_preference
-        return triton_fused_linear_preference(hidden, weight, labels, spec, ref_chosen_logps,
-                                              ref_rejected_logps, bias=bias, ignore_index=ignore_index,
-                                              options=options)
-    return two_pass_preference(torch_linear_logprobs, hidden, weight, labels, spec, ref_chosen_logps,
+        return triton_fused_linear_preference(h2, weight, y, seg, b, spec, ref_chosen_logps, ref_rejected_logps,
+                                              bias=bias, ignore_index=ignore_index, options=options)
+    return two_pass_preference(torch_linear_logprobs, h2, weight, y, seg, b, spec, ref_chosen_logps,
                                ref_rejected_logps, bias=bias, ignore_index=ignore_index)
 
 
@@ -128,7 +144,8 @@ def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
                      ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *,
                      beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                      bias: torch.Tensor | None = None, ignore_index: int = -100,
-                     backend: str = "auto", options: KernelOptions = DEFAULT_OPTIONS,
+                     segment_ids: torch.Tensor | None = None, backend: str = "auto",
+                     options: KernelOptions = DEFAULT_OPTIONS,
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`fused_linear_preference` for the reference-based losses (`DPO_LOSS_TYPES`), with the
     references positional as before; ipo is length-averaged (TRL's IPO)."""
@@ -138,4 +155,5 @@ def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     return fused_linear_preference(hidden, weight, labels, loss_type=loss_type,
                                    ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
                                    beta=beta, label_smoothing=label_smoothing, bias=bias,
-                                   ignore_index=ignore_index, backend=backend, options=options)
+                                   ignore_index=ignore_index, segment_ids=segment_ids, backend=backend,
+                                   options=options)

@@ -77,15 +77,14 @@ class SinglePassPreference(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, cfg):
-        spec, options, dw_fp32, grad_enabled = cfg
-        two_b, _, hdim = hidden.shape
-        n_pairs = two_b // 2
+        spec, options, dw_fp32, grad_enabled, n_pairs = cfg
+        two_b = 2 * n_pairs
         v = weight.shape[0]
         acc = acc_dtype(hidden)
         # needs_input_grad follows requires_grad even under no_grad / inference_mode, where no
         # backward can come: the gradient work is done here in forward, so skip it there
         need_h, need_w, need_b = (n and grad_enabled for n in ctx.needs_input_grad[:3])
-        h2 = hidden.reshape(-1, hdim)
+        h2 = hidden  # [N, H], the flat layout
         if ref_c is not None:
             ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
         n_tok = torch.bincount(seq, minlength=two_b)  # labels per sequence
@@ -158,7 +157,7 @@ class SinglePassPreference(torch.autograd.Function):
         # shifted every gradient by +0.2% (issue 15, defect 2).
         one = bool(grad_loss == 1)
         scale = grad_loss.float()
-        dh = None if dh2 is None else (dh2 if one else (dh2.float() * scale).to(dh2.dtype)).view(hshape)
+        dh = None if dh2 is None else (dh2 if one else (dh2.float() * scale).to(dh2.dtype))
         if dw is not None:
             dw = (dw if one else dw.float() * scale).to(wdtype)
         if db is not None:
@@ -166,36 +165,33 @@ class SinglePassPreference(torch.autograd.Function):
         return (dh, dw, db) + (None,) * 9
 
 
-def triton_fused_linear_preference(hidden, weight, labels, spec: PreferenceLoss, ref_chosen_logps,
-                                   ref_rejected_logps, *, bias=None, ignore_index=-100,
+def triton_fused_linear_preference(hidden, weight, labels, segment, n_pairs, spec: PreferenceLoss,
+                                   ref_chosen_logps, ref_rejected_logps, *, bias=None, ignore_index=-100,
                                    options: KernelOptions = DEFAULT_OPTIONS):
-    """fused_linear_preference on the Triton backend: `options.schedule` "single" (this file,
-    falling back to two-pass when a pair does not fit one chunk) or "two" (`two_pass`)."""
-    if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or hidden.shape[0] % 2:
-        raise ValueError(f"expected hidden [2B, T, H] and labels [2B, T], got {tuple(hidden.shape)} "
-                         f"and {tuple(labels.shape)}")
+    """fused_linear_preference on the Triton backend, on the flat layout (`segments.flat_layout`):
+    `options.schedule` "single" (this file, falling back to two-pass when a pair does not fit one
+    chunk) or "two" (`two_pass`)."""
     weight = weight.contiguous()
     plan = None
     if options.schedule == "single":
-        two_b, t, _ = hidden.shape
-        v = weight.shape[0]
         dw_fp32, max_rows = memory_plan(weight, hidden, options)
-        rows, y = valid_rows(labels.reshape(-1), ignore_index, v)
-        seq = rows // t
-        pair = seq % (two_b // 2)
-        order = torch.sort(pair, stable=True).indices  # pair by pair, chosen rows first
+        rows, y = valid_rows(labels, ignore_index, weight.shape[0])
+        seq = segment.index_select(0, rows)
+        pair = seq % n_pairs
+        order = torch.sort(pair, stable=True).indices  # pair by pair
         rows, y, seq, pair = rows[order], y[order], seq[order], pair[order]
-        chunks = plan_chunks(pair, two_b // 2, max_rows)
+        chunks = plan_chunks(pair, n_pairs, max_rows)
         if chunks is not None:
             max_rows = max(r1 - r0 for _, _, r0, r1 in chunks)
             plan = (rows, y, seq, pair, chunks, max(1, max_rows))
     if plan is None:
         logprobs_fn = functools.partial(triton_linear_logprobs, options=options)
-        return two_pass_preference(logprobs_fn, hidden, weight, labels, spec, ref_chosen_logps,
+        return two_pass_preference(logprobs_fn, hidden, weight, labels, segment, n_pairs, spec, ref_chosen_logps,
                                    ref_rejected_logps, bias=bias, ignore_index=ignore_index)
-    loss, seq_logps, n_tok = SinglePassPreference.apply(hidden, weight, bias, ref_chosen_logps, ref_rejected_logps,
-                                                 *plan, (spec, options, dw_fp32, torch.is_grad_enabled()))
-    b = hidden.shape[0] // 2
+    loss, seq_logps, n_tok = SinglePassPreference.apply(
+        hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, *plan,
+        (spec, options, dw_fp32, torch.is_grad_enabled(), n_pairs))
+    b = n_pairs
     _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
                            n_tok[:b], n_tok[b:])
     return loss, metrics

@@ -16,26 +16,18 @@ Two schedules (`KernelOptions.schedule` on the Triton backend):
 """
 from __future__ import annotations
 
-import torch
-
 from .losses import PreferenceLoss, spec_loss
+from .segments import sequence_counts, sequence_sums
 
 
-def split_pairs(per_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[2B] per-sequence values -> (chosen [B], rejected [B])."""
-    if per_seq.shape[0] % 2:
-        raise ValueError(f"hidden must hold 2B sequences (chosen then rejected), got {per_seq.shape[0]}")
-    b = per_seq.shape[0] // 2
-    return per_seq[:b], per_seq[b:]
-
-
-def two_pass_preference(logprobs_fn, hidden, weight, labels, spec: PreferenceLoss, ref_chosen_logps,
-                        ref_rejected_logps, *, bias, ignore_index):
-    """Generic schedule: per-token log-probs through `logprobs_fn`, then the shared loss."""
-    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
-        raise ValueError(f"expected hidden [2B, T, H] and labels [2B, T], got {tuple(hidden.shape)} "
-                         f"and {tuple(labels.shape)}")
+def two_pass_preference(logprobs_fn, hidden, weight, labels, segment, n_pairs, spec: PreferenceLoss,
+                        ref_chosen_logps, ref_rejected_logps, *, bias, ignore_index):
+    """Generic schedule on the flat layout (`segments.flat_layout`: hidden [N, H], labels [N],
+    segment [N]): per-token log-probs through `logprobs_fn`, per-sequence sums and label counts,
+    then the shared loss."""
     token_logps = logprobs_fn(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
-    chosen, rejected = split_pairs(token_logps.sum(-1))
-    chosen_n, rejected_n = split_pairs((labels != ignore_index).sum(-1))
-    return spec_loss(spec, chosen, rejected, ref_chosen_logps, ref_rejected_logps, chosen_n, rejected_n)
+    keep = labels != ignore_index
+    sums = sequence_sums(token_logps, segment, keep, 2 * n_pairs)
+    counts = sequence_counts(segment, keep, 2 * n_pairs)
+    b = n_pairs
+    return spec_loss(spec, sums[:b], sums[b:], ref_chosen_logps, ref_rejected_logps, counts[:b], counts[b:])
