@@ -58,12 +58,19 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on a GPU, else sdpa
     # the checkpoint a preset is made for (a hub id to download), named when model.source is missing
     checkpoint: str = ""
+    # Seed of pi_0: the built model's random parts, the warm start's clips and its training order.
+    # null: the run's seed. Pinned, runs with other seeds start from the very same pi_0 and vary
+    # only the loop (the paper's setting: one base model), e.g. the demo's (docs/demo_model.md).
+    seed: int | None = None
 
     def __post_init__(self):
         _one_of(self.dtype, "model.dtype", ("float32", "bfloat16", "float16"))
         _one_of(self.attn_implementation, "model.attn_implementation",
                 ("auto", "sdpa", "eager", "flash_attention_2"))
         _check(self.num_frames >= 1, "model.num_frames", f"must be >= 1, got {self.num_frames}")
+        _check(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                                     and self.seed >= 0),
+               "model.seed", f"must be an integer >= 0 or null (the run's seed), got {self.seed!r}")
         if self.source in BUILT_SOURCES:
             return
         config_file = Path(self.source) / "config.json"
@@ -303,6 +310,11 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+
+    @property
+    def model_seed(self) -> int:
+        """The seed of pi_0 (built model, warm-start clips and training): model.seed, or seed."""
+        return self.seed if self.model.seed is None else self.model.seed
 
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")

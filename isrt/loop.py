@@ -63,7 +63,7 @@ def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
         return None
     m = cfg.model
     source = m.source if m.source in BUILT_SOURCES else str(Path(m.source).resolve())
-    settings = dict(version=isrt.__version__, seed=cfg.seed, family=m.family, source=source, dtype=m.dtype,
+    settings = dict(version=isrt.__version__, seed=cfg.model_seed, family=m.family, source=source, dtype=m.dtype,
                     num_frames=m.num_frames, attn=m.attn_implementation, judge_mode=cfg.judge.mode,
                     container=cfg.data.synthetic_container, warmstart=dataclasses.asdict(cfg.warmstart),
                     prompts=dataclasses.asdict(cfg.prompts), world_size=world_size, threads=torch.get_num_threads())
@@ -129,14 +129,14 @@ class Run:
             if cfg.model.source == "tiny" and not (out / "init_model").exists():
                 tmp = atomic_dir(out / "init_model")
                 load_adapter(cfg.model.family, "tiny", dtype=DTYPES[cfg.model.dtype], num_frames=cfg.model.num_frames,
-                             seed=cfg.seed).save_pretrained(tmp)
+                             seed=cfg.model_seed).save_pretrained(tmp)
                 commit_dir(tmp, out / "init_model")
             if cfg.model.source == "smollm2":
                 from isrt.engine.adapters.smol import build_smol_video_llava
-                build_smol_video_llava(out / "init_model", seed=cfg.seed, num_frames=cfg.model.num_frames)  # cached
+                build_smol_video_llava(out / "init_model", seed=cfg.model_seed, num_frames=cfg.model.num_frames)  # cached
             if cfg.warmstart.videos and not (out / "sft_data" / "prompts.jsonl").exists():
                 # a third seed: the warm start never sees the loop's pool or its evaluation clips
-                self._make_synthetic_data("sft_data", cfg.warmstart.videos, cfg.seed + 1000,
+                self._make_synthetic_data("sft_data", cfg.warmstart.videos, cfg.model_seed + 1000,
                                           questions_per_video=cfg.warmstart.questions_per_video)
         distributed.barrier(self.d)
         # the pool and its videos are checked before the warm start, the first long work
@@ -192,7 +192,7 @@ class Run:
         """Scene keys (objects, colours, directions) of the synthetic pool and warm-start clips."""
         from isrt.engine.synthetic import scene_keys
         cfg = self.cfg
-        seen = scene_keys(cfg.seed + 1000, cfg.warmstart.videos)
+        seen = scene_keys(cfg.model_seed + 1000, cfg.warmstart.videos)
         return seen | scene_keys(cfg.seed, cfg.data.synthetic_videos) if not cfg.data.prompts else seen
 
     def _make_synthetic_data(self, name: str, num_videos: int, seed: int, questions_per_video: int | None = None,
@@ -223,7 +223,7 @@ class Run:
         # The judge examples teach the judge the loop runs: its likelihood prompt, or A/B verdicts.
         judge_kind = "judge_answer" if cfg.judge.mode == "likelihood" else "judge"
         result = warm_start(self.out / "warm_start", self.initial_source(), records, cfg.warmstart.sft, self.d,
-                            seed=cfg.seed, num_frames=cfg.model.num_frames, video_root=self.out / "sft_data",
+                            seed=cfg.model_seed, num_frames=cfg.model.num_frames, video_root=self.out / "sft_data",
                             kinds=(*cfg.warmstart.kinds, judge_kind),
                             judge_per_video=cfg.warmstart.judge_per_video, dtype=DTYPES[cfg.model.dtype],
                             family=cfg.model.family, qa_prior=dict(cfg.warmstart.qa_prior),
@@ -260,7 +260,7 @@ class Run:
     def load_policy(self, t: int):
         m = self.cfg.model
         adapter = load_adapter(m.family, self.policy_source(t), device=self.d.device, dtype=DTYPES[m.dtype],
-                               num_frames=m.num_frames, seed=self.cfg.seed, attn_implementation=m.attn_implementation)
+                               num_frames=m.num_frames, seed=self.cfg.model_seed, attn_implementation=m.attn_implementation)
         adapter.freeze_vision()
         return adapter
 

@@ -26,7 +26,7 @@ def _env(**extra):
 
 
 def run_isrt(out: Path, pool: Path, *overrides, nproc=None, crash_at=None, crash_signal="KILL", check=True):
-    args = ["--preset", "smoke", "--output_dir", str(out), f"data.prompts={pool}", *overrides]
+    args = ["--preset", "smoke", "--output_dir", str(out), *([f"data.prompts={pool}"] if pool else []), *overrides]
     if nproc:
         torchrun = Path(sys.executable).parent / "torchrun"
         cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "isrt.run", *args]
@@ -340,9 +340,34 @@ def test_warm_start_cache_is_shared_by_runs_of_the_same_warm_start_settings(pool
         finally:
             torch.set_num_threads(before)
     assert key() == entry and key("judge.context=none", "dpo.beta=0.5") == entry
+    assert key("seed=1", "model.seed=0") == entry and key("model.seed=1") == key("seed=1")  # pi_0's seed
     assert len({key(), key("warmstart.sft.steps=2"), key("seed=1"), key("judge.mode=score"),
                 key("warmstart.qa_prior.count=two"), key("model.num_frames=2"), key(threads=2)}) == 7
     assert shared_warm_start_dir(load_config("smoke", [f"data.prompts={pool}"]), 1) is None
+
+
+def test_a_pinned_model_seed_starts_every_run_seed_from_the_same_pi0(tmp_path):
+    """model.seed: the built model, the warm start's clips and its training follow it; the loop's
+    pool, held-out clips and sampling follow the run's seed; held-out clips stay disjoint from the
+    warm start's."""
+    import torch
+    from safetensors.torch import load_file
+
+    args = ["warmstart.videos=4", "warmstart.sft.steps=1", "warmstart.sft.align_steps=1",
+            "warmstart.sft.batch_size=2", "iterations=1", "judge.mode=likelihood", "warmstart.cache_dir="]
+    run_isrt(tmp_path / "s0", None, *args)  # the smoke preset's synthetic pool
+    run_isrt(tmp_path / "s1", None, *args, "seed=1", "model.seed=0")
+    a, b = tmp_path / "s0", tmp_path / "s1"
+    assert (a / "sft_data" / "prompts.jsonl").read_bytes() == (b / "sft_data" / "prompts.jsonl").read_bytes()
+    for folder in ("init_model", "warm_start"):
+        wa, wb = load_file(next((a / folder).glob("*.safetensors"))), load_file(next((b / folder).glob("*.safetensors")))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), folder
+    assert (a / "data" / "prompts.jsonl").read_bytes() != (b / "data" / "prompts.jsonl").read_bytes()
+    from isrt.engine.synthetic import make_scene, scene_key, scene_keys
+    ids = {int(Path(json.loads(line)["video"]).stem.removeprefix("vid"))
+           for line in (b / "eval_data" / "prompts.jsonl").read_text().splitlines()}
+    held_out = {scene_key(make_scene(1 + 1, i, 64, 64)) for i in ids}  # the run's seed + 1
+    assert held_out and not held_out & scene_keys(0 + 1000, 4)  # the warm start's clips: model seed + 1000
 
 
 def test_the_gate_runs_once_before_iteration_0_and_the_report_states_it(pool, tmp_path):
