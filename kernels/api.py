@@ -16,7 +16,7 @@ import torch
 
 from .losses import DPO_LOSS_TYPES, PreferenceLoss, check_pairs, check_references
 from .options import DEFAULT_OPTIONS, KernelOptions, triton_interpreting
-from .segments import flat_layout, sequence_sums
+from .segments import flat_layout, segment_sums
 from .torch_logprobs import torch_linear_logprobs
 from .two_pass import two_pass_preference
 
@@ -93,14 +93,16 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         n = seg_max + 1 if num_segments is None else num_segments
         if seg_max >= n:
             raise ValueError(f"segment_ids go up to {seg_max}, num_segments is {n}")
-        hidden, labels, seg, _ = flat_layout(hidden, labels, segment_ids, ignore_index, (n + 1) // 2)
+        flat = flat_layout(hidden, labels, segment_ids, ignore_index, (n + 1) // 2)
+        hidden, labels = flat.hidden, flat.labels
     if resolve_backend(backend, hidden) == "triton":
         from .triton_logprobs import triton_linear_logprobs
         out = triton_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
                                      options=options)
     else:
         out = torch_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
-    return out if segment_ids is None else sequence_sums(out, seg, labels != ignore_index, n)
+    return out if segment_ids is None else segment_sums(out[labels != ignore_index],
+                                                        flat.segment[labels != ignore_index], n)
 
 
 def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -129,15 +131,15 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
     n_ref = None
     if segment_ids is not None and ref_chosen_logps is not None and ref_chosen_logps.dim() == 1:
         n_ref = ref_chosen_logps.shape[0]
-    h2, y, seg, b = flat_layout(hidden, labels, segment_ids, ignore_index, n_ref)
-    marker = h2.new_empty(b)
+    flat = flat_layout(hidden, labels, segment_ids, ignore_index, n_ref)
+    marker = flat.hidden.new_empty(flat.n_pairs)
     check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
     if resolve_backend(backend, hidden) == "triton":
         from .triton_dpo import triton_fused_linear_preference
-        return triton_fused_linear_preference(h2, weight, y, seg, b, spec, ref_chosen_logps, ref_rejected_logps,
+        return triton_fused_linear_preference(flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
                                               bias=bias, ignore_index=ignore_index, options=options)
-    return two_pass_preference(torch_linear_logprobs, h2, weight, y, seg, b, spec, ref_chosen_logps,
-                               ref_rejected_logps, bias=bias, ignore_index=ignore_index)
+    return two_pass_preference(torch_linear_logprobs, flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
+                               bias=bias, ignore_index=ignore_index)
 
 
 def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

@@ -7,16 +7,28 @@ rows, or the shared-prefix layout [prompt | chosen | rejected] in one row per pa
 reshaping. Both become one flat layout the backends share:
 
     hidden [N, H], labels [N] (ignore_index where a token is ignored or in no segment),
-    segment [N] int64 (sequence index; only read where the label is kept), n_pairs B
+    segment [N] int64 (sequence index; only read where the label is kept), n_pairs B,
+    row_len T for the padded layout (its sums are row sums, the order a caller's own
+    `linear_logprobs(...).sum(-1)` of the reference uses) or None
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 
+class Flat(NamedTuple):
+    hidden: torch.Tensor
+    labels: torch.Tensor
+    segment: torch.Tensor
+    n_pairs: int
+    row_len: int | None
+
+
 def flat_layout(hidden: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor | None,
-                ignore_index: int, n_pairs: int | None):
-    """(hidden [N, H], labels [N], segment [N], B) of a padded or packed batch, or a ValueError.
+                ignore_index: int, n_pairs: int | None) -> Flat:
+    """The flat layout (module docstring) of a padded or packed batch, or a ValueError.
 
     n_pairs: B when the caller knows it (the reference tensors' length); else the padded row
     count / 2, or for packed inputs (largest segment id + 2) // 2 (a trailing pair with no label
@@ -31,7 +43,7 @@ def flat_layout(hidden: torch.Tensor, labels: torch.Tensor, segment_ids: torch.T
         if n_pairs is not None and 2 * n_pairs != two_b:
             raise ValueError(f"hidden holds {two_b} sequences, the reference log-probs {n_pairs} pairs")
         seg = torch.arange(two_b, device=labels.device).repeat_interleave(t)
-        return hidden.reshape(-1, hdim), labels.reshape(-1), seg, two_b // 2
+        return Flat(hidden.reshape(-1, hdim), labels.reshape(-1), seg, two_b // 2, t)
     if segment_ids.shape != labels.shape:
         raise ValueError(f"segment_ids {tuple(segment_ids.shape)} must have the labels' shape {tuple(labels.shape)}")
     if segment_ids.dtype.is_floating_point or segment_ids.dtype == torch.bool:
@@ -44,13 +56,30 @@ def flat_layout(hidden: torch.Tensor, labels: torch.Tensor, segment_ids: torch.T
     if top >= 2 * b:
         raise ValueError(f"segment_ids go up to {top}, but {b} pairs have sequences 0..{2 * b - 1}")
     y = torch.where(seg >= 0, labels.reshape(-1), torch.full_like(labels.reshape(-1), ignore_index))
-    return hidden.reshape(-1, hdim), y, seg.clamp(min=0), b
+    return Flat(hidden.reshape(-1, hdim), y, seg.clamp(min=0), b, None)
 
 
-def sequence_sums(token_logps: torch.Tensor, segment: torch.Tensor, keep: torch.Tensor, n_seq: int) -> torch.Tensor:
-    """[n_seq] sums of token_logps [N] over the kept tokens of each sequence (differentiable)."""
-    out = token_logps.new_zeros(n_seq)
-    return out.index_add(0, segment[keep], token_logps[keep])
+def segment_sums(values: torch.Tensor, segment: torch.Tensor, n_seq: int) -> torch.Tensor:
+    """[n_seq] sums of values [M] by segment [M] (ids in [0, n_seq)), bit for bit the same on every
+    call: each value gets its own slot of a [n_seq, longest] table, so no two writes meet (an
+    index_add would use atomics on CUDA, whose order varies between calls), then one row sum.
+    Differentiable w.r.t. values."""
+    if values.numel() == 0:  # still a function of values, so a fully masked batch backpropagates zeros
+        return values.new_zeros(n_seq) + values.sum()
+    seg_sorted, order = torch.sort(segment, stable=True)
+    counts = torch.bincount(segment, minlength=n_seq)
+    starts = counts.cumsum(0) - counts
+    pos = torch.arange(segment.numel(), device=segment.device) - starts[seg_sorted]
+    table = values.new_zeros(n_seq, int(counts.max()))
+    return table.index_put((seg_sorted, pos), values[order]).sum(1)
+
+
+def sequence_sums(token_logps: torch.Tensor, flat: Flat, keep: torch.Tensor) -> torch.Tensor:
+    """[2B] sums of token_logps [N] (0 where not kept) per sequence of a flat layout: row sums when
+    padded, else `segment_sums` (both deterministic, differentiable)."""
+    if flat.row_len is not None:
+        return token_logps.view(-1, flat.row_len).sum(-1)
+    return segment_sums(token_logps[keep], flat.segment[keep], 2 * flat.n_pairs)
 
 
 def sequence_counts(segment: torch.Tensor, keep: torch.Tensor, n_seq: int) -> torch.Tensor:

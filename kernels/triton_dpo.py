@@ -25,7 +25,10 @@ the [R, V] logits chunk plus, when chosen, an fp32 dW accumulator. dW accumulate
 in that fp32 [V, H] buffer ("fp32": exact, 4VH bytes) or in the gradient's own dtype ("native":
 cuBLAS adds each chunk with fp32 arithmetic and rounds once per chunk; no extra memory).
 `KernelOptions.dw_accum` picks; "auto" takes fp32 when the buffer needs at most half the budget.
-A pair with more valid rows than fit one chunk falls back to the two-pass schedule.
+A pair with more valid rows than fit one chunk takes the two-pass route alone (the loss is a sum
+of per-pair terms); the other pairs stay in the single pass. Sequence sums are written once per
+sequence through a table (`segments.segment_sums`), never with atomics, so two identical calls
+give the same bits.
 """
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ import functools
 
 import torch
 
-from .losses import PreferenceLoss, sequence_grad, spec_loss
+from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss
 from .options import DEFAULT_OPTIONS, KernelOptions
+from .segments import Flat, segment_sums
 from .torch_logprobs import acc_dtype, no_autocast, valid_rows
 from .triton_logprobs import mm_acc_, triton_linear_logprobs
 from .triton_rows import row_grad_, row_lse_update
@@ -76,7 +80,10 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
 class SinglePassPreference(torch.autograd.Function):
     @staticmethod
     @no_autocast
-    def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, cfg):
+    def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, n_tok, own, cfg):
+        """rows..max_rows: the plan of the pairs this pass owns (`own` [B] bool, or None for all);
+        n_tok [2B]: labels per sequence of the whole batch. Returns (the owned pairs' share of the
+        loss, sequence log-prob sums [2B], 0 for sequences not owned)."""
         spec, options, dw_fp32, grad_enabled, n_pairs = cfg
         two_b = 2 * n_pairs
         v = weight.shape[0]
@@ -87,7 +94,6 @@ class SinglePassPreference(torch.autograd.Function):
         h2 = hidden  # [N, H], the flat layout
         if ref_c is not None:
             ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
-        n_tok = torch.bincount(seq, minlength=two_b)  # labels per sequence
         chosen_total = n_tok[:n_pairs].sum()
         seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
         dh2 = torch.zeros_like(h2) if need_h else None
@@ -119,7 +125,8 @@ class SinglePassPreference(torch.autograd.Function):
             lse_z = mrun + torch.log(srun)
             if options.impl != "tile":
                 lse, tgt = lse_z, tgt_z
-            seq_logps.index_add_(0, sc, tgt - lse)
+            # the chunk holds whole sequences: each gets its sum once, added to 0 (no atomics)
+            seq_logps += segment_sums(tgt - lse, sc, two_b)
             if not (need_h or need_w or need_b):
                 continue
             # g of this chunk's (now complete) pairs: their terms of the shared loss
@@ -139,16 +146,17 @@ class SinglePassPreference(torch.autograd.Function):
             if need_b:
                 db += dz.sum(0, dtype=acc)
         del buf
-        loss, _ = spec_loss(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r,
-                            n_tok[:n_pairs], n_tok[n_pairs:])
+        terms = pair_terms(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r, n_tok[:n_pairs],
+                           n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
+        loss = (terms if own is None else terms[own]).sum()
         ctx.save_for_backward(dh2, dw, db)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(seq_logps, n_tok)
-        return loss, seq_logps, n_tok
+        ctx.mark_non_differentiable(seq_logps)
+        return loss, seq_logps
 
     @staticmethod
     @no_autocast
-    def backward(ctx, grad_loss, _grad_seq, _grad_n):
+    def backward(ctx, grad_loss, _grad_seq):
         dh2, dw, db = ctx.saved_tensors
         hshape, wdtype, bdtype = ctx.shapes
         # The gradients were computed in forward for d loss; scale by the upstream scalar (no
@@ -162,36 +170,49 @@ class SinglePassPreference(torch.autograd.Function):
             dw = (dw if one else dw.float() * scale).to(wdtype)
         if db is not None:
             db = (db.float() * scale).to(bdtype)
-        return (dh, dw, db) + (None,) * 9
+        return (dh, dw, db) + (None,) * 11
 
 
-def triton_fused_linear_preference(hidden, weight, labels, segment, n_pairs, spec: PreferenceLoss,
-                                   ref_chosen_logps, ref_rejected_logps, *, bias=None, ignore_index=-100,
+def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
+                                   ref_rejected_logps, *, bias=None, ignore_index=-100,
                                    options: KernelOptions = DEFAULT_OPTIONS):
     """fused_linear_preference on the Triton backend, on the flat layout (`segments.flat_layout`):
-    `options.schedule` "single" (this file, falling back to two-pass when a pair does not fit one
-    chunk) or "two" (`two_pass`)."""
-    weight = weight.contiguous()
-    plan = None
-    if options.schedule == "single":
-        dw_fp32, max_rows = memory_plan(weight, hidden, options)
-        rows, y = valid_rows(labels, ignore_index, weight.shape[0])
-        seq = segment.index_select(0, rows)
-        pair = seq % n_pairs
-        order = torch.sort(pair, stable=True).indices  # pair by pair
-        rows, y, seq, pair = rows[order], y[order], seq[order], pair[order]
-        chunks = plan_chunks(pair, n_pairs, max_rows)
-        if chunks is not None:
-            max_rows = max(r1 - r0 for _, _, r0, r1 in chunks)
-            plan = (rows, y, seq, pair, chunks, max(1, max_rows))
-    if plan is None:
+    `options.schedule` "single" (this file) or "two" (`two_pass`). In the single pass, a pair with
+    more label rows than one chunk holds takes the two-pass route alone; the loss is a sum of
+    per-pair terms, so the two parts just add."""
+    if options.schedule != "single":
         logprobs_fn = functools.partial(triton_linear_logprobs, options=options)
-        return two_pass_preference(logprobs_fn, hidden, weight, labels, segment, n_pairs, spec, ref_chosen_logps,
-                                   ref_rejected_logps, bias=bias, ignore_index=ignore_index)
-    loss, seq_logps, n_tok = SinglePassPreference.apply(
-        hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, *plan,
-        (spec, options, dw_fp32, torch.is_grad_enabled(), n_pairs))
-    b = n_pairs
+        return two_pass_preference(logprobs_fn, flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
+                                   bias=bias, ignore_index=ignore_index)
+    hidden, labels, segment, b, _ = flat
+    weight = weight.contiguous()
+    dw_fp32, max_rows = memory_plan(weight, hidden, options)
+    rows, y = valid_rows(labels, ignore_index, weight.shape[0])
+    seq = segment.index_select(0, rows)
+    n_tok = torch.bincount(seq, minlength=2 * b)
+    own = (n_tok[:b] + n_tok[b:]) <= max_rows  # pairs that fit one chunk
+    big = not bool(own.all())
+    if big:
+        mine = own[seq % b]
+        rows_o, y_o, seq_o = rows[~mine], y[~mine], seq[~mine]
+        rows, y, seq = rows[mine], y[mine], seq[mine]
+    pair = seq % b
+    order = torch.sort(pair, stable=True).indices  # pair by pair
+    rows, y, seq, pair = rows[order], y[order], seq[order], pair[order]
+    chunks = plan_chunks(pair, b, max_rows)
+    max_rows = max([r1 - r0 for _, _, r0, r1 in chunks] + [1])
+    loss, seq_logps = SinglePassPreference.apply(
+        hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, rows, y, seq, pair, chunks, max_rows,
+        n_tok, own if big else None, (spec, options, dw_fp32, torch.is_grad_enabled(), b))
+    if big:  # the oversized pairs: per-token log-probs with autograd (recompute backward), summed
+        token = triton_linear_logprobs(hidden.index_select(0, rows_o), weight, y_o, bias=bias,
+                                       ignore_index=ignore_index, options=options)
+        sums = segment_sums(token, seq_o, 2 * b)
+        rc, rr = ((r if r is None else r.detach().to(sums.dtype)) for r in (ref_chosen_logps, ref_rejected_logps))
+        terms = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
+                           chosen_token_total=n_tok[:b].sum())
+        loss = loss + terms[~own].sum()
+        seq_logps = seq_logps + sums.detach()
     _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
                            n_tok[:b], n_tok[b:])
     return loss, metrics

@@ -17,17 +17,16 @@ Two schedules (`KernelOptions.schedule` on the Triton backend):
 from __future__ import annotations
 
 from .losses import PreferenceLoss, spec_loss
-from .segments import sequence_counts, sequence_sums
+from .segments import Flat, sequence_counts, sequence_sums
 
 
-def two_pass_preference(logprobs_fn, hidden, weight, labels, segment, n_pairs, spec: PreferenceLoss,
-                        ref_chosen_logps, ref_rejected_logps, *, bias, ignore_index):
-    """Generic schedule on the flat layout (`segments.flat_layout`: hidden [N, H], labels [N],
-    segment [N]): per-token log-probs through `logprobs_fn`, per-sequence sums and label counts,
-    then the shared loss."""
-    token_logps = logprobs_fn(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
-    keep = labels != ignore_index
-    sums = sequence_sums(token_logps, segment, keep, 2 * n_pairs)
-    counts = sequence_counts(segment, keep, 2 * n_pairs)
-    b = n_pairs
+def two_pass_preference(logprobs_fn, flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
+                        ref_rejected_logps, *, bias, ignore_index):
+    """Generic schedule on a flat layout (`segments.flat_layout`): per-token log-probs through
+    `logprobs_fn`, per-sequence sums and label counts, then the shared loss."""
+    token_logps = logprobs_fn(flat.hidden, weight, flat.labels, bias=bias, ignore_index=ignore_index)
+    keep = flat.labels != ignore_index
+    b = flat.n_pairs
+    sums = sequence_sums(token_logps, flat, keep)
+    counts = sequence_counts(flat.segment, keep, 2 * b)
     return spec_loss(spec, sums[:b], sums[b:], ref_chosen_logps, ref_rejected_logps, counts[:b], counts[b:])
