@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 IMPLS = ("cublas", "tile")
 SCHEDULES = ("single", "two")
-DW_ACCUMS = ("auto", "fp32", "native")
+DW_ACCUMS = ("auto", "fp32", "compensated", "native")
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,10 @@ class KernelOptions:
     chunk_bytes        two-pass schedule: bytes of one [rows, vocabulary chunk] logits buffer.
     single_pass_bytes  single-pass schedule: extra memory of one call (logits chunk, row copies
                        and, when chosen, the fp32 dW accumulator).
-    dw_accum           single-pass dW across chunks: "fp32" (an fp32 [V, H] accumulator), "native"
-                       (in the weight's dtype, one rounding per chunk), "auto" (fp32 when that
-                       buffer needs at most half of single_pass_bytes).
+    dw_accum           single-pass dW across chunks: "fp32" (an fp32 [V, H] accumulator),
+                       "compensated" (bf16 + an int8 residual: one rounding, 1 byte per weight),
+                       "native" (in the weight's dtype, one rounding per chunk), "auto" (fp32 when
+                       it needs at most half of single_pass_bytes, else compensated for bf16).
     tile_config        impl "tile": one config's kwargs (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                        num_warps, num_stages) run instead of autotuning; None = autotune.
     """

@@ -21,10 +21,11 @@ Backward only multiplies the stored gradients by the upstream scalar. FLOPs: 6MH
 4MHV frozen (M = valid rows), against 8MHV / 6MHV for the two-pass schedule.
 
 Memory: one call uses at most `KernelOptions.single_pass_bytes` beyond inputs and gradients:
-the [R, V] logits chunk plus, when chosen, an fp32 dW accumulator. dW accumulates across chunks
-in that fp32 [V, H] buffer ("fp32": exact, 4VH bytes) or in the gradient's own dtype ("native":
-cuBLAS adds each chunk with fp32 arithmetic and rounds once per chunk; no extra memory).
-`KernelOptions.dw_accum` picks; "auto" takes fp32 when the buffer needs at most half the budget.
+the [R, V] logits chunk plus the dW accumulator `memory_plan` chose. dW accumulates across
+chunks in an fp32 [V, H] buffer ("fp32": exact, 4VH bytes), as bf16 plus an int8 residual
+("compensated", `triton_compensated`: VH bytes and one fp32 slab, one rounding like eager), or
+in the gradient's own dtype ("native": one rounding per chunk, no extra memory; at 6 chunks 1.7-
+2.4x eager's error). "auto" takes fp32 when it needs at most half the budget, else compensated.
 A pair with more valid rows than fit one chunk takes the two-pass route alone (the loss is a sum
 of per-pair terms); the other pairs stay in the single pass. Sequence sums are written once per
 sequence through a table (`segments.segment_sums`), never with atomics, so two identical calls
@@ -40,6 +41,7 @@ from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss
 from .options import DEFAULT_OPTIONS, KernelOptions
 from .segments import Flat, segment_sums
 from .torch_logprobs import acc_dtype, no_autocast, valid_rows
+from .triton_compensated import add_product_, finish_
 from .triton_logprobs import mm_acc_, triton_linear_logprobs
 from .triton_rows import row_grad_, row_lse_update
 from .triton_tiles import tile_lse
@@ -62,19 +64,38 @@ def plan_chunks(pair: torch.Tensor, n_pairs: int, max_rows: int):
     return chunks
 
 
+SLAB_BYTES = 64 << 20  # compensated dW: the fp32 product of one slab of vocabulary rows
+
+
 def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
-                options: KernelOptions = DEFAULT_OPTIONS):
-    """(dW accumulator in fp32?, rows per chunk) for a single-pass call within
-    `options.single_pass_bytes`, dW accumulated as `options.dw_accum` says."""
+                options: KernelOptions = DEFAULT_OPTIONS) -> tuple[str, int]:
+    """(how dW accumulates across chunks, rows per chunk) for a single-pass call within
+    `options.single_pass_bytes`. "fp32": an fp32 accumulator (4 bytes per weight; the only kind
+    for fp32/fp64 weights, where it costs nothing extra); "compensated": bf16 + an int8 residual
+    (1 byte per weight plus one fp32 slab, `triton_compensated`); "native": the weight's dtype,
+    one rounding per chunk. "auto" takes the first of fp32 (if it needs at most half the budget)
+    and compensated (bf16, at most three quarters) that fits, and pays for it out of the budget;
+    an explicit mode adds its buffer on top."""
     budget, mode = options.single_pass_bytes, options.dw_accum
     v, hdim = weight.shape
+    n = weight.numel()
     half = weight.dtype not in (torch.float32, torch.float64)
-    auto = mode == "auto" and half and 4 * weight.numel() <= budget // 2
-    fp32 = weight.requires_grad and (mode == "fp32" or not half or auto)
-    # "auto" pays for its fp32 buffer out of the budget; an explicit "fp32" adds it on top.
-    left = budget - (4 * weight.numel() if fp32 and auto else 0)
+    extra = {"fp32": 4 * n, "compensated": n + min(SLAB_BYTES, 4 * n), "native": 0}
+    if not half:
+        choice = "fp32"
+    elif mode != "auto":
+        choice = mode
+    elif extra["fp32"] <= budget // 2:
+        choice = "fp32"
+    elif weight.dtype == torch.bfloat16 and extra["compensated"] <= budget * 3 // 4:
+        choice = "compensated"
+    else:
+        choice = "native"
+    if choice == "compensated" and weight.dtype != torch.bfloat16:
+        raise ValueError(f"dw_accum='compensated' keeps a bf16 sum; the weight is {weight.dtype}")
+    left = budget - (extra[choice] if mode == "auto" and half and weight.requires_grad else 0)
     per_row = hidden.element_size() * (v + 2 * hdim) + 64  # logits, gathered h, dH rows, vectors
-    return fp32, max(1, left // per_row)
+    return choice, max(1, left // per_row)
 
 
 class SinglePassPreference(torch.autograd.Function):
@@ -84,7 +105,7 @@ class SinglePassPreference(torch.autograd.Function):
         """rows..max_rows: the plan of the pairs this pass owns (`own` [B] bool, or None for all);
         n_tok [2B]: labels per sequence of the whole batch. Returns (the owned pairs' share of the
         loss, sequence log-prob sums [2B], 0 for sequences not owned)."""
-        spec, options, dw_fp32, grad_enabled, n_pairs = cfg
+        spec, options, dw_mode, grad_enabled, n_pairs = cfg
         two_b = 2 * n_pairs
         v = weight.shape[0]
         acc = acc_dtype(hidden)
@@ -97,10 +118,12 @@ class SinglePassPreference(torch.autograd.Function):
         chosen_total = n_tok[:n_pairs].sum()
         seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
         dh2 = torch.zeros_like(h2) if need_h else None
-        dw = None
+        dw = lo = None
         if need_w:
-            dw = torch.zeros(weight.shape, dtype=acc if dw_fp32 else weight.dtype,
+            dw = torch.zeros(weight.shape, dtype=acc if dw_mode == "fp32" else weight.dtype,
                              device=weight.device)
+            if dw_mode == "compensated":
+                lo = torch.zeros(weight.shape, dtype=torch.int8, device=weight.device)
         db = torch.zeros(v, dtype=acc, device=weight.device) if need_b else None
         buf = torch.empty(max_rows * v, dtype=hidden.dtype, device=hidden.device)
         for p0, p1, r0, r1 in chunks:
@@ -139,13 +162,18 @@ class SinglePassPreference(torch.autograd.Function):
             if need_h:
                 dh2.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
             if need_w:
-                if dw.dtype == dz.dtype:
+                if lo is not None:
+                    add_product_(dw, lo, dz.t(), hc, SLAB_BYTES)
+                elif dw.dtype == dz.dtype:
                     dw.addmm_(dz.t(), hc)
                 else:
                     mm_acc_(dw, dz.t(), hc)
             if need_b:
                 db += dz.sum(0, dtype=acc)
         del buf
+        if lo is not None:
+            finish_(dw, lo)
+            del lo
         terms = pair_terms(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r, n_tok[:n_pairs],
                            n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
         loss = (terms if own is None else terms[own]).sum()
@@ -186,7 +214,7 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
                                    bias=bias, ignore_index=ignore_index)
     hidden, labels, segment, b, _ = flat
     weight = weight.contiguous()
-    dw_fp32, max_rows = memory_plan(weight, hidden, options)
+    dw_mode, max_rows = memory_plan(weight, hidden, options)
     rows, y = valid_rows(labels, ignore_index, weight.shape[0])
     seq = segment.index_select(0, rows)
     n_tok = torch.bincount(seq, minlength=2 * b)
@@ -203,7 +231,7 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
     max_rows = max([r1 - r0 for _, _, r0, r1 in chunks] + [1])
     loss, seq_logps = SinglePassPreference.apply(
         hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, rows, y, seq, pair, chunks, max_rows,
-        n_tok, own if big else None, (spec, options, dw_fp32, torch.is_grad_enabled(), b))
+        n_tok, own if big else None, (spec, options, dw_mode, torch.is_grad_enabled(), b))
     if big:  # the oversized pairs: per-token log-probs with autograd (recompute backward), summed
         token = triton_linear_logprobs(hidden.index_select(0, rows_o), weight, y_o, bias=bias,
                                        ignore_index=ignore_index, options=options)

@@ -105,7 +105,7 @@ def test_labels_beyond_int32_offsets():
 
 @pytest.mark.parametrize("schedule,impl", [("single", "cublas"), ("single", "tile"),
                                            ("two", "cublas"), ("two", "tile")])
-@pytest.mark.parametrize("dw_accum", ["fp32", "native"])
+@pytest.mark.parametrize("dw_accum", ["fp32", "compensated", "native"])
 def test_fused_dpo_bf16_real_size(schedule, impl, dw_accum, monkeypatch):
     if schedule == "two" and dw_accum != "native":
         pytest.skip("dW accumulation mode is a single-pass setting")
