@@ -98,3 +98,36 @@ def test_dpo_family_matches_liger(loss_type, ls, nll):
                                                           backend="torch"), h, w, bias)
     _compare(ours, _grads(lambda h, w, b: peer(w, h, y, b, ref_input=ref_h, ref_weight=w, ref_bias=b.detach()),
                           h, w, bias))
+
+
+def test_modules_take_liger_arguments_and_equal_the_function():
+    """isrt.kernels.modules: Liger's argument order (weight, input, target, bias), our loss."""
+    from isrt.kernels import (FusedLinearCPOLoss, FusedLinearDPOLoss, FusedLinearORPOLoss,
+                              FusedLinearSimPOLoss)
+    h, w, bias, y, ref_h = _inputs(5)
+    with torch.no_grad():
+        ref = eager_logprobs(ref_h, w, y, bias).sum(-1)
+    cases = [(FusedLinearDPOLoss(beta=0.3, loss_type="robust", label_smoothing=0.1), (ref[:B], ref[B:]),
+              dict(loss_type="robust", beta=0.3, label_smoothing=0.1, ref_chosen_logps=ref[:B],
+                   ref_rejected_logps=ref[B:])),
+             (FusedLinearSimPOLoss(beta=2.0, gamma=0.7), (), dict(loss_type="simpo", beta=2.0, gamma=0.7)),
+             (FusedLinearCPOLoss(nll_weight=0.5), (), dict(loss_type="cpo", nll_weight=0.5)),
+             (FusedLinearORPOLoss(beta=0.2), (), dict(loss_type="orpo", beta=0.2))]
+    for module, refs, kw in cases:
+        got, gm = module(w, h, y, bias, *refs)
+        want, wm = fused_linear_preference(h, w, y, bias=bias, **kw)
+        assert got.item() == want.item() and gm.keys() == wm.keys()
+    assert peer_matches(FusedLinearORPOLoss(beta=0.1), chunked.LigerFusedLinearORPOLoss(beta=0.1, compiled=False),
+                        h, w, bias, y)
+    with pytest.raises(ValueError, match="reference-free"):
+        FusedLinearDPOLoss(loss_type="simpo")
+    with pytest.raises(ValueError, match="beta"):
+        FusedLinearSimPOLoss(beta=-1.0)  # at construction, not at the first step
+    assert "loss_type=simpo" in repr(FusedLinearSimPOLoss())
+
+
+def peer_matches(ours, peer, h, w, bias, y):
+    """The same call on our module and a Liger module: equal losses (1e-5)."""
+    a, _ = ours(w, h, y, bias)
+    b, _ = peer(w, h, y, bias)
+    return abs(a.item() - b.item()) <= 1e-5 * max(1.0, abs(b.item()))
