@@ -318,6 +318,7 @@ class RunConfig:
 
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        _check(self.seed >= 0, "seed", f"must be >= 0 (numpy and torch seeds are unsigned), got {self.seed}")
         _check(not self.gate.question_type or self.data.synthetic_eval_videos > 0 or bool(self.data.eval_prompts),
                "gate.question_type",
                "the gate reads held-out clips: set data.synthetic_eval_videos or data.eval_prompts")
@@ -349,7 +350,9 @@ def load_config(preset: str = "default", overrides: list[str] = (), config_file:
     except ValueError as e:  # the engine's dataclasses (DPOConfig, SFTConfig) check their own values
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(str(e).splitlines()[0]) from None
+        line = str(e).splitlines()[0]
+        # the engine names its keys as a trainer of its own would ("sft.lm"); here SFT lives under warmstart
+        raise ConfigError("warmstart." + line if line.startswith("sft") else line) from None
 
 
 def _preset_layer(preset: str, seen: tuple[str, ...] = ()):

@@ -88,9 +88,14 @@ class SFTConfig:
         _one_of(self.normalization, "sft.normalization", ("example", "token"))
         _one_of(self.schedule, "sft.schedule", ("cosine", "constant"))
         _one_of(self.strategy, "sft.strategy", STRATEGIES)
-        _check(self.batch_size >= 1 and self.epochs >= 1 and self.steps >= 0,
-               "sft: batch_size and epochs must be >= 1, steps >= 0")
-        _check(self.grad_accum >= 1, f"sft.grad_accum: must be >= 1, got {self.grad_accum}")
+        for key, low in (("batch_size", 1), ("epochs", 1), ("grad_accum", 1), ("steps", 0), ("warmup_steps", 0),
+                         ("lora_r", 1), ("lora_alpha", 1), ("align_steps", 0), ("align_batch_size", 1)):
+            _check(getattr(self, key) >= low, f"sft.{key}: must be >= {low}, got {getattr(self, key)}")
+        for key in ("learning_rate", "vision_learning_rate", "align_lr", "max_grad_norm"):
+            _check(getattr(self, key) > 0, f"sft.{key}: must be > 0, got {getattr(self, key)}")
+        _check(self.weight_decay >= 0, f"sft.weight_decay: must be >= 0, got {self.weight_decay}")
+        _check(0 < self.align_max_df <= 1, f"sft.align_max_df: must be in (0, 1] (a share of the captions), "
+               f"got {self.align_max_df}")
         _check(isinstance(self.gradient_checkpointing, bool),
                f"sft.gradient_checkpointing: must be true or false, got {self.gradient_checkpointing!r}")
         _check(self.train_vision or self.train_projector or self.lm != "frozen",
@@ -145,6 +150,7 @@ class DPOConfig:
         _check(not self.label_smoothing or self.loss_type in ("sigmoid", "robust"),
                f"dpo.label_smoothing: only sigmoid and robust use it, got loss_type {self.loss_type}")
         _check(self.learning_rate > 0, f"dpo.learning_rate: must be > 0, got {self.learning_rate}")
+        _check(self.weight_decay >= 0, f"dpo.weight_decay: must be >= 0, got {self.weight_decay}")
         _check(self.epochs >= 1, "dpo.epochs: must be >= 1")
         _check(self.batch_size >= 1, "dpo.batch_size: must be >= 1")
         _check(self.grad_accum >= 1, f"dpo.grad_accum: must be >= 1, got {self.grad_accum}")

@@ -47,6 +47,39 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, key):
     assert "\n" not in msg and msg.startswith(key)
 
 
+def _numeric_keys():
+    """Every int / float key of the run config, as a command line spells it, and its type."""
+    import dataclasses
+
+    out = []
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif str(f.type).replace(" ", "") in ("int", "float", "int|None", "float|None"):
+                out.append((prefix + f.name, "float" if "float" in str(f.type) else "int"))
+    walk(load_config("smoke"), "")
+    return out
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+@pytest.mark.parametrize("key,kind", NUMERIC_KEYS, ids=[k for k, _ in NUMERIC_KEYS])
+def test_every_numeric_key_refuses_a_wrong_type_a_non_finite_and_a_negative_value(key, kind):
+    """Issue 16: for every numeric key, a one-line ConfigError naming the key as the command line
+    spells it (warmstart.sft.*, not sft.*), never a traceback and never a run that starts."""
+    assert len(NUMERIC_KEYS) > 50
+    bad = ["abc", "[1]", "-1"] + (["nan", "inf", "-inf"] if kind == "float" else ["1.5"])
+    for value in bad:
+        with pytest.raises(ConfigError) as e:
+            load_config("smoke", [f"{key}={value}"])
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(key), (value, msg)
+
+
 def test_user_yaml_layer(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("dpo:\n  beta: 0.5\n")
