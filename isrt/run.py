@@ -110,6 +110,11 @@ def main(argv=None) -> int:
     except OSError as e:
         if e.errno not in STORAGE_ERRNOS:
             raise
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and not os.path.exists(
+                os.path.join(output_dir, "config.yaml")):  # the first write of a new run: before any work
+            print(f"error: {output_dir}: cannot write the output directory ({e.strerror}); a new run needs "
+                  "writable storage (a finished run there only prints its summary)", file=sys.stderr)
+            return 1
         print(f"error: {e.strerror}: {e.filename or output_dir}; nothing half-written was kept: free the space "
               "or fix the permissions, then rerun the same command to resume", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from isrt.run import main
                                       "data.feature_cache_gb=inf", "warmstart.sft.learning_rate=inf",
                                       "dpo.beta=nan"])
 def test_non_finite_numbers_are_config_errors(override):
-    key = override.split("=")[0].replace("warmstart.", "")
+    key = override.split("=")[0]  # as the command line spells it (warmstart.sft.*)
     with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number, got (inf|nan)$"):
         load_config("smoke", [override])
 
@@ -181,3 +181,56 @@ def test_a_finished_run_reruns_on_read_only_storage(tmp_path, monkeypatch, capsy
     assert _run(tmp_path, pool) == 0
     out = capsys.readouterr()
     assert "run directory:" in out.out and "Traceback" not in out.err
+
+
+def _read_only_mount_cmd(directory, *argv) -> list[str] | None:
+    """argv run with `directory` bind-mounted read-only in a private mount namespace (unshare -rm:
+    nothing changes for the rest of the machine), or None where the platform does not allow it."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        return None
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind '{directory}' '{directory}' && "
+                            f"mount -o remount,ro,bind '{directory}'"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    script = (f"mount --bind '{directory}' '{directory}' && mount -o remount,ro,bind '{directory}' && "
+              f"exec \"$@\"")
+    return ["unshare", "-rm", "sh", "-c", script, "sh", *argv]
+
+
+def test_a_real_read_only_mount(tmp_path):
+    """The emulated EROFS of the test above, on a real read-only bind mount: a finished run reruns
+    (prints its summary, exit 0, writes nothing); a new run there is refused before any work with
+    one line naming the directory."""
+    import os
+    import subprocess
+    import sys
+
+    from isrt.engine.synthetic import make_dataset
+
+    pool = make_dataset(tmp_path / "pool", 2, seed=0, questions_per_video=1)
+    assert _run(tmp_path, pool) == 0
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "isrt.run", "--preset", "smoke", "--output_dir", str(run_dir),
+            f"data.prompts={pool}", "iterations=1"]
+    cmd = _read_only_mount_cmd(run_dir, *argv)
+    if cmd is None:
+        pytest.skip("no unprivileged read-only bind mount here (unshare -rm)")
+    probe = subprocess.run(_read_only_mount_cmd(run_dir, "touch", str(run_dir / "probe")), capture_output=True,
+                           text=True)
+    assert probe.returncode != 0 and "Read-only" in probe.stderr  # the mount really refuses writes
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "run directory:" in p.stdout and "Traceback" not in p.stderr
+    assert {q: q.stat().st_mtime_ns for q in run_dir.rglob("*") if q.is_file()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv[argv.index("--output_dir") + 1] = str(empty)
+    p = subprocess.run(_read_only_mount_cmd(empty, *argv), capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    err = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: {empty}: cannot write the output directory"), p.stderr[-2000:]
