@@ -136,10 +136,30 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
     check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
     if resolve_backend(backend, hidden) == "triton":
         from .triton_dpo import triton_fused_linear_preference
-        return triton_fused_linear_preference(flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
-                                              bias=bias, ignore_index=ignore_index, options=options)
-    return two_pass_preference(torch_linear_logprobs, flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
-                               bias=bias, ignore_index=ignore_index)
+        loss, metrics = triton_fused_linear_preference(flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
+                                                       bias=bias, ignore_index=ignore_index, options=options)
+    else:
+        loss, metrics = two_pass_preference(torch_linear_logprobs, flat, weight, spec, ref_chosen_logps,
+                                            ref_rejected_logps, bias=bias, ignore_index=ignore_index)
+    metrics.update(_mean_logits(flat, weight, bias, ignore_index))
+    return loss, metrics
+
+
+@torch.no_grad()
+def _mean_logits(flat, weight, bias, ignore_index) -> dict[str, torch.Tensor]:
+    """TRL's `logits/chosen` and `logits/rejected`: the mean over label tokens of each token's mean
+    logit over the vocabulary, in closed form, mean_v z_tv = h_t . mean_v W_v + mean_v b_v: one
+    read of W and a matrix-vector product, never the logits."""
+    keep = flat.labels != ignore_index
+    acc = torch.float64 if flat.hidden.dtype == torch.float64 else torch.float32
+    # in the operands' dtype (fp32 accumulation inside on a GPU): no [M, H] upcast copy
+    per_token = (flat.hidden @ weight.mean(0)).to(acc)[keep] + (0.0 if bias is None else bias.to(acc).mean())
+    rejected = flat.segment[keep] >= flat.n_pairs
+    out = {}
+    for name, rows in (("logits/chosen", ~rejected), ("logits/rejected", rejected)):
+        n = rows.sum()
+        out[name] = torch.where(n > 0, per_token[rows].sum() / n.clamp(min=1), per_token.new_zeros(()))
+    return out
 
 
 def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

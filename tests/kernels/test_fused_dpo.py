@@ -80,7 +80,7 @@ def test_matches_fp64_composition(path, loss_type):
     loss, m, g = run(lambda h, w, bb: dpo(path, h, w, y, c, r, bias=bb, **kw), [h, w, bb])
     c64, r64 = (None, None) if c is None else (c.double(), r.double())
     rl, rm, rg = run(lambda h, w, bb: reference(h, w, bb, y, c64, r64, **kw), fp64([h, w, bb]))
-    assert set(m) == set(rm)
+    assert set(m) == set(rm) | {"logits/chosen", "logits/rejected"}  # the fused path adds TRL's mean logits
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert abs(loss.item() - rl.item()) <= 1e-5 * max(1.0, abs(rl.item()))
     for k in rm:
@@ -399,3 +399,16 @@ def test_options_reach_the_kernels(monkeypatch):
     for bad in (dict(impl="cuda"), dict(schedule="one"), dict(dw_accum="bf16"), dict(chunk_bytes=0)):
         with pytest.raises(ValueError):
             KernelOptions(**bad)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_mean_logit_metrics_are_trls(path):
+    """logits/chosen, logits/rejected: TRL's mean over completion tokens of each token's mean logit,
+    from materialized logits here, in closed form in the kernels."""
+    h, w, bb, y, rc, rr = make(3, 9, 16, 40, torch.float32, seed=28)
+    _, m = dpo(path, h, w, y, rc, rr, bias=bb)
+    z = torch.nn.functional.linear(h.detach().double(), w.detach().double(), bb.detach().double())  # [2B, T, V]
+    mask = y != -100
+    for name, rows in (("logits/chosen", slice(0, 3)), ("logits/rejected", slice(3, 6))):
+        want = z[rows][mask[rows]].mean(-1).sum() / mask[rows].sum()
+        assert m[name].shape == () and abs(m[name].item() - want.item()) <= 1e-5 * max(1.0, abs(want.item()))
