@@ -26,7 +26,8 @@ orpo, averaging for ipo, simpo and orpo. Values equal TRL's DPOTrainer / CPOTrai
 ORPOTrainer formulas (tests/kernels/test_losses.py).
 
 Because that loss is a sum of per-pair terms once B and the chosen label total are known
-(`pair_terms`), the single-pass kernels take each chunk's gradient from this module alone.
+(`pair_terms`), the single-pass kernels take each chunk's gradient from this module alone
+(`sequence_grad`: the closed-form derivative, tested against autograd for every loss).
 
 Metrics (detached fp32 tensors, keys as TRL logs them): `[B]` `logps/chosen`, `logps/rejected`
 (the l the loss read), `rewards/chosen` = beta (l_c - ref_c) (beta l_c for reference-free
@@ -112,6 +113,38 @@ class PreferenceLoss:
         if t == "apo_zero":
             return 1 - torch.sigmoid(beta * a) + torch.sigmoid(beta * r)
         return torch.sigmoid(beta * a) + 1 - torch.sigmoid(beta * m)  # apo_down
+
+
+    def pair_grads(self, lc: torch.Tensor, lr: torch.Tensor, ref_c: torch.Tensor | None,
+                   ref_r: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """d pair_losses / d lc and d lr `[P]`, in closed form (s' = s (1 - s); checked against
+        autograd of `pair_losses` for every loss type in tests/kernels/test_losses.py)."""
+        t, beta, eps = self.loss_type, self.beta, self.label_smoothing
+        s = torch.sigmoid
+        if t == "orpo":  # L = -beta log s(o), do/dlc = 1 / (1 - e^lc), do/dlr = -1 / (1 - e^lr)
+            d = -beta * s(-log_odds(lc, lr))
+            return d / -torch.expm1(lc), -d / -torch.expm1(lr)
+        if self.reference_free:
+            x = beta * (lc - lr) - self.gamma
+            d = beta * (-(1 - eps) * s(-x) + eps * s(x))
+            return d, -d
+        a, r = lc - ref_c, lr - ref_r
+        m = a - r
+        if t in ("apo_zero", "apo_down"):
+            ds_a = beta * s(beta * a) * s(-beta * a)
+            if t == "apo_zero":
+                return -ds_a, beta * s(beta * r) * s(-beta * r)
+            ds_m = beta * s(beta * m) * s(-beta * m)
+            return ds_a - ds_m, ds_m
+        if t == "sigmoid":
+            d = -beta * ((1 - eps) * s(-beta * m) - eps * s(beta * m))
+        elif t == "robust":
+            d = -beta * ((1 - eps) * s(-beta * m) + eps * s(beta * m)) / (1 - 2 * eps)
+        elif t == "hinge":
+            d = torch.where(1 - beta * m > 0, -beta, 0.0).to(m.dtype)
+        else:  # ipo
+            d = 2 * (m - 1 / (2 * beta))
+        return d, -d
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -246,12 +279,21 @@ def sequence_grad(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums
                   chosen_token_total: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """d loss / d chosen_sums and d loss / d rejected_sums `[P]` for P of the B pairs (a chunk).
 
-    The fused kernels need g = dL/ds of each sequence before any backward runs; it comes from
-    autograd through `pair_terms` itself, so the fused path cannot drift from the loss.
+    The fused kernels need g = dL/ds of each sequence before any backward runs: the derivative of
+    `pair_terms` in closed form (`PreferenceLoss.pair_grads`, the averaging's 1/n and the NLL
+    term's -w / total), with no autograd, so it also runs where autograd is off or dispatched away
+    (an autograd.Function's forward, a custom op's implementation).
     """
-    with torch.enable_grad():
-        sc = chosen_sums.detach().requires_grad_(True)
-        sr = rejected_sums.detach().requires_grad_(True)
-        terms = pair_terms(spec, sc, sr, ref_c, ref_r, chosen_tokens, rejected_tokens, n_pairs=n_pairs,
-                           chosen_token_total=chosen_token_total)
-        return torch.autograd.grad(terms.sum(), (sc, sr))
+    sc, sr = chosen_sums.detach(), rejected_sums.detach()
+    lc, lr = _read(spec, sc, chosen_tokens), _read(spec, sr, rejected_tokens)
+    rc = None if ref_c is None else _read(spec, ref_c.detach(), chosen_tokens)
+    rr = None if ref_r is None else _read(spec, ref_r.detach(), rejected_tokens)
+    gc, gr = spec.pair_grads(lc, lr, rc, rr)
+    gc, gr = gc / n_pairs, gr / n_pairs
+    if spec.average_log_prob:
+        gc = gc / chosen_tokens.to(gc.dtype).clamp(min=1)
+        gr = gr / rejected_tokens.to(gr.dtype).clamp(min=1)
+    if spec.nll_weight:
+        total = torch.as_tensor(chosen_token_total, dtype=gc.dtype, device=gc.device)
+        gc = gc - spec.nll_weight / total.clamp(min=1)
+    return gc, gr

@@ -98,85 +98,96 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
     return choice, max(1, left // per_row)
 
 
+@no_autocast
+def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, n_tok, own, spec,
+                options, dw_mode, n_pairs, need):
+    """The single pass over the plan of the pairs it owns (`own` [B] bool, or None for all):
+    (the owned pairs' share of the loss, sequence log-prob sums [2B] (0 for sequences not owned),
+    dH [N, H] | None, dW | None, db | None), gradients only where `need` says (h, w, b).
+    n_tok [2B]: labels per sequence of the whole batch."""
+    two_b = 2 * n_pairs
+    v = weight.shape[0]
+    acc = acc_dtype(hidden)
+    need_h, need_w, need_b = need
+    h2 = hidden  # [N, H], the flat layout
+    if ref_c is not None:
+        ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
+    chosen_total = n_tok[:n_pairs].sum()
+    seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
+    dh2 = torch.zeros_like(h2) if need_h else None
+    dw = lo = None
+    if need_w:
+        dw = torch.zeros(weight.shape, dtype=acc if dw_mode == "fp32" else weight.dtype,
+                         device=weight.device)
+        if dw_mode == "compensated":
+            lo = torch.zeros(weight.shape, dtype=torch.int8, device=weight.device)
+    db = torch.zeros(v, dtype=acc, device=weight.device) if need_b else None
+    buf = torch.empty(max_rows * v, dtype=hidden.dtype, device=hidden.device)
+    for p0, p1, r0, r1 in chunks:
+        r = r1 - r0
+        if r == 0:
+            continue
+        hc = h2.index_select(0, rows[r0:r1])
+        yc, sc, pc = y[r0:r1], seq[r0:r1], pair[r0:r1]
+        z = buf[: r * v].view(r, v)
+        if options.impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
+            lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z, config=options.tile_config)
+            zb = None  # bias is already inside z
+        else:  # cuBLAS logits, Triton row kernel for LSE/target
+            torch.mm(hc, weight.t(), out=z)
+            zb = bias
+        # LSE of the stored (rounded) logits: the softmax in dZ must be normalized over the
+        # same values it exponentiates, or a peaked row gets an error of |z_max| x 2^-9.
+        mrun = torch.full((r,), float("-inf"), dtype=acc, device=hidden.device)
+        srun = torch.zeros(r, dtype=acc, device=hidden.device)
+        tgt_z = torch.zeros(r, dtype=acc, device=hidden.device)
+        row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0)
+        lse_z = mrun + torch.log(srun)
+        if options.impl != "tile":
+            lse, tgt = lse_z, tgt_z
+        # the chunk holds whole sequences: each gets its sum once, added to 0 (no atomics)
+        seq_logps += segment_sums(tgt - lse, sc, two_b)
+        if not (need_h or need_w or need_b):
+            continue
+        # g of this chunk's (now complete) pairs: their terms of the shared loss
+        c, r_ = slice(p0, p1), slice(n_pairs + p0, n_pairs + p1)
+        gc, gr = sequence_grad(spec, seq_logps[c], seq_logps[r_], None if ref_c is None else ref_c[c],
+                               None if ref_r is None else ref_r[c], n_tok[c], n_tok[r_],
+                               n_pairs=n_pairs, chosen_token_total=chosen_total)
+        g = torch.where(sc < n_pairs, gc[pc - p0], gr[pc - p0])
+        dz = row_grad_(z, zb, yc, lse_z, g.contiguous(), 0)
+        if need_h:
+            dh2.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
+        if need_w:
+            if lo is not None:
+                add_product_(dw, lo, dz.t(), hc, SLAB_BYTES)
+            elif dw.dtype == dz.dtype:
+                dw.addmm_(dz.t(), hc)
+            else:
+                mm_acc_(dw, dz.t(), hc)
+        if need_b:
+            db += dz.sum(0, dtype=acc)
+    del buf
+    if lo is not None:
+        finish_(dw, lo)
+        del lo
+    terms = pair_terms(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r, n_tok[:n_pairs],
+                       n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
+    loss = (terms if own is None else terms[own]).sum()
+    return loss, seq_logps, dh2, dw, db
+
+
 class SinglePassPreference(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, n_tok, own, cfg):
-        """rows..max_rows: the plan of the pairs this pass owns (`own` [B] bool, or None for all);
-        n_tok [2B]: labels per sequence of the whole batch. Returns (the owned pairs' share of the
-        loss, sequence log-prob sums [2B], 0 for sequences not owned)."""
+        """`single_pass` with its gradients saved for backward: (loss share, sequence sums)."""
         spec, options, dw_mode, grad_enabled, n_pairs = cfg
-        two_b = 2 * n_pairs
-        v = weight.shape[0]
-        acc = acc_dtype(hidden)
         # needs_input_grad follows requires_grad even under no_grad / inference_mode, where no
         # backward can come: the gradient work is done here in forward, so skip it there
-        need_h, need_w, need_b = (n and grad_enabled for n in ctx.needs_input_grad[:3])
-        h2 = hidden  # [N, H], the flat layout
-        if ref_c is not None:
-            ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
-        chosen_total = n_tok[:n_pairs].sum()
-        seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
-        dh2 = torch.zeros_like(h2) if need_h else None
-        dw = lo = None
-        if need_w:
-            dw = torch.zeros(weight.shape, dtype=acc if dw_mode == "fp32" else weight.dtype,
-                             device=weight.device)
-            if dw_mode == "compensated":
-                lo = torch.zeros(weight.shape, dtype=torch.int8, device=weight.device)
-        db = torch.zeros(v, dtype=acc, device=weight.device) if need_b else None
-        buf = torch.empty(max_rows * v, dtype=hidden.dtype, device=hidden.device)
-        for p0, p1, r0, r1 in chunks:
-            r = r1 - r0
-            if r == 0:
-                continue
-            hc = h2.index_select(0, rows[r0:r1])
-            yc, sc, pc = y[r0:r1], seq[r0:r1], pair[r0:r1]
-            z = buf[: r * v].view(r, v)
-            if options.impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
-                lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z, config=options.tile_config)
-                zb = None  # bias is already inside z
-            else:  # cuBLAS logits, Triton row kernel for LSE/target
-                torch.mm(hc, weight.t(), out=z)
-                zb = bias
-            # LSE of the stored (rounded) logits: the softmax in dZ must be normalized over the
-            # same values it exponentiates, or a peaked row gets an error of |z_max| x 2^-9.
-            mrun = torch.full((r,), float("-inf"), dtype=acc, device=hidden.device)
-            srun = torch.zeros(r, dtype=acc, device=hidden.device)
-            tgt_z = torch.zeros(r, dtype=acc, device=hidden.device)
-            row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0)
-            lse_z = mrun + torch.log(srun)
-            if options.impl != "tile":
-                lse, tgt = lse_z, tgt_z
-            # the chunk holds whole sequences: each gets its sum once, added to 0 (no atomics)
-            seq_logps += segment_sums(tgt - lse, sc, two_b)
-            if not (need_h or need_w or need_b):
-                continue
-            # g of this chunk's (now complete) pairs: their terms of the shared loss
-            c, r_ = slice(p0, p1), slice(n_pairs + p0, n_pairs + p1)
-            gc, gr = sequence_grad(spec, seq_logps[c], seq_logps[r_], None if ref_c is None else ref_c[c],
-                                   None if ref_r is None else ref_r[c], n_tok[c], n_tok[r_],
-                                   n_pairs=n_pairs, chosen_token_total=chosen_total)
-            g = torch.where(sc < n_pairs, gc[pc - p0], gr[pc - p0])
-            dz = row_grad_(z, zb, yc, lse_z, g.contiguous(), 0)
-            if need_h:
-                dh2.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
-            if need_w:
-                if lo is not None:
-                    add_product_(dw, lo, dz.t(), hc, SLAB_BYTES)
-                elif dw.dtype == dz.dtype:
-                    dw.addmm_(dz.t(), hc)
-                else:
-                    mm_acc_(dw, dz.t(), hc)
-            if need_b:
-                db += dz.sum(0, dtype=acc)
-        del buf
-        if lo is not None:
-            finish_(dw, lo)
-            del lo
-        terms = pair_terms(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r, n_tok[:n_pairs],
-                           n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
-        loss = (terms if own is None else terms[own]).sum()
+        need = tuple(bool(n and grad_enabled) for n in ctx.needs_input_grad[:3])
+        loss, seq_logps, dh2, dw, db = single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks,
+                                                   max_rows, n_tok, own, spec, options, dw_mode, n_pairs, need)
         ctx.save_for_backward(dh2, dw, db)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(seq_logps)
@@ -201,6 +212,53 @@ class SinglePassPreference(torch.autograd.Function):
         return (dh, dw, db) + (None,) * 11
 
 
+def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
+    """Rows pair by pair for the single pass: (dw_mode, single-pass plan (rows, y, seq, pair, chunks,
+    max_rows), n_tok [2B], own [B] or None, the oversized pairs' (rows, y, seq) or None). A pair with
+    more label rows than one chunk holds is not owned: it takes the two-pass route alone."""
+    b = flat.n_pairs
+    dw_mode, max_rows = memory_plan(weight, flat.hidden, options)
+    rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
+    seq = flat.segment.index_select(0, rows)
+    n_tok = torch.bincount(seq, minlength=2 * b)
+    own = (n_tok[:b] + n_tok[b:]) <= max_rows  # pairs that fit one chunk
+    big = None
+    if not bool(own.all()):
+        mine = own[seq % b]
+        big = (rows[~mine], y[~mine], seq[~mine])
+        rows, y, seq = rows[mine], y[mine], seq[mine]
+    pair = seq % b
+    order = torch.sort(pair, stable=True).indices  # pair by pair
+    rows, y, seq, pair = rows[order], y[order], seq[order], pair[order]
+    chunks = plan_chunks(pair, b, max_rows)
+    max_rows = max([r1 - r0 for _, _, r0, r1 in chunks] + [1])
+    return dw_mode, (rows, y, seq, pair, chunks, max_rows), n_tok, (own if big is not None else None), big
+
+
+def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, *, ignore_index: int,
+                           options: KernelOptions, need: tuple[bool, bool, bool]):
+    """(loss, metrics, dH [N, H] | None, dW | None, db | None) without autograd (`explicit`)."""
+    from .explicit import oversized_terms
+    b = flat.n_pairs
+    weight = weight.contiguous()
+    dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
+    loss, seq_logps, dh, dw, db = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own, spec,
+                                              options, dw_mode, b, need)
+    if big is not None:
+        loss_o, sums, dh_o, dw_o, db_o = oversized_terms(flat, weight, bias, spec, ref_c, ref_r, *big, n_tok, own,
+                                                         options, need)
+        loss, seq_logps = loss + loss_o, seq_logps + sums
+        dh = None if dh is None else dh + dh_o
+        dw = None if dw is None else (dw.float() + dw_o.float()).to(weight.dtype)
+        db = None if db is None else db + db_o
+    if dw is not None:
+        dw = dw.to(weight.dtype)
+    if db is not None:
+        db = db.to(bias.dtype)
+    _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
+    return loss, metrics, dh, dw, db
+
+
 def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
                                    ref_rejected_logps, *, bias=None, ignore_index=-100,
                                    options: KernelOptions = DEFAULT_OPTIONS):
@@ -212,28 +270,15 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
         logprobs_fn = functools.partial(triton_linear_logprobs, options=options)
         return two_pass_preference(logprobs_fn, flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
                                    bias=bias, ignore_index=ignore_index)
-    hidden, labels, segment, b, _ = flat
+    b = flat.n_pairs
     weight = weight.contiguous()
-    dw_mode, max_rows = memory_plan(weight, hidden, options)
-    rows, y = valid_rows(labels, ignore_index, weight.shape[0])
-    seq = segment.index_select(0, rows)
-    n_tok = torch.bincount(seq, minlength=2 * b)
-    own = (n_tok[:b] + n_tok[b:]) <= max_rows  # pairs that fit one chunk
-    big = not bool(own.all())
-    if big:
-        mine = own[seq % b]
-        rows_o, y_o, seq_o = rows[~mine], y[~mine], seq[~mine]
-        rows, y, seq = rows[mine], y[mine], seq[mine]
-    pair = seq % b
-    order = torch.sort(pair, stable=True).indices  # pair by pair
-    rows, y, seq, pair = rows[order], y[order], seq[order], pair[order]
-    chunks = plan_chunks(pair, b, max_rows)
-    max_rows = max([r1 - r0 for _, _, r0, r1 in chunks] + [1])
+    dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
     loss, seq_logps = SinglePassPreference.apply(
-        hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, rows, y, seq, pair, chunks, max_rows,
-        n_tok, own if big else None, (spec, options, dw_mode, torch.is_grad_enabled(), b))
-    if big:  # the oversized pairs: per-token log-probs with autograd (recompute backward), summed
-        token = triton_linear_logprobs(hidden.index_select(0, rows_o), weight, y_o, bias=bias,
+        flat.hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, *sp, n_tok, own,
+        (spec, options, dw_mode, torch.is_grad_enabled(), b))
+    if big is not None:  # the oversized pairs: per-token log-probs with autograd (recompute backward), summed
+        rows_o, y_o, seq_o = big
+        token = triton_linear_logprobs(flat.hidden.index_select(0, rows_o), weight, y_o, bias=bias,
                                        ignore_index=ignore_index, options=options)
         sums = segment_sums(token, seq_o, 2 * b)
         rc, rr = ((r if r is None else r.detach().to(sums.dtype)) for r in (ref_chosen_logps, ref_rejected_logps))

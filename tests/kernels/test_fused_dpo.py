@@ -197,7 +197,7 @@ def test_an_oversized_pair_alone_takes_the_two_pass_route(single, loss_type, mon
     assert two_pass_rows == [24]  # the oversized pair's rows, nothing else
     assert abs(got[0].item() - whole[0].item()) <= 1e-6 * max(1.0, abs(whole[0].item()))
     for k in whole[1]:
-        torch.testing.assert_close(got[1][k], whole[1][k], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got[1][k], whole[1][k], rtol=1e-5, atol=1e-5)
     for a, r in zip(got[2], whole[2]):
         assert (a - r).abs().max() <= 2e-6 * r.abs().max()
 

@@ -125,10 +125,10 @@ def test_policy_equals_reference(loss_type, expected):
     assert torch.all(m["rewards/margins"] == 0) and torch.all(m["rewards/accuracies"] == 0)
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_gradients_and_chunked_sequence_grad(loss_type):
-    """Autograd through preference_loss equals TRL's formula's, and equals the sum of
-    sequence_grad over chunks of pairs (the single-pass kernels' route)."""
+@pytest.mark.parametrize("loss_type,ls", CASES)
+def test_gradients_and_chunked_sequence_grad(loss_type, ls):
+    """Autograd through preference_loss equals TRL's formula's, and the closed-form sequence_grad
+    over chunks of pairs (the single-pass kernels' route) equals both."""
     sc, sr, rc, rr, nc, nr = _inputs(b=7, seed=1)
     sc.requires_grad_(True)
     sr.requires_grad_(True)
@@ -136,15 +136,15 @@ def test_gradients_and_chunked_sequence_grad(loss_type):
     free = loss_type in REFERENCE_FREE
     refs = (None, None) if free else (rc, rr)
     loss, _ = preference_loss(sc, sr, *refs, beta=0.3, loss_type=loss_type, chosen_tokens=nc, rejected_tokens=nr,
-                              nll_weight=0.25)
+                              nll_weight=0.25, label_smoothing=ls)
     gc, gr = torch.autograd.grad(loss, (sc, sr))
     if not free:
         assert torch.autograd.grad(loss, rc, allow_unused=True)[0] is None  # references are constants
-    ref = trl_loss(sc, sr, rc.detach(), rr, nc, nr, loss_type, 0.3, nll=0.25)
+    ref = trl_loss(sc, sr, rc.detach(), rr, nc, nr, loss_type, 0.3, ls, nll=0.25)
     rgc, rgr = torch.autograd.grad(ref, (sc, sr))
     torch.testing.assert_close(gc, rgc)
     torch.testing.assert_close(gr, rgr)
-    spec = PreferenceLoss(loss_type, 0.3, nll_weight=0.25)
+    spec = PreferenceLoss(loss_type, 0.3, nll_weight=0.25, label_smoothing=ls)
     parts = []
     for p0, p1 in ((0, 3), (3, 4), (4, 7)):
         c = slice(p0, p1)

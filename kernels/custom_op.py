@@ -1,0 +1,112 @@
+"""`fused_linear_preference` as one `torch.library.custom_op` ("isrt::fused_linear_preference"), so
+`torch.compile(fullgraph=True)` sees a single opaque node with a fake implementation for shapes,
+instead of tracing into Triton launches and autograd.Functions.
+
+    from isrt.kernels import fused_linear_preference_op
+    loss, metrics = fused_linear_preference_op(hidden, weight, labels, loss_type="sigmoid", ...)
+
+The op returns the loss, the metrics and, where the inputs need them, the gradients of hidden,
+weight and bias, all computed in its forward (`explicit.preference_with_grads`: the single pass
+does that anyway); its registered backward scales them by the upstream gradient in fp32. It runs
+the shipped `KernelOptions`. Under compile B must be static: give the reference tensors, or the
+padded layout [2B, T, H].
+"""
+from __future__ import annotations
+
+import torch
+
+from .api import _autocast, _check_shapes, _mean_logits, resolve_backend
+from .explicit import preference_with_grads
+from .losses import REFERENCE_FREE, PreferenceLoss, check_pairs, check_references
+from .options import DEFAULT_OPTIONS
+from .segments import flat_layout
+
+_PER_PAIR = ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
+             "rewards/accuracies")
+_SCALARS = ("nll_loss", "logits/chosen", "logits/rejected")
+_ORPO = ("log_odds_chosen", "log_odds_ratio")
+
+
+def metric_keys(loss_type: str) -> tuple[str, ...]:
+    """The op's metric outputs, in order."""
+    return _PER_PAIR + _SCALARS + (_ORPO if loss_type == "orpo" else ())
+
+
+@torch.library.custom_op("isrt::fused_linear_preference", mutates_args=())
+def _op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
+        ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None,
+        segment_ids: torch.Tensor | None, n_pairs: int, loss_type: str, beta: float, gamma: float,
+        label_smoothing: float, nll_weight: float, average_log_prob: bool, ignore_index: int, backend: str,
+        need_h: bool, need_w: bool, need_b: bool) -> list[torch.Tensor]:
+    """[loss, dH (or empty), dW (or empty), db (or empty), *metrics in `metric_keys` order]."""
+    spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
+    flat = flat_layout(hidden, labels, segment_ids, ignore_index, n_pairs if segment_ids is not None else None)
+    need = (need_h, need_w, need_b and bias is not None)
+    loss, metrics, dh, dw, db = preference_with_grads(flat, weight, bias, spec, ref_chosen_logps, ref_rejected_logps,
+                                                      ignore_index=ignore_index, backend=backend,
+                                                      options=DEFAULT_OPTIONS, need=need)
+    metrics.update(_mean_logits(flat, weight, bias, ignore_index))
+    grads = [hidden.new_empty(0) if g is None else g  # each its own empty: outputs may not alias
+             for g in (None if dh is None else dh.view(hidden.shape), dw, db)]
+    return [loss.detach()] + grads + [metrics[k].detach().clone() for k in metric_keys(loss_type)]
+
+
+@_op.register_fake
+def _fake(hidden, weight, labels, bias, ref_chosen_logps, ref_rejected_logps, segment_ids, n_pairs, loss_type,
+          beta, gamma, label_smoothing, nll_weight, average_log_prob, ignore_index, backend, need_h, need_w,
+          need_b):
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    out = [hidden.new_empty((), dtype=acc),
+           torch.empty_like(hidden) if need_h else hidden.new_empty(0),
+           torch.empty_like(weight) if need_w else hidden.new_empty(0),
+           torch.empty_like(bias) if need_b and bias is not None else hidden.new_empty(0)]
+    return out + [hidden.new_empty(() if k in _SCALARS else (n_pairs,), dtype=acc) for k in metric_keys(loss_type)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2], output[3])
+
+
+def _backward(ctx, grads):
+    """The gradients were computed in forward for d loss: scale them by d(out)/d loss in fp32,
+    rounded once (as the single pass's own backward)."""
+    dh, dw, db = ctx.saved_tensors
+    g = grads[0].float()
+
+    def scaled(t):
+        return None if t.numel() == 0 else (t.float() * g).to(t.dtype)
+    return (scaled(dh), scaled(dw), None, scaled(db)) + (None,) * 15
+
+
+_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_linear_preference_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                               loss_type: str, ref_chosen_logps: torch.Tensor | None = None,
+                               ref_rejected_logps: torch.Tensor | None = None, beta: float = 0.1,
+                               gamma: float | None = None, label_smoothing: float = 0.0,
+                               nll_weight: float | None = None, average_log_prob: bool | None = None,
+                               bias: torch.Tensor | None = None, ignore_index: int = -100,
+                               segment_ids: torch.Tensor | None = None, backend: str = "auto",
+                               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`fused_linear_preference` (the same arguments but `options`) through the custom op."""
+    spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
+    check_references(spec, ref_chosen_logps, ref_rejected_logps)
+    _check_shapes(hidden, weight, labels, bias)
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    if ref_chosen_logps is not None and ref_chosen_logps.dim() == 1:
+        n_pairs = ref_chosen_logps.shape[0]
+    elif segment_ids is None:
+        n_pairs = labels.shape[0] // 2
+    elif loss_type in REFERENCE_FREE:  # eager only: B from the data
+        n_pairs = (int(segment_ids.max()) + 2) // 2
+    else:
+        n_pairs = 0
+    marker = hidden.new_empty(n_pairs)
+    check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
+    grad = torch.is_grad_enabled()
+    out = _op(hidden, weight, labels, bias, ref_chosen_logps, ref_rejected_logps, segment_ids, n_pairs, loss_type,
+              spec.beta, spec.gamma, spec.label_smoothing, spec.nll_weight, spec.average_log_prob, ignore_index,
+              resolve_backend(backend, hidden), grad and hidden.requires_grad, grad and weight.requires_grad,
+              grad and bias is not None and bias.requires_grad)
+    return out[0], dict(zip(metric_keys(loss_type), out[4:]))

@@ -1,0 +1,82 @@
+"""A preference loss, its metrics and the gradients of hidden, weight and bias in one call, with no
+autograd: what the custom op runs (`custom_op`), since autograd is dispatched away inside a
+custom op's implementation.
+
+The same kernels as the autograd paths: the single pass (`triton_dpo.single_pass`) already
+computes its gradients in forward; the two-pass schedule runs its backend's forward statistics,
+takes g = dL/d(sequence sum) from `losses.sequence_grad`, and calls the backend's backward with
+g on every label row (`LinearLogprobs`'s own backward, called directly).
+"""
+from __future__ import annotations
+
+import torch
+
+from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss
+from .options import KernelOptions
+from .segments import Flat, segment_sums
+from .torch_logprobs import ChunkedTorch, default_chunk_rows, no_autocast, valid_rows
+
+
+def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, ignore_index: int,
+              need: tuple[bool, bool, bool]):
+    """(loss, metrics, dH [N, H] | None, dW | None, db | None) through `impl`'s two passes."""
+    b = flat.n_pairs
+    rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
+    seq = flat.segment.index_select(0, rows)
+    lse, tgt = impl.forward(flat.hidden, weight, bias, rows, y)
+    sums = segment_sums(tgt - lse, seq, 2 * b)
+    n_tok = torch.bincount(seq, minlength=2 * b)
+    acc = sums.dtype
+    rc = None if ref_c is None else ref_c.detach().to(acc)
+    rr = None if ref_r is None else ref_r.detach().to(acc)
+    loss, metrics = spec_loss(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:])
+    grads = (None, None, None)
+    if any(need):
+        gc, gr = sequence_grad(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
+                               chosen_token_total=n_tok[:b].sum())
+        grad_out = torch.zeros(flat.hidden.shape[0], dtype=acc, device=flat.hidden.device)
+        grad_out.index_copy_(0, rows, torch.cat([gc, gr]).index_select(0, seq))
+        grads = impl.backward(flat.hidden, weight, bias, rows, y, lse, grad_out, *need)
+    return loss, metrics, *grads
+
+
+@no_autocast
+def preference_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, *, ignore_index: int,
+                          backend: str, options: KernelOptions, need: tuple[bool, bool, bool]):
+    """(loss, metrics, dH [N, H] | None, dW | None, db | None) of `fused_linear_preference` on a flat
+    layout; `backend` is resolved ("torch" or "triton")."""
+    if backend == "torch":
+        upcast = flat.hidden.device.type != "cuda"
+        impl = ChunkedTorch(default_chunk_rows(weight.shape[0]), upcast)
+        return _two_pass(impl, flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
+    from .triton_dpo import single_pass_with_grads
+    from .triton_logprobs import TritonChunks
+    if options.schedule == "two":
+        return _two_pass(TritonChunks(options), flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
+    return single_pass_with_grads(flat, weight, bias, spec, ref_c, ref_r, ignore_index=ignore_index,
+                                  options=options, need=need)
+
+
+def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, rows, y, seq, n_tok, own,
+                    options: KernelOptions, need):
+    """The two-pass route of the pairs the single pass does not own (~own), with explicit
+    gradients: (their loss terms, their sequence sums [2B], dH | None, dW | None, db | None)."""
+    from .triton_logprobs import TritonChunks
+    impl = TritonChunks(options)
+    b = flat.n_pairs
+    lse, tgt = impl.forward(flat.hidden, weight, bias, rows, y)
+    sums = segment_sums(tgt - lse, seq, 2 * b)
+    acc = sums.dtype
+    rc = None if ref_c is None else ref_c.detach().to(acc)
+    rr = None if ref_r is None else ref_r.detach().to(acc)
+    total = n_tok[:b].sum()
+    loss = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
+                      chosen_token_total=total)[~own].sum()
+    grads = (None, None, None)
+    if any(need):
+        gc, gr = sequence_grad(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
+                               chosen_token_total=total)
+        grad_out = torch.zeros(flat.hidden.shape[0], dtype=acc, device=flat.hidden.device)
+        grad_out.index_copy_(0, rows, torch.cat([gc, gr]).index_select(0, seq))
+        grads = impl.backward(flat.hidden, weight, bias, rows, y, lse, grad_out, *need)
+    return loss, sums, *grads
