@@ -1,14 +1,18 @@
 """Benchmark: DPO loss from LM-head inputs, forward + backward, ours vs eager PyTorch vs Liger.
 
 Op: hidden [N, H] as 2B sequences of T tokens (chosen first), bf16 (fp32 on the CPU), head
-W [V, H] trainable or frozen, precomputed reference log-probs, sigmoid DPO loss; every label is
-valid, so N rows are useful work. Providers:
+W [V, H] trainable or frozen, precomputed reference log-probs (the policy's own plus N(0, 1) nats
+per sequence: a loss near ln 2, not saturated), sigmoid DPO loss; every label is valid, so N rows
+are useful work. Providers:
 
   eager        F.linear -> fp32 log_softmax -> gather (materialized [N, V] logits), preference_loss
   ours         fused_linear_dpo(..., backend="auto") with the shipped defaults (KernelOptions())
   ours-2p-cublas  two-pass schedule: linear_logprobs + preference_loss, the generic path
   (--providers all adds the design variants: ours-1p-tile / ours-1p-cublas (single pass with
   Triton-matmul or cuBLAS logits), ours-2p-tile; each is a KernelOptions(schedule=, impl=))
+  eager-nograd, ours-nograd  the forward alone under torch.no_grad (useful work 2NHV)
+  ours-scaled  ours with the loss times 1/3 before backward (a trainer's non-power-of-two scale)
+  ours-simpo, ours-orpo  fused_linear_preference with a reference-free loss
   liger        liger_kernel LigerFusedLinearDPOLoss(use_ref_model=False, compiled=False): it
                cannot take precomputed reference log-probs, so it runs without a reference
                (the same head work as ours); "liger-compiled" (torch.compile) at the target shape
@@ -52,13 +56,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # isrt.kernels comes from the installed package (pip install -e .), or from PYTHONPATH as set up
 # by benchmarks/gpu_check.sh; the repository root itself is not a valid import root.
-from isrt.kernels import KernelOptions, fused_linear_dpo, preference_loss  # noqa: E402
+from isrt.kernels import (KernelOptions, fused_linear_dpo, fused_linear_preference, linear_logprobs,  # noqa: E402
+                          preference_loss)
 
-GPU_PROVIDERS = ["eager", "ours", "ours-2p-cublas", "liger"]
+GPU_PROVIDERS = ["eager", "ours", "ours-2p-cublas", "liger", "eager-nograd", "ours-nograd", "ours-scaled",
+                 "ours-simpo", "ours-orpo"]
 # The design variants measured once to pick the defaults (docs/kernels.md); --providers all.
 ALL_GPU_PROVIDERS = ["eager", "ours", "ours-1p-tile", "ours-1p-cublas", "ours-2p-cublas",
                      "ours-2p-tile", "liger"]
-CPU_PROVIDERS = ["eager", "ours"]
+CPU_PROVIDERS = ["eager", "ours", "eager-nograd", "ours-nograd", "ours-scaled", "ours-simpo", "ours-orpo"]
+# forward only under torch.no_grad (TRL's evaluation step): useful work 2NHV
+NO_GRAD = ("eager-nograd", "ours-nograd")
+# the trainer's loss scale n_real * world / n_global, a non-power-of-two (issue 15, defect 2)
+SCALE = 1 / 3
 SEQ_LEN = 512
 
 
@@ -73,9 +83,21 @@ def eager_dpo(h, w, y, rc, rr, beta=0.1):
 
 
 def make_step(provider, h, w, y, rc, rr, liger_compiled=False):
-    """A zero-argument callable running forward + backward of the loss."""
+    """A zero-argument callable running forward + backward of the loss (forward only for the
+    "-nograd" providers; SimPO / ORPO for "ours-simpo" / "ours-orpo", reference-free)."""
     if provider == "eager":
         return lambda: eager_dpo(h, w, y, rc, rr).backward()
+    if provider in NO_GRAD:
+        def forward_only():
+            with torch.no_grad():
+                (eager_dpo(h, w, y, rc, rr) if provider == "eager-nograd" else
+                 fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto")[0])
+        return forward_only
+    if provider == "ours-scaled":
+        return lambda: (SCALE * fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto")[0]).backward()
+    if provider in ("ours-simpo", "ours-orpo"):
+        kind = provider.split("-")[1]
+        return lambda: fused_linear_preference(h, w, y, loss_type=kind, beta=0.1, backend="auto")[0].backward()
     if provider.startswith("ours"):
         opts = provider_options(provider)
         return lambda: fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto",
@@ -102,9 +124,14 @@ def loss_value(provider, h, w, y, rc, rr):
     with torch.no_grad():
         if provider == "eager":
             return eager_dpo(h, w, y, rc, rr).item()
+        if provider == "eager-nograd":
+            return eager_dpo(h, w, y, rc, rr).item()
+        if provider in ("ours-simpo", "ours-orpo"):
+            return fused_linear_preference(h, w, y, loss_type=provider.split("-")[1], backend="auto")[0].item()
         if provider.startswith("ours"):
             return fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto",
-                                    options=provider_options(provider))[0].item()
+                                    options=provider_options(provider))[0].item() * (
+                                        SCALE if provider == "ours-scaled" else 1.0)
     return float("nan")
 
 
@@ -117,8 +144,12 @@ def inputs(n, hdim, v, trainable, device, dtype, seed=0):
     h.requires_grad_(True)
     w.requires_grad_(trainable)
     y = torch.randint(0, v, (two_b, t), generator=g).to(device)
-    rc = (-torch.rand(two_b // 2, generator=g) * 10 * t).to(device)
-    rr = (-torch.rand(two_b // 2, generator=g) * 10 * t).to(device)
+    # realistic references: the policy's own sequence log-probs moved by N(0, 1) nats, so margins
+    # are small and the loss is near ln 2 as at a real step (random references saturate it)
+    with torch.no_grad():
+        own = linear_logprobs(h, w, y).sum(-1).float()
+    noise = torch.randn(two_b, generator=g).to(device)
+    rc, rr = own[: two_b // 2] + noise[: two_b // 2], own[two_b // 2:] + noise[two_b // 2:]
     return h, w, y, rc, rr
 
 
@@ -311,7 +342,7 @@ def run_one(dev, p, n, hdim, v, head, a):
     finally:
         if dev == "cuda":
             torch.cuda.empty_cache()
-    flops = (6 if head == "trainable" else 4) * n * hdim * v
+    flops = (2 if p in NO_GRAD else 6 if head == "trainable" else 4) * n * hdim * v
     return dict(median_ms=round(r["median_ms"], 3), q20_ms=round(r["q20_ms"], 3),
                 q80_ms=round(r["q80_ms"], 3),
                 useful_tflops=round(flops / (r["median_ms"] * 1e-3) / 1e12, 4),
