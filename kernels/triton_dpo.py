@@ -204,12 +204,23 @@ class SinglePassPreference(torch.autograd.Function):
         # shifted every gradient by +0.2% (issue 15, defect 2).
         one = bool(grad_loss == 1)
         scale = grad_loss.float()
-        dh = None if dh2 is None else (dh2 if one else (dh2.float() * scale).to(dh2.dtype))
+        dh = None if dh2 is None else (dh2 if one else scaled_copy(dh2, scale, dh2.dtype))
         if dw is not None:
-            dw = (dw if one else dw.float() * scale).to(wdtype)
+            dw = dw.to(wdtype) if one else scaled_copy(dw, scale, wdtype)
         if db is not None:
             db = (db.float() * scale).to(bdtype)
         return (dh, dw, db) + (None,) * 11
+
+
+def scaled_copy(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, slab_bytes: int = SLAB_BYTES):
+    """t * scale in fp32, rounded once to `dtype`, a slab of rows at a time: the fp32 temporary is
+    at most slab_bytes, not a whole fp32 copy (2.5 GB for dW at V = 152k, H = 4096)."""
+    out = torch.empty(t.shape, dtype=dtype, device=t.device)
+    rows = max(1, slab_bytes // (4 * max(1, t[0].numel()))) if t.dim() else 1
+    for r0 in range(0, max(1, t.shape[0]) if t.dim() else 1, rows):
+        sl = slice(r0, r0 + rows) if t.dim() else ...
+        out[sl] = (t[sl].float() * scale).to(dtype)
+    return out
 
 
 def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):

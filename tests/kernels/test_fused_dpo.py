@@ -412,3 +412,14 @@ def test_mean_logit_metrics_are_trls(path):
     for name, rows in (("logits/chosen", slice(0, 3)), ("logits/rejected", slice(3, 6))):
         want = z[rows][mask[rows]].mean(-1).sum() / mask[rows].sum()
         assert m[name].shape == () and abs(m[name].item() - want.item()) <= 1e-5 * max(1.0, abs(want.item()))
+
+
+def test_scaled_copy_rounds_once_a_slab_at_a_time():
+    """The single pass's backward scales dH / dW by a non-1 upstream gradient slab by slab: the
+    same bits as one fp32 product, without a whole fp32 copy of dW (issue 15, defect 2)."""
+    g = torch.Generator().manual_seed(4)
+    for shape in ((37, 16), (37,)):
+        t = torch.randn(shape, generator=g).to(torch.bfloat16)
+        scale = torch.tensor(1 / 3)
+        want = (t.float() * scale).to(torch.bfloat16)
+        assert torch.equal(TD.scaled_copy(t, scale, torch.bfloat16, slab_bytes=4 * 16 * 5), want)
