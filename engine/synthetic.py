@@ -25,6 +25,7 @@ is then drawn below the band.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -300,19 +301,48 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8,
     return encode_frames(path, frames, w, h, fps=fps, fmt=fmt, codec=codec, pix_fmt=pix_fmt, options=opts)
 
 
+@contextlib.contextmanager
+def _initialized_heap():
+    """Inside: every heap block glibc hands out is filled with one byte pattern first.
+
+    libx264 (PyAV 18's build) reads memory it allocated but never wrote while encoding: the same
+    frames, one thread, bitexact flags, gave 2-3 different outputs in 30-60 encodes in one process
+    (pixels differing from frame 0), and with MALLOC_PERTURB_ set, one output per pattern value
+    (docs/reproducibility.md, docs/experiments/x264_repeat.py). mallopt(M_PERTURB) makes those
+    reads deterministic; it is reset on the way out, so nothing else pays for it. Elsewhere
+    than glibc (no mallopt), nothing changes."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    m_perturb = -6  # glibc malloc.h
+    mallopt(m_perturb, 0x5A)
+    try:
+        yield
+    finally:
+        mallopt(m_perturb, 0)
+
+
 def encode_frames(path: str | os.PathLike, frames: Iterable[np.ndarray], width: int, height: int, *,
                   fps: int, fmt: str, codec: str, pix_fmt: str, options: dict | None = None,
                   bitexact: bool = True) -> Path:
     """Encode uint8 [height, width, 3] RGB frames, taken one at a time from `frames` (an array
     or any iterable: never all in memory), with `codec` into a `fmt` container at `path`, under
     a temporary name renamed into place. bitexact: no random segment UIDs or encoder version
-    strings and one encoder thread (multi-threaded x264/libvpx may emit different, still valid,
-    bytes), so the same input gives the same bytes; off, the encoder picks its threads."""
+    strings, one encoder thread (multi-threaded x264/libvpx may emit different, still valid,
+    bytes) and an initialized heap (`_initialized_heap`), so the same input gives the same bytes;
+    off, the encoder picks its threads."""
     import av  # imported here so `import isrt.engine.synthetic` stays cheap
 
     path = Path(path)
     fmt_opts = {"fflags": "+bitexact"} if bitexact else {}
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format=fmt, options=fmt_opts) as out:
+    heap = _initialized_heap() if bitexact else contextlib.nullcontext()
+    with heap, atomic_path(path) as tmp, av.open(str(tmp), "w", format=fmt, options=fmt_opts) as out:
         stream = out.add_stream(codec, rate=fps, options=dict(options or {}))
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if bitexact:

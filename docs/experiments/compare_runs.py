@@ -1,7 +1,7 @@
 """Are two run directories the same run, byte for byte? (docs/reproducibility.md; issue 16.) Compares
 every JSONL, JSON and safetensors file they both hold (not the report, plots, logs or the lock),
-and names the files that differ; metrics.jsonl and stage*.json are compared without their timing
-fields.
+and names the files that differ; JSON is compared without timing fields and with each run's own
+directory path replaced (records hold absolute video paths).
 
     python docs/experiments/compare_runs.py RUN_A RUN_B
 """
@@ -22,11 +22,14 @@ def _strip(obj):
     return obj
 
 
-def _content(path: Path):
-    if path.name == "metrics.jsonl" or (path.suffix == ".json" and path.name.startswith(("stage", "gate", "sft"))):
-        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
-        return [_strip(json.loads(line)) for line in lines if line.strip()]
-    return path.read_bytes()
+def _content(path: Path, run: Path):
+    """Safetensors as bytes; JSON / JSONL parsed, without timing fields, and with the run
+    directory's own path (in video_path fields) replaced, so two directories can match."""
+    if path.suffix == ".safetensors":
+        return path.read_bytes()
+    text = path.read_text().replace(str(run.resolve()), "RUN")
+    lines = text.splitlines() if path.suffix == ".jsonl" else [text]
+    return [_strip(json.loads(line)) for line in lines if line.strip()]
 
 
 def main(a: str, b: str) -> None:
@@ -38,7 +41,7 @@ def main(a: str, b: str) -> None:
     for f in files:
         if not (rb / f).exists():
             missing.append(str(f))
-        elif _content(ra / f) == _content(rb / f):
+        elif _content(ra / f, ra) == _content(rb / f, rb):
             same.append(str(f))
         else:
             differ.append(str(f))

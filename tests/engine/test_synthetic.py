@@ -296,3 +296,23 @@ def test_make_dataset_skips_excluded_scenes_by_key(tmp_path):
     with pytest.raises(ValueError, match="avoid the"):
         syn.make_dataset(tmp_path / "x", 3, seed=5, num_frames=2, exclude={scene_key(make_scene(5, i, 64, 64))
                                                                        for i in range(2000)})
+
+
+def test_encoding_does_not_depend_on_leftover_heap_contents(tmp_path):
+    """libx264 reads heap memory it never wrote: the same clip came out as 2-3 different files in
+    30-60 encodes in one process, and one file per MALLOC_PERTURB_ value (the byte glibc fills
+    freed and new blocks with). Two processes with different leftover bytes must now write the same
+    file (issue 16: two runs of the demo, alone and under load, differed in 9 of 168 clips)."""
+    import hashlib
+    import os
+
+    code = ("import sys; from isrt.engine import synthetic as S; "
+            "f = S.render_frames(S.make_scene(0, 9, 64, 64), 32, 64, 64); "
+            "S.write_video(sys.argv[1], f, fps=8, container='mp4')")
+    digests = set()
+    for i, perturb in enumerate(("85", "170", "0")):
+        out = tmp_path / f"v{i}.mp4"
+        env = dict(os.environ, MALLOC_PERTURB_=perturb, PYTHONPATH=os.pathsep.join(sys.path))
+        subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True, timeout=120)
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
