@@ -2,7 +2,8 @@
 autograd: what the custom op runs (`custom_op`), since autograd is dispatched away inside a
 custom op's implementation.
 
-The same kernels as the autograd paths: the single pass (`triton_dpo.single_pass`) already
+The same kernels as the autograd paths: the single pass (`triton_dpo.single_pass`; this module
+imports the Triton files only inside functions, and they never import it) already
 computes its gradients in forward; the two-pass schedule runs its backend's forward statistics,
 takes g = dL/d(sequence sum) from `losses.sequence_grad`, and calls the backend's backward with
 g on every label row (`LinearLogprobs`'s own backward, called directly).
@@ -49,7 +50,6 @@ def preference_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c,
         upcast = flat.hidden.device.type != "cuda"
         impl = ChunkedTorch(default_chunk_rows(weight.shape[0]), upcast)
         return _two_pass(impl, flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
-    from .triton_dpo import single_pass_with_grads
     from .triton_logprobs import TritonChunks
     if options.schedule == "two":
         return _two_pass(TritonChunks(options), flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
@@ -80,3 +80,27 @@ def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
         grad_out.index_copy_(0, rows, torch.cat([gc, gr]).index_select(0, seq))
         grads = impl.backward(flat.hidden, weight, bias, rows, y, lse, grad_out, *need)
     return loss, sums, *grads
+
+
+def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, *, ignore_index: int,
+                           options: KernelOptions, need: tuple[bool, bool, bool]):
+    """(loss, metrics, dH [N, H] | None, dW | None, db | None) without autograd (`explicit`)."""
+    from .triton_dpo import plan, single_pass
+    b = flat.n_pairs
+    weight = weight.contiguous()
+    dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
+    loss, seq_logps, dh, dw, db = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own, spec,
+                                              options, dw_mode, b, need)
+    if big is not None:
+        loss_o, sums, dh_o, dw_o, db_o = oversized_terms(flat, weight, bias, spec, ref_c, ref_r, *big, n_tok, own,
+                                                         options, need)
+        loss, seq_logps = loss + loss_o, seq_logps + sums
+        dh = None if dh is None else dh + dh_o
+        dw = None if dw is None else (dw.float() + dw_o.float()).to(weight.dtype)
+        db = None if db is None else db + db_o
+    if dw is not None:
+        dw = dw.to(weight.dtype)
+    if db is not None:
+        db = db.to(bias.dtype)
+    _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
+    return loss, metrics, dh, dw, db

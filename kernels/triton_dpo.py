@@ -246,30 +246,6 @@ def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
     return dw_mode, (rows, y, seq, pair, chunks, max_rows), n_tok, (own if big is not None else None), big
 
 
-def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, *, ignore_index: int,
-                           options: KernelOptions, need: tuple[bool, bool, bool]):
-    """(loss, metrics, dH [N, H] | None, dW | None, db | None) without autograd (`explicit`)."""
-    from .explicit import oversized_terms
-    b = flat.n_pairs
-    weight = weight.contiguous()
-    dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
-    loss, seq_logps, dh, dw, db = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own, spec,
-                                              options, dw_mode, b, need)
-    if big is not None:
-        loss_o, sums, dh_o, dw_o, db_o = oversized_terms(flat, weight, bias, spec, ref_c, ref_r, *big, n_tok, own,
-                                                         options, need)
-        loss, seq_logps = loss + loss_o, seq_logps + sums
-        dh = None if dh is None else dh + dh_o
-        dw = None if dw is None else (dw.float() + dw_o.float()).to(weight.dtype)
-        db = None if db is None else db + db_o
-    if dw is not None:
-        dw = dw.to(weight.dtype)
-    if db is not None:
-        db = db.to(bias.dtype)
-    _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
-    return loss, metrics, dh, dw, db
-
-
 def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
                                    ref_rejected_logps, *, bias=None, ignore_index=-100,
                                    options: KernelOptions = DEFAULT_OPTIONS):
