@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The demo's three seeds and its ablation (docs/demo_model.md, "The demo"): `make run` is seed 0
-# of the default preset (runs/default); this runs the rest one after another on the same machine
-# and thread count, so each ablation shares its seed's warm start (warmstart.cache_dir), then
-# prints each run's summary. Run from the repository root after `make run`:
+# The demo's three seeds and its ablation (docs/demo_model.md, "The demo"): seeds 0, 1, 2 of the
+# default preset and of demo_nocontext, one after another on the same machine and thread count.
+# The preset pins pi_0 (model.seed 0), so all six loops start from one warm start, trained by the
+# first run and shared through warmstart.cache_dir. Then prints each run's summary. From the
+# repository root (runs/default is what `make run` makes):
 #     bash docs/experiments/demo_seeds.sh
 set -euo pipefail
 RUN=".venv/bin/torchrun --nproc_per_node=1 -m isrt.run"
