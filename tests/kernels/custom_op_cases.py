@@ -1,0 +1,70 @@
+"""fused_linear_preference_op: the custom op "isrt::fused_linear_preference" equals the function
+(loss, metrics, gradients), passes torch.library.opcheck, and is ONE node under
+torch.compile(fullgraph=True), with working gradients through AOT autograd (CPU backends only).
+
+Not collected by itself: test_custom_op.py runs this file in a fresh interpreter (see there)."""
+import pytest
+import torch
+
+from isrt.kernels import fused_linear_preference, fused_linear_preference_op
+from isrt.kernels.custom_op import _op
+
+from kernel_oracle import require_interpreter
+from test_fused_dpo import make
+
+
+def _grads(fn, tensors):
+    ts = [t.detach().clone().requires_grad_() for t in tensors]
+    loss, m = fn(*ts)
+    (0.37 * loss).backward()  # a scaled loss, as a trainer's: the op's backward scales in fp32
+    return loss.detach(), m, [t.grad for t in ts]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "simpo", "orpo"])
+def test_op_equals_the_function(backend, loss_type):
+    if backend == "triton":
+        require_interpreter()
+    h, w, bb, y, rc, rr = make(3, 8, 16, 40, torch.float32, seed=31)
+    refs = {} if loss_type in ("simpo", "orpo") else dict(ref_chosen_logps=rc, ref_rejected_logps=rr)
+    kw = dict(loss_type=loss_type, nll_weight=0.3, backend=backend, **refs)
+    lo, mo, go = _grads(lambda h, w, b: fused_linear_preference_op(h, w, y, bias=b, **kw), [h, w, bb])
+    lf, mf, gf = _grads(lambda h, w, b: fused_linear_preference(h, w, y, bias=b, **kw), [h, w, bb])
+    assert abs(lo.item() - lf.item()) <= 1e-6 * max(1.0, abs(lf.item()))
+    assert mo.keys() == mf.keys()
+    for k in mf:
+        torch.testing.assert_close(mo[k], mf[k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(go, gf):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-7
+
+
+def test_op_is_one_node_under_fullgraph_compile_and_trains():
+    h, w, bb, y, rc, rr = make(2, 8, 16, 40, torch.float32, seed=32)
+    graphs = []
+
+    def capture(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def step(h, w, b):
+        loss, m = fused_linear_preference_op(h, w, y, loss_type="sigmoid", ref_chosen_logps=rc,
+                                             ref_rejected_logps=rr, bias=b, backend="torch")
+        return loss, m["rewards/margins"]
+    torch.compile(step, fullgraph=True, backend=capture)(*(t.detach().requires_grad_() for t in (h, w, bb)))
+    ops = [n.target for n in graphs[0].graph.nodes if n.op == "call_function" and "isrt" in str(n.target)]
+    assert [str(t) for t in ops] == ["isrt.fused_linear_preference.default"]
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    lc, _, gc = _grads(lambda h, w, b: (compiled(h, w, b)[0], None), [h, w, bb])
+    le, _, ge = _grads(lambda h, w, b: (step(h, w, b)[0], None), [h, w, bb])
+    assert lc.item() == pytest.approx(le.item(), rel=1e-6)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("need", [(True, True, True), (True, False, False), (False, False, False)])
+def test_opcheck(need):
+    h, w, bb, y, rc, rr = make(2, 6, 8, 20, torch.float32, seed=33)
+    args = (h.detach().requires_grad_(need[0]), w.detach().requires_grad_(need[1]), y,
+            bb.detach().requires_grad_(need[2]), rc, rr, None, 2, "sigmoid", 0.1, 0.0, 0.0, 0.0, False, -100,
+            "torch", *need)
+    torch.library.opcheck(_op, args)
