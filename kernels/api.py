@@ -101,8 +101,10 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
                                      options=options)
     else:
         out = torch_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
-    return out if segment_ids is None else segment_sums(out[labels != ignore_index],
-                                                        flat.segment[labels != ignore_index], n)
+    if segment_ids is None:
+        return out
+    keep = labels != ignore_index
+    return segment_sums(out[keep], flat.segment[keep], n)
 
 
 def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -125,15 +127,9 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
     Triton backend runs `options.schedule`; the torch backend is two-pass.
     """
     spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
-    check_references(spec, ref_chosen_logps, ref_rejected_logps)
-    _check_shapes(hidden, weight, labels, bias)
-    hidden, weight, bias = _autocast(hidden, weight, bias)
-    n_ref = None
-    if segment_ids is not None and ref_chosen_logps is not None and ref_chosen_logps.dim() == 1:
-        n_ref = ref_chosen_logps.shape[0]
-    flat = flat_layout(hidden, labels, segment_ids, ignore_index, n_ref)
-    marker = flat.hidden.new_empty(flat.n_pairs)
-    check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
+    flat, weight, bias = prepare_preference(spec, hidden, weight, labels, bias, ref_chosen_logps,
+                                            ref_rejected_logps, segment_ids, ignore_index)
+    hidden = flat.hidden
     if resolve_backend(backend, hidden) == "triton":
         from .triton_dpo import triton_fused_linear_preference
         loss, metrics = triton_fused_linear_preference(flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
@@ -143,6 +139,22 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
                                             ref_rejected_logps, bias=bias, ignore_index=ignore_index)
     metrics.update(_mean_logits(flat, weight, bias, ignore_index))
     return loss, metrics
+
+
+def prepare_preference(spec: PreferenceLoss, hidden, weight, labels, bias, ref_chosen_logps, ref_rejected_logps,
+                       segment_ids, ignore_index: int):
+    """The checks, the autocast and the flat layout (`segments.flat_layout`) every entry point of
+    a preference loss runs first: (flat, weight, bias), or a ValueError naming the problem."""
+    check_references(spec, ref_chosen_logps, ref_rejected_logps)
+    _check_shapes(hidden, weight, labels, bias)
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    n_ref = None
+    if segment_ids is not None and ref_chosen_logps is not None and ref_chosen_logps.dim() == 1:
+        n_ref = ref_chosen_logps.shape[0]
+    flat = flat_layout(hidden, labels, segment_ids, ignore_index, n_ref)
+    marker = flat.hidden.new_empty(flat.n_pairs)
+    check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
+    return flat, weight, bias
 
 
 @torch.no_grad()

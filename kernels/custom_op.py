@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from .api import _autocast, _check_shapes, _mean_logits, resolve_backend
+from .api import _mean_logits, prepare_preference, resolve_backend
 from .explicit import preference_with_grads
-from .losses import REFERENCE_FREE, PreferenceLoss, check_pairs, check_references
+from .losses import PreferenceLoss
 from .options import DEFAULT_OPTIONS
 from .segments import flat_layout
 
@@ -91,21 +91,12 @@ def fused_linear_preference_op(hidden: torch.Tensor, weight: torch.Tensor, label
                                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`fused_linear_preference` (the same arguments but `options`) through the custom op."""
     spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
-    check_references(spec, ref_chosen_logps, ref_rejected_logps)
-    _check_shapes(hidden, weight, labels, bias)
-    hidden, weight, bias = _autocast(hidden, weight, bias)
-    if ref_chosen_logps is not None and ref_chosen_logps.dim() == 1:
-        n_pairs = ref_chosen_logps.shape[0]
-    elif segment_ids is None:
-        n_pairs = labels.shape[0] // 2
-    elif loss_type in REFERENCE_FREE:  # eager only: B from the data
-        n_pairs = (int(segment_ids.max()) + 2) // 2
-    else:
-        n_pairs = 0
-    marker = hidden.new_empty(n_pairs)
-    check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
+    # the function's own checks and its B (for packed reference-free input: from the data, eager only)
+    flat, weight, bias = prepare_preference(spec, hidden, weight, labels, bias, ref_chosen_logps,
+                                            ref_rejected_logps, segment_ids, ignore_index)
+    hidden = hidden.to(flat.hidden.dtype)  # the autocast dtype, the op's own layout
     grad = torch.is_grad_enabled()
-    out = _op(hidden, weight, labels, bias, ref_chosen_logps, ref_rejected_logps, segment_ids, n_pairs, loss_type,
+    out = _op(hidden, weight, labels, bias, ref_chosen_logps, ref_rejected_logps, segment_ids, flat.n_pairs, loss_type,
               spec.beta, spec.gamma, spec.label_smoothing, spec.nll_weight, spec.average_log_prob, ignore_index,
               resolve_backend(backend, hidden), grad and hidden.requires_grad, grad and weight.requires_grad,
               grad and bias is not None and bias.requires_grad)

@@ -18,19 +18,15 @@ from .segments import Flat, segment_sums
 from .torch_logprobs import ChunkedTorch, default_chunk_rows, no_autocast, valid_rows
 
 
-def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, ignore_index: int,
-              need: tuple[bool, bool, bool]):
-    """(loss, metrics, dH [N, H] | None, dW | None, db | None) through `impl`'s two passes."""
+def _recompute(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, rows, y, seq, n_tok, need):
+    """Two passes of `impl` over label rows (rows, y, seq): (sequence sums [2B], the references in
+    their dtype, (dH [N, H] | None, dW | None, db | None)); g = dL/ds on every row of `rows`."""
     b = flat.n_pairs
-    rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
-    seq = flat.segment.index_select(0, rows)
     lse, tgt = impl.forward(flat.hidden, weight, bias, rows, y)
     sums = segment_sums(tgt - lse, seq, 2 * b)
-    n_tok = torch.bincount(seq, minlength=2 * b)
     acc = sums.dtype
     rc = None if ref_c is None else ref_c.detach().to(acc)
     rr = None if ref_r is None else ref_r.detach().to(acc)
-    loss, metrics = spec_loss(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:])
     grads = (None, None, None)
     if any(need):
         gc, gr = sequence_grad(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
@@ -38,6 +34,18 @@ def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
         grad_out = torch.zeros(flat.hidden.shape[0], dtype=acc, device=flat.hidden.device)
         grad_out.index_copy_(0, rows, torch.cat([gc, gr]).index_select(0, seq))
         grads = impl.backward(flat.hidden, weight, bias, rows, y, lse, grad_out, *need)
+    return sums, rc, rr, grads
+
+
+def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, ignore_index: int,
+              need: tuple[bool, bool, bool]):
+    """(loss, metrics, dH [N, H] | None, dW | None, db | None) through `impl`'s two passes."""
+    b = flat.n_pairs
+    rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
+    seq = flat.segment.index_select(0, rows)
+    n_tok = torch.bincount(seq, minlength=2 * b)
+    sums, rc, rr, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok, need)
+    loss, metrics = spec_loss(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:])
     return loss, metrics, *grads
 
 
@@ -62,23 +70,11 @@ def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
     """The two-pass route of the pairs the single pass does not own (~own), with explicit
     gradients: (their loss terms, their sequence sums [2B], dH | None, dW | None, db | None)."""
     from .triton_logprobs import TritonChunks
-    impl = TritonChunks(options)
     b = flat.n_pairs
-    lse, tgt = impl.forward(flat.hidden, weight, bias, rows, y)
-    sums = segment_sums(tgt - lse, seq, 2 * b)
-    acc = sums.dtype
-    rc = None if ref_c is None else ref_c.detach().to(acc)
-    rr = None if ref_r is None else ref_r.detach().to(acc)
-    total = n_tok[:b].sum()
+    sums, rc, rr, grads = _recompute(TritonChunks(options), flat, weight, bias, spec, ref_c, ref_r, rows, y, seq,
+                                     n_tok, need)
     loss = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
-                      chosen_token_total=total)[~own].sum()
-    grads = (None, None, None)
-    if any(need):
-        gc, gr = sequence_grad(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
-                               chosen_token_total=total)
-        grad_out = torch.zeros(flat.hidden.shape[0], dtype=acc, device=flat.hidden.device)
-        grad_out.index_copy_(0, rows, torch.cat([gc, gr]).index_select(0, seq))
-        grads = impl.backward(flat.hidden, weight, bias, rows, y, lse, grad_out, *need)
+                      chosen_token_total=n_tok[:b].sum())[~own].sum()
     return loss, sums, *grads
 
 
