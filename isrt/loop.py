@@ -51,10 +51,13 @@ from isrt.rundir import RunDir, public
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
+def shared_warm_start_dir(cfg: RunConfig, world_size: int, inputs: tuple[Path, ...] = ()) -> Path | None:
     """Where warmstart.cache_dir keeps the warm start of these settings (None: no cache): a key
     of everything the warm start depends on, so two runs share one only when it would come out
-    the same (thread count and world size included: they change the float reduction order)."""
+    the same (thread count and world size included: they change the float reduction order).
+    `inputs`: files or folders whose bytes enter the key too (the run passes its warm-start clips
+    and built init_model), so a change of the code that makes them (e.g. the clip encoder) can
+    never hand a run a warm start trained on other data."""
     import dataclasses
     import hashlib
     import isrt
@@ -66,10 +69,24 @@ def shared_warm_start_dir(cfg: RunConfig, world_size: int) -> Path | None:
     settings = dict(version=isrt.__version__, seed=cfg.model_seed, family=m.family, source=source, dtype=m.dtype,
                     num_frames=m.num_frames, attn=m.attn_implementation, judge_mode=cfg.judge.mode,
                     container=cfg.data.synthetic_container, warmstart=dataclasses.asdict(cfg.warmstart),
-                    prompts=dataclasses.asdict(cfg.prompts), world_size=world_size, threads=torch.get_num_threads())
+                    prompts=dataclasses.asdict(cfg.prompts), world_size=world_size, threads=torch.get_num_threads(),
+                    inputs=[_tree_digest(p) for p in inputs])
     settings["warmstart"].pop("cache_dir")
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.warmstart.cache_dir).resolve() / f"{m.family}-{key}"
+
+
+def _tree_digest(path: Path) -> str:
+    """sha256 of every file under `path` (its path relative to `path`, then its bytes), in sorted order."""
+    import hashlib
+    h = hashlib.sha256()
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 class RunDirMismatch(ValueError):
@@ -211,7 +228,9 @@ class Run:
         cfg = self.cfg
         if (self.out / "warm_start" / "sft.json").exists():
             return
-        shared = shared_warm_start_dir(cfg, self.d.world_size)
+        # the built model's weights (its build log holds a time), the warm start's clips and records
+        built = sorted((self.out / "init_model").glob("*.safetensors")) if cfg.model.source in BUILT_SOURCES else []
+        shared = shared_warm_start_dir(cfg, self.d.world_size, (*built, self.out / "sft_data"))
         if shared is not None and (shared / "sft.json").exists():
             if self.d.is_main:
                 copy_tree_linked(shared, self.out / "warm_start")

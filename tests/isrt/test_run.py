@@ -7,6 +7,7 @@ one truncated video, which every run must count and skip.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -332,11 +333,14 @@ def test_warm_start_cache_is_shared_by_runs_of_the_same_warm_start_settings(pool
                 assert mine.read_bytes() == f.read_bytes() and mine.stat().st_ino == f.stat().st_ino
     assert not list(entry.parent.glob(".*.tmp"))
 
+    run_a = tmp_path / "a"  # what the run keys by besides its settings: its built weights and clips
+    inputs = (*sorted((run_a / "init_model").glob("*.safetensors")), run_a / "sft_data")
+
     def key(*more, threads=1):  # the runs ran with OMP_NUM_THREADS=1; the thread count is part of the key
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return shared_warm_start_dir(load_config("smoke", [f"data.prompts={pool}", *ws, *more]), 1)
+            return shared_warm_start_dir(load_config("smoke", [f"data.prompts={pool}", *ws, *more]), 1, inputs)
         finally:
             torch.set_num_threads(before)
     assert key() == entry and key("judge.context=none", "dpo.beta=0.5") == entry
@@ -344,6 +348,23 @@ def test_warm_start_cache_is_shared_by_runs_of_the_same_warm_start_settings(pool
     assert len({key(), key("warmstart.sft.steps=2"), key("seed=1"), key("judge.mode=score"),
                 key("warmstart.qa_prior.count=two"), key("model.num_frames=2"), key(threads=2)}) == 7
     assert shared_warm_start_dir(load_config("smoke", [f"data.prompts={pool}"]), 1) is None
+    assert key() != shared_warm_start_dir(load_config("smoke", [f"data.prompts={pool}", *ws]), 1, inputs[-1:])
+
+
+def test_a_warm_start_cached_from_other_clips_is_not_reused(pool, tmp_path):
+    """The clips a warm start trained on enter its cache key: a cached warm start whose clips
+    differ (an older clip encoder, say) is not handed to a run."""
+    cache = tmp_path / "warm_starts"
+    ws = ["warmstart.videos=2", "warmstart.sft.steps=1", "warmstart.sft.align_steps=1", "warmstart.sft.batch_size=2",
+          "iterations=1", "judge.mode=likelihood", f"warmstart.cache_dir={cache}", "data.synthetic_eval_videos=0"]
+    run_isrt(tmp_path / "a", pool, *ws)
+    b = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "sft_data", b / "sft_data")  # the run keeps clips it finds made
+    video = next((b / "sft_data" / "videos").iterdir())
+    video.write_bytes(video.read_bytes() + b"\0")  # one clip differs by one byte
+    p = run_isrt(b, pool, *ws)
+    assert "warm start: the one in" not in p.stdout + p.stderr
+    assert len(list(cache.iterdir())) == 2
 
 
 def test_a_pinned_model_seed_starts_every_run_seed_from_the_same_pi0(tmp_path):
@@ -419,3 +440,4 @@ def test_a_run_directory_moved_inside_an_iteration_resumes(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (moved / "iter_00" / "stage3.json").exists() and (moved / "iter_00" / "checkpoint").exists()
+
