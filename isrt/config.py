@@ -177,7 +177,12 @@ class SamplingConfig:
     # description, which the judge then reads; sampled contexts are noisier evidence)
     context_temperature: float | None = None
     batch_size: int = 8  # prompts per generate() call
-    resample_identical: int = 1  # re-sample a prompt's pair up to this many times when y1 == y2
+    resample_identical: int = 1  # re-sample a prompt up to this many times when all its samples agree
+    # Responses sampled per prompt. 2: the paper's pair y1, y2. n > 2 (likelihood judge only):
+    # the pair is the judge's best of the n and the policy's most frequent other answer
+    # (isrt.stages.pick_pair), so a rare right answer reaches the judge against the answer the
+    # policy usually gives (docs/demo_model.md, "Best of n").
+    candidates: int = 2
 
     def __post_init__(self):
         _check(self.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
@@ -188,6 +193,7 @@ class SamplingConfig:
                f"must be >= 0 or null, got {self.context_temperature}")
         _check(self.batch_size >= 1, "sampling.batch_size", "must be >= 1")
         _check(self.resample_identical >= 0, "sampling.resample_identical", "must be >= 0")
+        _check(self.candidates >= 2, "sampling.candidates", f"must be >= 2 (a pair), got {self.candidates}")
 
 
 @dataclass
@@ -322,6 +328,9 @@ class RunConfig:
         _check(not self.gate.question_type or self.data.synthetic_eval_videos > 0 or bool(self.data.eval_prompts),
                "gate.question_type",
                "the gate reads held-out clips: set data.synthetic_eval_videos or data.eval_prompts")
+        _check(self.sampling.candidates == 2 or self.judge.mode == "likelihood", "sampling.candidates",
+               f"{self.sampling.candidates} candidates need judge.mode: likelihood (the {self.judge.mode} judge "
+               "compares two responses)")
 
 
 def preset_names() -> list[str]:

@@ -364,14 +364,21 @@ class Run:
             contexts = stages.generate_contexts(adapter, self.cache, videos, previous, self.cfg,
                                                 seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
             _crash_point(f"iter_{t:02d}/stage1")
-            pairs = stages.generate_responses(adapter, self.cache, good, self.cfg,
-                                              seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
+            samples = stages.generate_responses(adapter, self.cache, good, self.cfg,
+                                                seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
+            rows = [dict(public(r), context=contexts[r["video_path"]], previous_context=previous[r["video_path"]])
+                    for r in good]
+            if self.cfg.sampling.candidates == 2:
+                for row in rows:
+                    row["responses"] = samples[row["id"]]
+            else:  # best of n: the judge's best and the policy's most frequent other answer
+                scores = stages.candidate_scores(adapter, self.cache, rows, samples, self.cfg)
+                for row in rows:
+                    row.update(responses=stages.pick_pair(samples[row["id"]], scores[row["id"]]),
+                               candidates=samples[row["id"]], candidate_scores=scores[row["id"]])
             write_json(shard, {
                 "contexts": [{"video_path": v, "context": contexts[v], "previous_context": previous[v]} for v in videos],
-                "responses": [dict(public(r), context=contexts[r["video_path"]],
-                                   previous_context=previous[r["video_path"]], responses=pairs[r["id"]])
-                              for r in good],
-                "bad": bad})
+                "responses": rows, "bad": bad})
         shards = self._gather_shards(it, "stage1")
         if not self.d.is_main:
             return {}
@@ -381,7 +388,7 @@ class Run:
         responses = sorted((r for s in shards for r in s["responses"]), key=lambda r: r["id"])
         write_jsonl(it / "responses.jsonl", responses)
         bad = [b for s in shards for b in s["bad"]]
-        lengths = [len(y.split()) for r in responses for y in r["responses"]]
+        lengths = [len(y.split()) for r in responses for y in r.get("candidates") or r["responses"]]
         return {"prompts": len(records), "responses": len(responses), "videos": len(contexts),
                 "bad_videos": len(bad), "bad_records": bad, "bad_pool_records": len(self.pool.bad),
                 "identical_pairs": sum(r["responses"][0] == r["responses"][1] for r in responses),

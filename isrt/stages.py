@@ -1,7 +1,8 @@
 """The work of stages 1 and 2 on one rank's shard; `isrt.loop` handles files, merging, resume.
 
 Stage 1 (generate): per video, the visual context c_t ~ pi_t(V, c_{t-1}); per prompt, two
-sampled responses y1, y2 (re-sampled when identical).
+sampled responses y1, y2 (re-sampled when identical), or with sampling.candidates = n > 2 the
+pair `pick_pair` takes from n samples by the likelihood judge's scores.
 Stage 2 (judge): each pair judged in both A/B orders with c_t in the prompt (score, generate), or
 scored by each response's likelihood given the video, c_t and the question (likelihood); kept
 pairs get reference log-probs under pi_t through the same kernel path as training.
@@ -57,24 +58,64 @@ def generate_contexts(adapter, cache, videos: list[str], previous: dict[str, str
 
 
 def generate_responses(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool) -> dict[str, list[str]]:
-    """Two sampled responses per prompt id; pairs that come out identical are re-sampled."""
+    """`sampling.candidates` sampled responses per prompt id (2: the pair y1, y2); a prompt whose
+    samples all agree is re-sampled up to `sampling.resample_identical` times."""
     s = cfg.sampling
-    pairs: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
     todo = records
     for attempt in range(1 + s.resample_identical):
         bar = tqdm(total=len(todo), desc="stage 1 responses", unit="prompt", disable=not show, leave=False)
         for b, chunk in _batches(todo, s.batch_size):
             texts = generate(adapter, [prompts.policy_prompt(adapter, r["prompt"]) for r in chunk],
                              [cache.get(adapter, r["video_path"]) for r in chunk], max_new_tokens=s.max_new_tokens,
-                             do_sample=True, temperature=s.temperature, top_p=s.top_p, num_return_sequences=2,
+                             do_sample=True, temperature=s.temperature, top_p=s.top_p,
+                             num_return_sequences=s.candidates,
                              seed=stable_seed(seed_key, "responses", attempt, b), batch_size=s.batch_size)
-            pairs.update({r["id"]: [y.strip() for y in t] for r, t in zip(chunk, texts)})
+            samples.update({r["id"]: [y.strip() for y in t] for r, t in zip(chunk, texts)})
             bar.update(len(chunk))
         bar.close()
-        todo = [r for r in todo if pairs[r["id"]][0] == pairs[r["id"]][1]]
+        todo = [r for r in todo if len(set(samples[r["id"]])) == 1]
         if not todo:
             break
-    return pairs
+    return samples
+
+
+def pick_pair(candidates: list[str], scores: dict[str, float]) -> list[str]:
+    """Best of n: [y1, y2] from a prompt's sampled `candidates`, given the judge's score of each
+    distinct one (log pi_t(y | video, evidence, question)). The pair is the judge's best candidate
+    and the policy's most frequent other candidate (the earlier sampled on a tie of either), in
+    the order they were first sampled; [y, y] when all candidates agree (an identical pair).
+
+    Why the most frequent other and not the judge's worst (Self-Rewarding LMs' max/min): a
+    summed log-prob scores a rare multi-word sample lowest under any evidence, so min would pair
+    the best answer with junk; the policy's usual answer is the one DPO should move away from when
+    the judge prefers another, and the one it reinforces when the judge agrees (then against the
+    runner-up).
+    """
+    order = list(dict.fromkeys(candidates))
+    if len(order) == 1:
+        return [order[0], order[0]]
+    best = max(order, key=lambda y: (scores[y], -order.index(y)))
+    other = max((y for y in order if y != best), key=lambda y: (candidates.count(y), -order.index(y)))
+    return sorted((best, other), key=order.index)
+
+
+@torch.no_grad()
+def candidate_scores(adapter, cache, records: list[dict], samples: dict[str, list[str]], cfg) -> dict[str, dict]:
+    """{prompt id: {candidate: score}}: the training judge's likelihood score of each distinct
+    candidate (context kind cfg.judge.context; the record has prompt, video_path, context,
+    previous_context), the score `_likelihood_verdicts` compares."""
+    jobs = [(r, y) for r in records for y in dict.fromkeys(samples[r["id"]])]
+    out: dict[str, dict] = {r["id"]: {} for r in records}
+    adapter.model.eval()
+    for _, chunk in _batches(jobs, cfg.sampling.batch_size):
+        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, cfg.judge.context)))
+                for r, _ in chunk]
+        lp = sequence_logps(adapter, chat, [y for _, y in chunk], [cache.get(adapter, r["video_path"]) for r, _ in chunk],
+                            backend=cfg.dpo.backend).tolist()
+        for (r, y), score in zip(chunk, lp):
+            out[r["id"]][y] = score
+    return out
 
 
 def _uniform(*key) -> float:

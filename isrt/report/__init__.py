@@ -14,8 +14,8 @@ step later than the DPO that caused it.
 
 Definitions (also written into the report):
 - answer accuracy: `isrt.scoring.score_answer` against the record's short ground truth
-  (<= 3 words; longer ones are not scored here). "sampled": both stage-1 responses of every
-  prompt; "greedy": eval.jsonl predictions.
+  (<= 3 words; longer ones are not scored here). "sampled": every stage-1 sample of every
+  prompt (the pair, or all n candidates with best of n); "greedy": eval.jsonl predictions.
 - swap agreement: of the pairs whose two verdicts (AB and BA order) both parsed, the share
   whose verdicts name the same response (a tie names none) -- the loop's own definition.
 - GT agreement (kept): of the kept pairs where exactly one of chosen/rejected is correct, the

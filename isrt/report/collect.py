@@ -125,14 +125,19 @@ def _qtype(rec: dict) -> str:
     return (kind_of(gold[0]) if len(gold) == 1 else None) or "other"
 
 
+def _samples(rec: dict) -> list:
+    """A stage-1 record's sampled responses: all n candidates (best of n), else the pair."""
+    return rec.get("candidates") or rec.get("responses") or []
+
+
 def _answers(records: list[dict] | None, sampled: bool) -> dict[str, tuple[str, list[bool]]]:
     """{id: (question type, [correct?] per answer)} over the records with an id and a short gold
-    answer: the two stage-1 responses when `sampled`, else the greedy "prediction"."""
+    answer: the stage-1 samples when `sampled`, else the greedy "prediction"."""
     out = {}
     for r in records or []:
         if r.get("id") is None or not _short(r):
             continue
-        ys = [y for y in (r.get("responses") or []) if isinstance(y, str)] if sampled else \
+        ys = [y for y in _samples(r) if isinstance(y, str)] if sampled else \
             [r["prediction"]] if isinstance(r.get("prediction"), str) else []
         if ys:
             out[r["id"]] = (_qtype(r), [score_answer(y, r["answer"]) for y in ys])
@@ -180,7 +185,7 @@ def _context_stats(responses: list[dict]) -> dict:
     if not graded:
         return {}
     named = sum(ok for _, ok in graded)
-    scored = [score_answer(y, r["answer"]) for r, _ in graded for y in (r.get("responses") or []) if isinstance(y, str)]
+    scored = [score_answer(y, r["answer"]) for r, _ in graded for y in _samples(r) if isinstance(y, str)]
     return {"context_n": len(graded), "context_correct": named, "context_acc": _ratio(named, len(graded)),
             "context_sampled_n": len(scored), "context_sampled_correct": sum(scored)}
 
@@ -194,12 +199,12 @@ def _stage1(row: dict, reader: _Reader, it: Path, s1: dict | None, tokenizer) ->
     row["bad_videos"] = s1.get("bad_videos")
     row["context_words_mean"] = s1.get("context_words_mean")
     if responses is not None:
-        texts = [y for r in responses for y in (r.get("responses") or []) if isinstance(y, str)]
+        texts = [y for r in responses for y in _samples(r) if isinstance(y, str)]
         lengths = length_stats(texts, tokenizer)
         row.update(words_mean=lengths["words_mean"], words_median=lengths["words_median"],
                    tokens_mean=lengths.get("tokens_mean"), tokens_median=lengths.get("tokens_median"),
                    responses=len(texts))
-        scored = [(y, r["answer"]) for r in responses if _short(r) for y in (r.get("responses") or [])
+        scored = [(y, r["answer"]) for r in responses if _short(r) for y in _samples(r)
                   if isinstance(y, str)]
         correct = sum(score_answer(y, a) for y, a in scored)
         row.update(sampled_n=len(scored), sampled_correct=correct, sampled_acc=_ratio(correct, len(scored)))

@@ -441,3 +441,24 @@ def test_a_run_directory_moved_inside_an_iteration_resumes(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert (moved / "iter_00" / "stage3.json").exists() and (moved / "iter_00" / "checkpoint").exists()
 
+
+def test_best_of_n_writes_the_candidates_and_trains_on_the_judges_pick(pool, tmp_path):
+    """sampling.candidates=4: responses.jsonl holds the 4 samples, their judge scores and the pair
+    `pick_pair` takes from them; the greedy training judge keeps every pair of two different
+    responses with the best candidate chosen; the report counts every sample."""
+    from isrt.stages import pick_pair
+    out = tmp_path / "bon"
+    run_isrt(out, pool, "judge.mode=likelihood", "judge.temperature=0", "sampling.candidates=4", "iterations=1")
+    it = out / "iter_00"
+    rows = read_jsonl(it / "responses.jsonl")
+    prefs = {p["id"]: p for p in read_jsonl(it / "preferences.jsonl")}
+    assert rows and all(len(r["candidates"]) == 4 for r in rows)
+    for r in rows:
+        assert set(r["candidate_scores"]) == set(r["candidates"])
+        assert r["responses"] == pick_pair(r["candidates"], r["candidate_scores"])
+        if r["responses"][0] != r["responses"][1]:
+            best = max(r["candidate_scores"], key=r["candidate_scores"].get)
+            assert prefs[r["id"]]["chosen"] == best
+    assert prefs, "no pair kept: the test no longer exercises best of n"
+    report = json.loads((out / "report.json").read_text())
+    assert report["iterations"][0]["sampled_n"] == 4 * len(rows)
