@@ -1,5 +1,6 @@
 """The count pairs of each iteration of a run (docs/demo_model.md, "The demo"): the sampled count
-answers, how many pairs stayed identical, how often c_t gives the right count, and the kept
+answers (every sample: all n candidates with best of n), how many pairs stayed identical, on how
+many prompts a right count was sampled at all, how often c_t gives the right count, and the kept
 preferences (chosen > rejected, and whether the chosen one is right).
 
     python docs/experiments/count_pairs.py RUN_DIR
@@ -27,14 +28,16 @@ def main(run: str) -> None:
         rs = [r for r in _rows(it / "responses.jsonl") if r["prompt"] == COUNT_Q]
         if not rs:
             continue
-        said = Counter(y.strip().lower() for r in rs for y in r["responses"])
+        said = Counter(y.strip().lower() for r in rs for y in r.get("candidates") or r["responses"])
+        sampled_right = sum(any(y.strip().lower() == r["answer"] for y in r.get("candidates") or r["responses"])
+                            for r in rs)
         same = sum(r["responses"][0].strip().lower() == r["responses"][1].strip().lower() for r in rs)
         ctx = sum((r.get("context") or "").lower().split()[:1] == [r["answer"]] for r in rs)
         prefs = Counter((p["chosen"].strip().lower() == p["answer"], _show(p["chosen"]) + " > " + _show(p["rejected"]))
                         for p in _rows(it / "preferences.jsonl") if p["prompt"] == COUNT_Q)
         right = sum(n for (ok, _), n in prefs.items() if ok)
         print(f"{it.name}: {len(rs)} count prompts, sampled {dict(said.most_common(4))}, {same} pairs identical, "
-              f"c_t right {ctx}; kept {sum(prefs.values())} count pairs, chosen right in {right}: "
+              f"right count sampled on {sampled_right}, c_t right {ctx}; kept {sum(prefs.values())} count pairs, chosen right in {right}: "
               + ", ".join(f"{k} x{n}" for (_, k), n in prefs.most_common()))
 
 
