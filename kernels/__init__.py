@@ -6,7 +6,7 @@ Plain tensors in and out; depends only on torch (and triton for the GPU kernels)
     preference_loss(pc, pr, ref_c, ref_r, beta=...)    -> (loss, metrics)
     fused_linear_preference(hidden, weight, labels, loss_type=...) -> (loss, metrics)
     fused_linear_dpo(hidden, weight, labels, ref_c, ref_r, beta=...) -> (loss, metrics)
-    fused_linear_preference_op(...)                    -> the same as one custom op (torch.compile)
+    fused_linear_preference_op(...), linear_logprobs_op(...) -> the same as custom ops (torch.compile)
     KernelOptions(...)                                 -> how the Triton backend computes
     FusedLinear{Preference,DPO,SimPO,CPO,ORPO}Loss     -> nn.Modules, Liger's argument order
 
@@ -14,7 +14,7 @@ The functions live in `api` (dispatch), `losses`, `torch_logprobs`, `two_pass` a
 files; docs/kernels.md has the design and the FLOP accounting.
 """
 from .api import BACKENDS, fused_linear_dpo, fused_linear_preference, linear_logprobs, resolve_backend
-from .custom_op import fused_linear_preference_op
+from .custom_op import fused_linear_preference_op, linear_logprobs_op
 from .losses import DPO_LOSS_TYPES, LOSS_TYPES, REFERENCE_FREE, PreferenceLoss, preference_loss
 from .modules import (FusedLinearCPOLoss, FusedLinearDPOLoss, FusedLinearORPOLoss, FusedLinearPreferenceLoss,
                       FusedLinearSimPOLoss)
@@ -23,7 +23,7 @@ from .torch_logprobs import torch_linear_logprobs
 from .two_pass import two_pass_preference
 
 __all__ = ["linear_logprobs", "preference_loss", "fused_linear_preference", "fused_linear_dpo",
-           "fused_linear_preference_op",
+           "fused_linear_preference_op", "linear_logprobs_op",
            "PreferenceLoss", "KernelOptions", "LOSS_TYPES", "DPO_LOSS_TYPES", "REFERENCE_FREE", "BACKENDS",
            "FusedLinearPreferenceLoss", "FusedLinearDPOLoss", "FusedLinearSimPOLoss", "FusedLinearCPOLoss",
            "FusedLinearORPOLoss"]

@@ -12,12 +12,15 @@ ignores it. See docs/kernels.md for the design and FLOP accounting.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from .logit_map import LogitMap
 from .losses import DPO_LOSS_TYPES, PreferenceLoss, check_pairs, check_references
 from .options import DEFAULT_OPTIONS, KernelOptions, triton_interpreting
 from .segments import flat_layout, segment_sums
-from .torch_logprobs import torch_linear_logprobs
+from .torch_logprobs import acc_dtype, default_chunk_rows, torch_linear_logprobs
 from .two_pass import two_pass_preference
 
 BACKENDS = ("auto", "torch", "triton")
@@ -75,9 +78,10 @@ def _autocast(hidden, weight, bias):
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                     bias: torch.Tensor | None = None, ignore_index: int = -100,
                     segment_ids: torch.Tensor | None = None, num_segments: int | None = None,
-                    backend: str = "auto",
+                    temperature: float = 1.0, softcap: float | None = None, backend: str = "auto",
                     options: KernelOptions = DEFAULT_OPTIONS) -> torch.Tensor:
     """log softmax(hidden @ weight.T + bias)[label] per row, without materializing the logits.
+    With `softcap` c and `temperature` T the logits z become c tanh(z / c) / T first (`LogitMap`).
 
     hidden [..., H] (fp32/bf16/fp16/fp64), weight [V, H], bias [V] or None, labels [...] int.
     Returns fp32 [...] (fp64 for fp64 hidden), exactly 0 where labels == ignore_index (those rows
@@ -87,6 +91,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     and bias. Callers shift labels themselves: hidden[..., t, :] predicts labels[..., t].
     """
     _check_shapes(hidden, weight, labels, bias)
+    logit_map = LogitMap(temperature, softcap).check()
     hidden, weight, bias = _autocast(hidden, weight, bias)
     if segment_ids is not None:
         seg_max = int(segment_ids.max()) if segment_ids.numel() else -1
@@ -98,9 +103,10 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     if resolve_backend(backend, hidden) == "triton":
         from .triton_logprobs import triton_linear_logprobs
         out = triton_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
-                                     options=options)
+                                     options=options, logit_map=logit_map)
     else:
-        out = torch_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index)
+        out = torch_linear_logprobs(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
+                                    logit_map=logit_map)
     if segment_ids is None:
         return out
     keep = labels != ignore_index
@@ -113,7 +119,8 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
                             gamma: float | None = None, label_smoothing: float = 0.0,
                             nll_weight: float | None = None, average_log_prob: bool | None = None,
                             bias: torch.Tensor | None = None, ignore_index: int = -100,
-                            segment_ids: torch.Tensor | None = None, backend: str = "auto",
+                            segment_ids: torch.Tensor | None = None, temperature: float = 1.0,
+                            softcap: float | None = None, backend: str = "auto",
                             options: KernelOptions = DEFAULT_OPTIONS,
                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A preference loss (DPO family, SimPO, CPO, ORPO; `losses` has the formulas and defaults)
@@ -124,20 +131,24 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
     `segment_ids` [...] (each token's sequence: chosen i -> i, rejected i -> B + i, or -1; see
     `segments`). ref_*_logps [B]: reference sequence SUMS, reference-based losses only. Returns
     (loss, metrics) exactly as `preference_loss` does on the sequence sums and label counts. The
-    Triton backend runs `options.schedule`; the torch backend is two-pass.
+    Triton backend runs `options.schedule`; the torch backend is two-pass. `temperature`,
+    `softcap`: as in `linear_logprobs` (the policy's logits as its sampler saw them).
     """
     spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
+    logit_map = LogitMap(temperature, softcap).check()
     flat, weight, bias = prepare_preference(spec, hidden, weight, labels, bias, ref_chosen_logps,
                                             ref_rejected_logps, segment_ids, ignore_index)
     hidden = flat.hidden
     if resolve_backend(backend, hidden) == "triton":
         from .triton_dpo import triton_fused_linear_preference
         loss, metrics = triton_fused_linear_preference(flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
-                                                       bias=bias, ignore_index=ignore_index, options=options)
+                                                       bias=bias, ignore_index=ignore_index, options=options,
+                                                       logit_map=logit_map)
     else:
-        loss, metrics = two_pass_preference(torch_linear_logprobs, flat, weight, spec, ref_chosen_logps,
-                                            ref_rejected_logps, bias=bias, ignore_index=ignore_index)
-    metrics.update(_mean_logits(flat, weight, bias, ignore_index))
+        loss, metrics = two_pass_preference(functools.partial(torch_linear_logprobs, logit_map=logit_map), flat,
+                                            weight, spec, ref_chosen_logps, ref_rejected_logps, bias=bias,
+                                            ignore_index=ignore_index)
+    metrics.update(_mean_logits(flat, weight, bias, ignore_index, logit_map))
     return loss, metrics
 
 
@@ -158,14 +169,24 @@ def prepare_preference(spec: PreferenceLoss, hidden, weight, labels, bias, ref_c
 
 
 @torch.no_grad()
-def _mean_logits(flat, weight, bias, ignore_index) -> dict[str, torch.Tensor]:
+def _mean_logits(flat, weight, bias, ignore_index, logit_map: LogitMap = LogitMap()) -> dict[str, torch.Tensor]:
     """TRL's `logits/chosen` and `logits/rejected`: the mean over label tokens of each token's mean
-    logit over the vocabulary, in closed form, mean_v z_tv = h_t . mean_v W_v + mean_v b_v: one
-    read of W and a matrix-vector product, never the logits."""
+    logit over the vocabulary (of the logits the softmax sees, after `logit_map`). Without a
+    softcap in closed form, mean_v z_tv / T = (h_t . mean_v W_v + mean_v b_v) / T: one read of W
+    and a matrix-vector product, never the logits. With a softcap (not linear) a chunked pass
+    over the logits, 2MHV more FLOPs."""
     keep = flat.labels != ignore_index
-    acc = torch.float64 if flat.hidden.dtype == torch.float64 else torch.float32
-    # in the operands' dtype (fp32 accumulation inside on a GPU): no [M, H] upcast copy
-    per_token = (flat.hidden @ weight.mean(0)).to(acc)[keep] + (0.0 if bias is None else bias.to(acc).mean())
+    acc = acc_dtype(flat.hidden)
+    if logit_map.softcap is None:
+        # in the operands' dtype (fp32 accumulation inside on a GPU): no [M, H] upcast copy
+        per_token = (flat.hidden @ weight.mean(0)).to(acc)[keep] + (0.0 if bias is None else bias.to(acc).mean())
+        per_token = per_token / logit_map.temperature
+    else:
+        h = flat.hidden[keep]
+        step = default_chunk_rows(weight.shape[0])
+        per_token = torch.cat([logit_map.apply((h[i:i + step] @ weight.t()).to(acc)
+                                               + (0.0 if bias is None else bias.to(acc))).mean(1)
+                               for i in range(0, h.shape[0], step)] or [h.new_zeros(0, dtype=acc)])
     rejected = flat.segment[keep] >= flat.n_pairs
     out = {}
     for name, rows in (("logits/chosen", ~rejected), ("logits/rejected", rejected)):
@@ -178,7 +199,8 @@ def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
                      ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *,
                      beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                      bias: torch.Tensor | None = None, ignore_index: int = -100,
-                     segment_ids: torch.Tensor | None = None, backend: str = "auto",
+                     segment_ids: torch.Tensor | None = None, temperature: float = 1.0,
+                     softcap: float | None = None, backend: str = "auto",
                      options: KernelOptions = DEFAULT_OPTIONS,
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`fused_linear_preference` for the reference-based losses (`DPO_LOSS_TYPES`), with the
@@ -189,5 +211,5 @@ def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     return fused_linear_preference(hidden, weight, labels, loss_type=loss_type,
                                    ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
                                    beta=beta, label_smoothing=label_smoothing, bias=bias,
-                                   ignore_index=ignore_index, segment_ids=segment_ids, backend=backend,
-                                   options=options)
+                                   ignore_index=ignore_index, segment_ids=segment_ids, temperature=temperature,
+                                   softcap=softcap, backend=backend, options=options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .logit_map import IDENTITY, LogitMap
 from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss
 from .options import KernelOptions
 from .segments import Flat, segment_sums
@@ -51,27 +52,29 @@ def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
 
 @no_autocast
 def preference_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, *, ignore_index: int,
-                          backend: str, options: KernelOptions, need: tuple[bool, bool, bool]):
+                          backend: str, options: KernelOptions, need: tuple[bool, bool, bool],
+                          logit_map: LogitMap = IDENTITY):
     """(loss, metrics, dH [N, H] | None, dW | None, db | None) of `fused_linear_preference` on a flat
     layout; `backend` is resolved ("torch" or "triton")."""
     if backend == "torch":
         upcast = flat.hidden.device.type != "cuda"
-        impl = ChunkedTorch(default_chunk_rows(weight.shape[0]), upcast)
+        impl = ChunkedTorch(default_chunk_rows(weight.shape[0]), upcast, logit_map)
         return _two_pass(impl, flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
     from .triton_logprobs import TritonChunks
     if options.schedule == "two":
-        return _two_pass(TritonChunks(options), flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
+        return _two_pass(TritonChunks(options, logit_map), flat, weight, bias, spec, ref_c, ref_r, ignore_index,
+                         need)
     return single_pass_with_grads(flat, weight, bias, spec, ref_c, ref_r, ignore_index=ignore_index,
-                                  options=options, need=need)
+                                  options=options, need=need, logit_map=logit_map)
 
 
 def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, rows, y, seq, n_tok, own,
-                    options: KernelOptions, need):
+                    options: KernelOptions, need, logit_map: LogitMap = IDENTITY):
     """The two-pass route of the pairs the single pass does not own (~own), with explicit
     gradients: (their loss terms, their sequence sums [2B], dH | None, dW | None, db | None)."""
     from .triton_logprobs import TritonChunks
     b = flat.n_pairs
-    sums, rc, rr, grads = _recompute(TritonChunks(options), flat, weight, bias, spec, ref_c, ref_r, rows, y, seq,
+    sums, rc, rr, grads = _recompute(TritonChunks(options, logit_map), flat, weight, bias, spec, ref_c, ref_r, rows, y, seq,
                                      n_tok, need)
     loss = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
                       chosen_token_total=n_tok[:b].sum())[~own].sum()
@@ -79,17 +82,18 @@ def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
 
 
 def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, *, ignore_index: int,
-                           options: KernelOptions, need: tuple[bool, bool, bool]):
+                           options: KernelOptions, need: tuple[bool, bool, bool],
+                           logit_map: LogitMap = IDENTITY):
     """(loss, metrics, dH [N, H] | None, dW | None, db | None) without autograd (`explicit`)."""
     from .triton_dpo import plan, single_pass
     b = flat.n_pairs
     weight = weight.contiguous()
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
     loss, seq_logps, dh, dw, db = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own, spec,
-                                              options, dw_mode, b, need)
+                                              options, dw_mode, b, need, logit_map)
     if big is not None:
         loss_o, sums, dh_o, dw_o, db_o = oversized_terms(flat, weight, bias, spec, ref_c, ref_r, *big, n_tok, own,
-                                                         options, need)
+                                                         options, need, logit_map)
         loss, seq_logps = loss + loss_o, seq_logps + sums
         dh = None if dh is None else dh + dh_o
         dw = None if dw is None else (dw.float() + dw_o.float()).to(weight.dtype)

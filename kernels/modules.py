@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .api import fused_linear_preference
+from .logit_map import LogitMap
 from .losses import PreferenceLoss
 from .options import DEFAULT_OPTIONS, KernelOptions
 
@@ -24,11 +25,12 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
 
     def __init__(self, loss_type: str = "sigmoid", *, beta: float = 0.1, gamma: float | None = None,
                  label_smoothing: float = 0.0, nll_weight: float | None = None,
-                 average_log_prob: bool | None = None, ignore_index: int = -100, backend: str = "auto",
-                 options: KernelOptions = DEFAULT_OPTIONS):
+                 average_log_prob: bool | None = None, ignore_index: int = -100, temperature: float = 1.0,
+                 softcap: float | None = None, backend: str = "auto", options: KernelOptions = DEFAULT_OPTIONS):
         super().__init__()
         # checked now, so a bad setting fails where the module is built, not at the first step
         self.spec = PreferenceLoss(loss_type, beta, gamma, label_smoothing, nll_weight, average_log_prob)
+        self.logit_map = LogitMap(temperature, softcap).check()
         self.ignore_index, self.backend, self.options = ignore_index, backend, options
 
     def forward(self, lin_weight: torch.Tensor, _input: torch.Tensor, target: torch.Tensor,
@@ -41,12 +43,15 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                                        beta=s.beta, gamma=s.gamma, label_smoothing=s.label_smoothing,
                                        nll_weight=s.nll_weight, average_log_prob=s.average_log_prob, bias=bias,
                                        ignore_index=self.ignore_index, segment_ids=segment_ids,
+                                       temperature=self.logit_map.temperature, softcap=self.logit_map.softcap,
                                        backend=self.backend, options=self.options)
 
     def extra_repr(self) -> str:
         s = self.spec
         return (f"loss_type={s.loss_type}, beta={s.beta}, gamma={s.gamma}, label_smoothing={s.label_smoothing}, "
-                f"nll_weight={s.nll_weight}, average_log_prob={s.average_log_prob}")
+                f"nll_weight={s.nll_weight}, average_log_prob={s.average_log_prob}"
+                + ("" if self.logit_map.identity else
+                   f", temperature={self.logit_map.temperature}, softcap={self.logit_map.softcap}"))
 
 
 class FusedLinearDPOLoss(FusedLinearPreferenceLoss):

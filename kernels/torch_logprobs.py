@@ -9,6 +9,9 @@ with a trainable head, 6NHV frozen) with
 
     dZ_t = g_t (onehot(y_t) - softmax(z_t)),   dH = dZ W,   dW = dZ^T H,   db = sum_t dZ_t.
 
+With a `LogitMap` (temperature, soft-capping) z is replaced by u = map(z) above, and dZ is
+`LogitMap.grad_` of g (onehot - softmax(u)).
+
 Shapes: hidden [N, H], weight [V, H], bias [V] or None, labels [N] (int). Output [N] fp32 (fp64
 for fp64 inputs). Peak extra memory is one chunk of logits ([chunk, V] in the compute dtype, a
 few copies) plus an fp32 [V, H] dW accumulator when the weight is trainable: bounded by the chunk,
@@ -28,6 +31,8 @@ import functools
 from typing import NamedTuple
 
 import torch
+
+from .logit_map import IDENTITY, LogitMap
 
 
 def no_autocast(fn):
@@ -111,16 +116,17 @@ class ChunkedTorch(NamedTuple):
     half-precision operands into fp32 once per call (the CPU choice)."""
     chunk_rows: int
     upcast: bool
+    logit_map: LogitMap = IDENTITY
 
     def forward(self, hidden, weight, bias, rows, y):
-        return forward_stats(hidden, weight, bias, rows, y, self.chunk_rows, self.upcast)
+        return forward_stats(hidden, weight, bias, rows, y, self.chunk_rows, self.upcast, self.logit_map)
 
     def backward(self, hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b):
         return backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w,
-                              need_b, self.chunk_rows, self.upcast)
+                              need_b, self.chunk_rows, self.upcast, self.logit_map)
 
 
-def forward_stats(hidden, weight, bias, rows, y, chunk_rows, upcast):
+def forward_stats(hidden, weight, bias, rows, y, chunk_rows, upcast, logit_map: LogitMap = IDENTITY):
     """(LSE [M], target logit [M]) of the valid rows, one chunk of logits at a time."""
     acc = acc_dtype(hidden)
     w = _operand(weight, upcast, acc)
@@ -130,7 +136,7 @@ def forward_stats(hidden, weight, bias, rows, y, chunk_rows, upcast):
     tgt = torch.empty(m, dtype=acc, device=hidden.device)
     for s in range(0, m, c):
         h = _operand(hidden.index_select(0, rows[s:s + c]), upcast, acc)
-        z = _chunk_logits(h, w, b, acc)
+        z = logit_map.apply(_chunk_logits(h, w, b, acc))
         lse[s:s + c] = torch.logsumexp(z, dim=1)
         tgt[s:s + c] = z.gather(1, y[s:s + c, None]).squeeze(1)
         del z, h  # free before the next chunk is allocated: peak = one chunk
@@ -138,7 +144,7 @@ def forward_stats(hidden, weight, bias, rows, y, chunk_rows, upcast):
 
 
 def backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b,
-                   chunk_rows, upcast):
+                   chunk_rows, upcast, logit_map: LogitMap = IDENTITY):
     """Recompute each chunk's logits; (dH, dW, db), None where not needed (no dW work then)."""
     acc = lse.dtype
     w = _operand(weight, upcast, acc)
@@ -151,9 +157,15 @@ def backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w,
         r = rows[s:s + chunk_rows]
         h = _operand(hidden.index_select(0, r), upcast, acc)
         g = g_all[s:s + chunk_rows]
-        # dZ = g (onehot - softmax), built in place on the recomputed logits.
-        dz = _chunk_logits(h, w, b, acc).sub_(lse[s:s + chunk_rows, None]).exp_().mul_(-g[:, None])
+        # dZ = g (onehot - softmax), built in place on the recomputed logits (identity map).
+        z = _chunk_logits(h, w, b, acc)
+        u = z if logit_map.identity else logit_map.apply(z)
+        dz = (u.sub_(lse[s:s + chunk_rows, None]) if logit_map.identity else u - lse[s:s + chunk_rows, None])
+        dz = dz.exp_().mul_(-g[:, None])
         dz.scatter_add_(1, y[s:s + chunk_rows, None], g[:, None])
+        if not logit_map.identity:
+            dz = logit_map.grad_(dz, u)
+        del z, u
         dz_op = dz if upcast else dz.to(hidden.dtype)
         if need_h:
             dh.index_copy_(0, r, (dz_op @ w).to(dh.dtype))
@@ -171,11 +183,12 @@ def backward_grads(hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w,
 
 def torch_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                           bias: torch.Tensor | None = None, ignore_index: int = -100,
-                          chunk_rows: int | None = None, upcast: bool | None = None) -> torch.Tensor:
+                          chunk_rows: int | None = None, upcast: bool | None = None,
+                          logit_map: LogitMap = IDENTITY) -> torch.Tensor:
     """hidden [..., H], labels [...] -> fp32 [...] (see the module docstring)."""
     if upcast is None:
         upcast = hidden.device.type != "cuda"
-    impl = ChunkedTorch(chunk_rows or default_chunk_rows(weight.shape[0]), upcast)
+    impl = ChunkedTorch(chunk_rows or default_chunk_rows(weight.shape[0]), upcast, logit_map)
     out = LinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
                                labels.reshape(-1), ignore_index, impl)
     return out.view(labels.shape)

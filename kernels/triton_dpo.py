@@ -17,7 +17,8 @@ that fit the memory budget, and for each chunk:
     dW  += dZ^T H_c                          cuBLAS (trainable head only)         2RHV
     db  += column sums of dZ
 
-Backward only multiplies the stored gradients by the upstream scalar. FLOPs: 6MHV trainable,
+With a `LogitMap` (temperature, soft-capping) the LSE and dZ kernels map Z as they read it (Z
+itself stays unmapped). Backward only multiplies the stored gradients by the upstream scalar. FLOPs: 6MHV trainable,
 4MHV frozen (M = valid rows), against 8MHV / 6MHV for the two-pass schedule.
 
 Memory: one call uses at most `KernelOptions.single_pass_bytes` beyond inputs and gradients:
@@ -37,6 +38,7 @@ import functools
 
 import torch
 
+from .logit_map import IDENTITY, LogitMap
 from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss
 from .options import DEFAULT_OPTIONS, KernelOptions
 from .segments import Flat, segment_sums
@@ -100,7 +102,7 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
 
 @no_autocast
 def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, n_tok, own, spec,
-                options, dw_mode, n_pairs, need):
+                options, dw_mode, n_pairs, need, logit_map: LogitMap = IDENTITY):
     """The single pass over the plan of the pairs it owns (`own` [B] bool, or None for all):
     (the owned pairs' share of the loss, sequence log-prob sums [2B] (0 for sequences not owned),
     dH [N, H] | None, dW | None, db | None), gradients only where `need` says (h, w, b).
@@ -131,7 +133,7 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         yc, sc, pc = y[r0:r1], seq[r0:r1], pair[r0:r1]
         z = buf[: r * v].view(r, v)
         if options.impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
-            lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z, config=options.tile_config)
+            lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z, config=options.tile_config, logit_map=logit_map)
             zb = None  # bias is already inside z
         else:  # cuBLAS logits, Triton row kernel for LSE/target
             torch.mm(hc, weight.t(), out=z)
@@ -141,7 +143,7 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         mrun = torch.full((r,), float("-inf"), dtype=acc, device=hidden.device)
         srun = torch.zeros(r, dtype=acc, device=hidden.device)
         tgt_z = torch.zeros(r, dtype=acc, device=hidden.device)
-        row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0)
+        row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0, logit_map)
         lse_z = mrun + torch.log(srun)
         if options.impl != "tile":
             lse, tgt = lse_z, tgt_z
@@ -155,7 +157,7 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
                                None if ref_r is None else ref_r[c], n_tok[c], n_tok[r_],
                                n_pairs=n_pairs, chosen_token_total=chosen_total)
         g = torch.where(sc < n_pairs, gc[pc - p0], gr[pc - p0])
-        dz = row_grad_(z, zb, yc, lse_z, g.contiguous(), 0)
+        dz = row_grad_(z, zb, yc, lse_z, g.contiguous(), 0, logit_map)
         if need_h:
             dh2.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
         if need_w:
@@ -182,12 +184,13 @@ class SinglePassPreference(torch.autograd.Function):
     @no_autocast
     def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, n_tok, own, cfg):
         """`single_pass` with its gradients saved for backward: (loss share, sequence sums)."""
-        spec, options, dw_mode, grad_enabled, n_pairs = cfg
+        spec, options, dw_mode, grad_enabled, n_pairs, logit_map = cfg
         # needs_input_grad follows requires_grad even under no_grad / inference_mode, where no
         # backward can come: the gradient work is done here in forward, so skip it there
         need = tuple(bool(n and grad_enabled) for n in ctx.needs_input_grad[:3])
         loss, seq_logps, dh2, dw, db = single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks,
-                                                   max_rows, n_tok, own, spec, options, dw_mode, n_pairs, need)
+                                                   max_rows, n_tok, own, spec, options, dw_mode, n_pairs, need,
+                                                   logit_map)
         ctx.save_for_backward(dh2, dw, db)
         ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(seq_logps)
@@ -248,13 +251,13 @@ def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
 
 def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
                                    ref_rejected_logps, *, bias=None, ignore_index=-100,
-                                   options: KernelOptions = DEFAULT_OPTIONS):
+                                   options: KernelOptions = DEFAULT_OPTIONS, logit_map: LogitMap = IDENTITY):
     """fused_linear_preference on the Triton backend, on the flat layout (`segments.flat_layout`):
     `options.schedule` "single" (this file) or "two" (`two_pass`). In the single pass, a pair with
     more label rows than one chunk holds takes the two-pass route alone; the loss is a sum of
     per-pair terms, so the two parts just add."""
     if options.schedule != "single":
-        logprobs_fn = functools.partial(triton_linear_logprobs, options=options)
+        logprobs_fn = functools.partial(triton_linear_logprobs, options=options, logit_map=logit_map)
         return two_pass_preference(logprobs_fn, flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
                                    bias=bias, ignore_index=ignore_index)
     b = flat.n_pairs
@@ -262,11 +265,11 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
     loss, seq_logps = SinglePassPreference.apply(
         flat.hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, *sp, n_tok, own,
-        (spec, options, dw_mode, torch.is_grad_enabled(), b))
+        (spec, options, dw_mode, torch.is_grad_enabled(), b, logit_map))
     if big is not None:  # the oversized pairs: per-token log-probs with autograd (recompute backward), summed
         rows_o, y_o, seq_o = big
         token = triton_linear_logprobs(flat.hidden.index_select(0, rows_o), weight, y_o, bias=bias,
-                                       ignore_index=ignore_index, options=options)
+                                       ignore_index=ignore_index, options=options, logit_map=logit_map)
         sums = segment_sums(token, seq_o, 2 * b)
         rc, rr = ((r if r is None else r.detach().to(sums.dtype)) for r in (ref_chosen_logps, ref_rejected_logps))
         terms = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,

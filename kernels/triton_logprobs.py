@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from .logit_map import IDENTITY, LogitMap
 from .options import DEFAULT_OPTIONS, KernelOptions
 from .torch_logprobs import LinearLogprobs, acc_dtype
 from .triton_rows import row_grad_, row_lse_update
@@ -64,7 +65,7 @@ def _chunk_views(buf: torch.Tensor, rows: int, n: int) -> torch.Tensor:
     return buf[: rows * n].view(rows, n)
 
 
-def forward_stats(h, w, b, y, options: KernelOptions = DEFAULT_OPTIONS):
+def forward_stats(h, w, b, y, options: KernelOptions = DEFAULT_OPTIONS, logit_map: LogitMap = IDENTITY):
     """(LSE [M], target logit [M]) for gathered rows h [M, H] (see the module docstring)."""
     m, v = h.shape[0], w.shape[0]
     acc = acc_dtype(h)
@@ -74,7 +75,7 @@ def forward_stats(h, w, b, y, options: KernelOptions = DEFAULT_OPTIONS):
         r1 = min(m, r0 + ROW_BLOCK)
         hb, yb = h[r0:r1], y[r0:r1]
         if options.impl == "tile":
-            lse[r0:r1], tgt[r0:r1] = tile_lse(hb, w, b, yb, config=options.tile_config)
+            lse[r0:r1], tgt[r0:r1] = tile_lse(hb, w, b, yb, config=options.tile_config, logit_map=logit_map)
             continue
         rows = r1 - r0
         vc = vocab_chunk(rows, v, h.element_size(), options.chunk_bytes)
@@ -84,13 +85,13 @@ def forward_stats(h, w, b, y, options: KernelOptions = DEFAULT_OPTIONS):
         for v0 in range(0, v, vc):
             n = min(vc, v - v0)
             z = torch.mm(hb, w[v0:v0 + n].t(), out=_chunk_views(buf, rows, n))
-            row_lse_update(z, b, yb, mrun, srun, tgt[r0:r1], v0)
+            row_lse_update(z, b, yb, mrun, srun, tgt[r0:r1], v0, logit_map)
         lse[r0:r1] = mrun + torch.log(srun)
     return lse, tgt
 
 
 def backward_grads(h, w, b, y, lse, g, need_h: bool, need_w: bool, need_b: bool,
-                   options: KernelOptions = DEFAULT_OPTIONS):
+                   options: KernelOptions = DEFAULT_OPTIONS, logit_map: LogitMap = IDENTITY):
     """(dH [M, H] | None, dW [V, H] | None, db [V] fp32 | None) for dL/dlogp_t = g [M]."""
     m, k = h.shape
     v = w.shape[0]
@@ -118,10 +119,10 @@ def backward_grads(h, w, b, y, lse, g, need_h: bool, need_w: bool, need_b: bool,
             wc = w[v0:v0 + n]
             dz = _chunk_views(buf, rows, n)
             if options.impl == "tile":
-                tile_grad(hb, w, b, yb, lb, gb, dz, v0, config=options.tile_config)
+                tile_grad(hb, w, b, yb, lb, gb, dz, v0, config=options.tile_config, logit_map=logit_map)
             else:
                 torch.mm(hb, wc.t(), out=dz)
-                row_grad_(dz, b, yb, lb, gb, v0)
+                row_grad_(dz, b, yb, lb, gb, v0, logit_map)
             if need_h:
                 if dh_acc is None:
                     torch.mm(dz, wc, out=dh[r0:r1])
@@ -143,15 +144,16 @@ class TritonChunks(NamedTuple):
     """The Triton backend of `torch_logprobs.LinearLogprobs`: the valid rows are gathered once,
     then row blocks and vocabulary chunks as `options` says."""
     options: KernelOptions
+    logit_map: LogitMap = IDENTITY
 
     def forward(self, hidden, weight, bias, rows, y):
-        return forward_stats(hidden.index_select(0, rows), weight, bias, y, self.options)
+        return forward_stats(hidden.index_select(0, rows), weight, bias, y, self.options, self.logit_map)
 
     def backward(self, hidden, weight, bias, rows, y, lse, grad_out, need_h, need_w, need_b):
         g = grad_out.index_select(0, rows).to(lse.dtype).contiguous()
         h = hidden.index_select(0, rows)
         dh_rows, dw, db = backward_grads(h, weight, bias, y, lse, g, need_h, need_w, need_b,
-                                         self.options)
+                                         self.options, self.logit_map)
         dh = None
         if need_h:
             dh = torch.zeros_like(hidden)
@@ -163,8 +165,9 @@ class TritonChunks(NamedTuple):
 
 def triton_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                            bias: torch.Tensor | None = None, ignore_index: int = -100,
-                           options: KernelOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+                           options: KernelOptions = DEFAULT_OPTIONS,
+                           logit_map: LogitMap = IDENTITY) -> torch.Tensor:
     """hidden [..., H], weight [V, H], labels [...] -> fp32 [...] (fp64 for fp64 inputs)."""
     out = LinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight.contiguous(), bias,
-                               labels.reshape(-1), ignore_index, TritonChunks(options))
+                               labels.reshape(-1), ignore_index, TritonChunks(options, logit_map))
     return out.view(labels.shape)

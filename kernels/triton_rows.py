@@ -7,6 +7,9 @@ design, and the single-pass DPO schedule that keeps one chunk of logits).
 - `row_grad_kernel`: in place, Z <- g (onehot(y) - exp(z + b - LSE)) = dZ, in Z's dtype, ready for
   the cuBLAS products dH = dZ W and dW = dZ^T H.
 
+Both apply a `LogitMap` (temperature, soft-capping) to z + b first when one is given (`tl_map`,
+and `tl_map_grad` on dZ; constexpr-guarded, shared with the tile kernels).
+
 One program per row (grid axis 0: up to 2^31 - 1 rows), a loop over BLOCK_V columns; int64
 row offsets. Accumulation in fp32 (fp64 for fp64 logits).
 """
@@ -16,14 +19,43 @@ import torch
 import triton
 import triton.language as tl
 
+from .logit_map import IDENTITY, LogitMap
 from .torch_logprobs import acc_dtype
 
 BLOCK_V = 2048
 
 
 @triton.jit
-def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, n, v0,
-                   HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def tl_tanh(x):
+    # 1 - 2 / (exp(2x) + 1): exact limits +-1 at +-inf (exp overflows to inf or goes to 0)
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def tl_map(z, cap, inv_t, SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
+    """u = map(z) in z's (accumulation) dtype."""
+    if SOFTCAP:
+        z = cap * tl_tanh(z / cap)
+    if TEMPER:
+        z = z * inv_t
+    return z
+
+
+@triton.jit
+def tl_map_grad(du, u, cap, inv_t, SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
+    """dL/dz from dL/du and u = map(z)."""
+    if SOFTCAP:
+        t = u / (inv_t * cap)
+        du = du * (1.0 - t * t)
+    if TEMPER:
+        du = du * inv_t
+    return du
+
+
+@triton.jit
+def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, n, v0, cap, inv_t,
+                   HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                   SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(Y + row) - v0
     zrow = Z + row * stride_z
@@ -36,6 +68,8 @@ def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, n, v0,
         z = tl.load(zrow + cols, mask=ok, other=float("-inf")).to(ACC)
         if HAS_BIAS:
             z += tl.load(Bias + v0 + cols, mask=ok, other=0.0).to(ACC)
+        if SOFTCAP or TEMPER:
+            z = tl.where(ok, tl_map(z, cap, inv_t, SOFTCAP, TEMPER), float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
@@ -50,8 +84,9 @@ def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, n, v0,
 
 
 @triton.jit
-def row_grad_kernel(Z, stride_z, Bias, Y, LSE, G, n, v0,
-                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def row_grad_kernel(Z, stride_z, Bias, Y, LSE, G, n, v0, cap, inv_t,
+                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                    SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(Y + row) - v0
     lse = tl.load(LSE + row).to(ACC)
@@ -63,7 +98,11 @@ def row_grad_kernel(Z, stride_z, Bias, Y, LSE, G, n, v0,
         z = tl.load(zrow + cols, mask=ok, other=0.0).to(ACC)
         if HAS_BIAS:
             z += tl.load(Bias + v0 + cols, mask=ok, other=0.0).to(ACC)
+        if SOFTCAP or TEMPER:
+            z = tl_map(z, cap, inv_t, SOFTCAP, TEMPER)
         dz = -g * tl.exp(z - lse) + tl.where(cols == y, g, 0.0)
+        if SOFTCAP or TEMPER:
+            dz = tl_map_grad(dz, z, cap, inv_t, SOFTCAP, TEMPER)
         tl.store(zrow + cols, dz.to(Z.dtype.element_ty), mask=ok)
 
 
@@ -72,21 +111,21 @@ def tl_acc(t: torch.Tensor):
     return tl.float64 if acc_dtype(t) == torch.float64 else tl.float32
 
 
-def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int) -> None:
+def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int, logit_map: LogitMap = IDENTITY) -> None:
     """Merge chunk z [R, n] (columns v0..v0+n) into running max/sum-exp and targets, all [R]."""
     r, n = z.shape
     if r == 0:
         return
     row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, mrun, srun, tgt, n, v0,
                          HAS_BIAS=b is not None, ACC=tl_acc(mrun),
-                         BLOCK=min(BLOCK_V, triton.next_power_of_2(n)))
+                         BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), **logit_map.kernel_args())
 
 
-def row_grad_(z: torch.Tensor, b, y, lse, g, v0: int) -> torch.Tensor:
+def row_grad_(z: torch.Tensor, b, y, lse, g, v0: int, logit_map: LogitMap = IDENTITY) -> torch.Tensor:
     """Overwrite the logits chunk z [R, n] with dZ; returns z."""
     r, n = z.shape
     if r:
         row_grad_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, lse, g, n, v0,
                               HAS_BIAS=b is not None, ACC=tl_acc(lse),
-                              BLOCK=min(BLOCK_V, triton.next_power_of_2(n)))
+                              BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), **logit_map.kernel_args())
     return z

@@ -11,6 +11,9 @@ tiles while it is in L2), and never write z:
   columns [v0, v0 + N), written in the operand dtype into a chunk buffer that cuBLAS then
   multiplies into dH = dZ W and dW = dZ^T H.
 
+A `LogitMap` (temperature, soft-capping) is applied to z in both epilogues when one is given
+(constexpr-guarded: the identity map compiles to the plain kernels); a stored Z stays unmapped.
+
 Shapes: h [M, K] (only valid rows: ignored rows were dropped before), W [V, K], b [V], y [M]
 int64, LSE/g [M] fp32. Offsets are int64 (M x V passes 2^31 at real sizes); the grid is 1-D
 (axis 0 allows 2^31 - 1 programs; axes 1/2 would cap at 65,535).
@@ -28,7 +31,8 @@ import triton.language as tl
 
 from .options import triton_interpreting
 from .torch_logprobs import acc_dtype
-from .triton_rows import tl_acc
+from .logit_map import IDENTITY, LogitMap
+from .triton_rows import tl_acc, tl_map, tl_map_grad
 
 # Hopper/Ampere bf16 shapes from the Triton matmul tutorial's search space: what the GPU autotunes.
 GPU_CONFIGS = [
@@ -104,7 +108,8 @@ _EVEN_K = {"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0}
 @triton.heuristics(_EVEN_K)
 @triton.jit
 def tile_lse_kernel(H, W, Bias, Y, PMAX, PSUM, TGT, Z, M, N, K, stride_h, stride_w, stride_z,
-                    n_slots, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr,
+                    n_slots, cap, inv_t, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr,
+                    SOFTCAP: tl.constexpr, TEMPER: tl.constexpr,
                     UPCAST: tl.constexpr, ACC: tl.constexpr,
                     PREC: tl.constexpr, SLOT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -115,6 +120,8 @@ def tile_lse_kernel(H, W, Bias, Y, PMAX, PSUM, TGT, Z, M, N, K, stride_h, stride
     if STORE_Z:  # single-pass DPO keeps the chunk's logits (operand dtype) for its gradient
         zp = Z + offs_m.to(tl.int64)[:, None] * stride_z + offs_n[None, :]
         tl.store(zp, z.to(Z.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    if SOFTCAP or TEMPER:
+        z = tl_map(z, cap, inv_t, SOFTCAP, TEMPER)
     z = tl.where(n_ok[None, :], z, float("-inf"))
     t_max = tl.max(z, axis=1)
     t_sum = tl.sum(tl.exp(z - t_max[:, None]), axis=1)
@@ -136,8 +143,9 @@ def tile_lse_kernel(H, W, Bias, Y, PMAX, PSUM, TGT, Z, M, N, K, stride_h, stride
 @triton.autotune(configs=GPU_CONFIGS, key=["N", "K"])
 @triton.heuristics(_EVEN_K)
 @triton.jit
-def tile_grad_kernel(H, W, Bias, Y, LSE, G, DZ, M, N, K, stride_h, stride_w, stride_dz, v0,
-                     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+def tile_grad_kernel(H, W, Bias, Y, LSE, G, DZ, M, N, K, stride_h, stride_w, stride_dz, v0, cap, inv_t,
+                     HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, TEMPER: tl.constexpr,
+                     UPCAST: tl.constexpr, ACC: tl.constexpr,
                      PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
@@ -149,8 +157,12 @@ def tile_grad_kernel(H, W, Bias, Y, LSE, G, DZ, M, N, K, stride_h, stride_w, str
     lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0).to(ACC)
     g = tl.load(G + offs_m, mask=m_ok, other=0.0).to(ACC)
     y = tl.load(Y + offs_m, mask=m_ok, other=-1) - v0
+    if SOFTCAP or TEMPER:
+        z = tl_map(z, cap, inv_t, SOFTCAP, TEMPER)
     dz = -g[:, None] * tl.exp(z - lse[:, None])
     dz += tl.where(offs_n[None, :] == y[:, None], g[:, None], 0.0)
+    if SOFTCAP or TEMPER:
+        dz = tl_map_grad(dz, z, cap, inv_t, SOFTCAP, TEMPER)
     ptrs = DZ + offs_m.to(tl.int64)[:, None] * stride_dz + offs_n[None, :]
     tl.store(ptrs, dz.to(DZ.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -180,10 +192,10 @@ def _launch(kernel, grid, config: dict | None, *args, **kwargs):
 
 
 def tile_lse(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor,
-             z_out: torch.Tensor | None = None, config: dict | None = None):
-    """(LSE [M], target logit [M]) of rows h [M, K] against the whole vocabulary W [V, K];
-    with z_out [M, V], also the logits (bias included) rounded to z_out's dtype. `config`
-    forces one tile config (`KernelOptions.tile_config`)."""
+             z_out: torch.Tensor | None = None, config: dict | None = None, logit_map: LogitMap = IDENTITY):
+    """(LSE [M], target logit [M]) of rows h [M, K] against the whole vocabulary W [V, K], of the
+    mapped logits; with z_out [M, V], also the logits (bias included, not mapped) rounded to
+    z_out's dtype. `config` forces one tile config (`KernelOptions.tile_config`)."""
     m, k = h.shape
     v = w.shape[0]
     acc = acc_dtype(h)
@@ -196,7 +208,7 @@ def tile_lse(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.
     _launch(tile_lse_kernel, _grid(m, v), config, h, w, b if b is not None else h, y, pmax, psum,
             tgt, z, m, v, k, h.stride(0), w.stride(0), z.stride(0), n_slots,
             HAS_BIAS=b is not None, STORE_Z=z_out is not None, UPCAST=upcast, ACC=accl, PREC=prec,
-            SLOT=SLOT_N)
+            SLOT=SLOT_N, **logit_map.kernel_args())
     return combine_lse(pmax, psum), tgt
 
 
@@ -206,7 +218,8 @@ def combine_lse(pmax: torch.Tensor, psum: torch.Tensor) -> torch.Tensor:
     return gmax + torch.log((psum * torch.exp(pmax - gmax)).sum(dim=0))
 
 
-def tile_grad(h, w, b, y, lse, g, dz: torch.Tensor, v0: int, config: dict | None = None):
+def tile_grad(h, w, b, y, lse, g, dz: torch.Tensor, v0: int, config: dict | None = None,
+              logit_map: LogitMap = IDENTITY):
     """Fill dz [M, n] (a chunk buffer view) with dZ for vocabulary columns v0..v0+n."""
     m, k = h.shape
     n = dz.shape[1]
@@ -215,5 +228,5 @@ def tile_grad(h, w, b, y, lse, g, dz: torch.Tensor, v0: int, config: dict | None
     bv = b[v0:v0 + n] if b is not None else h
     _launch(tile_grad_kernel, _grid(m, n), config, h, wv, bv, y, lse, g, dz, m, n, k, h.stride(0),
             w.stride(0), dz.stride(0), v0, HAS_BIAS=b is not None, UPCAST=upcast, ACC=accl,
-            PREC=prec)
+            PREC=prec, **logit_map.kernel_args())
     return dz

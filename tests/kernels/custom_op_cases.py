@@ -1,13 +1,14 @@
-"""fused_linear_preference_op: the custom op "isrt::fused_linear_preference" equals the function
-(loss, metrics, gradients), passes torch.library.opcheck, and is ONE node under
-torch.compile(fullgraph=True), with working gradients through AOT autograd (CPU backends only).
+"""fused_linear_preference_op and linear_logprobs_op: each custom op ("isrt::fused_linear_preference",
+"isrt::linear_logprobs") equals its function (values, metrics, gradients), passes
+torch.library.opcheck, and is ONE node under torch.compile(fullgraph=True), with working gradients
+through AOT autograd (CPU backends only).
 
 Not collected by itself: test_custom_op.py runs this file in a fresh interpreter (see there)."""
 import pytest
 import torch
 
-from isrt.kernels import fused_linear_preference, fused_linear_preference_op
-from isrt.kernels.custom_op import _op
+from isrt.kernels import fused_linear_preference, fused_linear_preference_op, linear_logprobs, linear_logprobs_op
+from isrt.kernels.custom_op import _logprobs_backward_op, _logprobs_op, _op
 
 from kernel_oracle import require_interpreter
 from test_fused_dpo import make
@@ -66,5 +67,60 @@ def test_opcheck(need):
     h, w, bb, y, rc, rr = make(2, 6, 8, 20, torch.float32, seed=33)
     args = (h.detach().requires_grad_(need[0]), w.detach().requires_grad_(need[1]), y,
             bb.detach().requires_grad_(need[2]), rc, rr, None, 2, "sigmoid", 0.1, 0.0, 0.0, 0.0, False, -100,
-            "torch", *need)
+            "torch", *need, 1.0, None)
     torch.library.opcheck(_op, args)
+    torch.library.opcheck(_op, args[:-2] + (0.7, 3.0))  # temperature and soft-capping
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_logprobs_op_equals_the_function(backend, with_bias):
+    if backend == "triton":
+        require_interpreter()
+    h, w, bb, y, _, _ = make(2, 7, 16, 40, torch.float32, seed=41, bias=with_bias)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+
+    def run(fn):
+        ts = [t.detach().clone().requires_grad_() for t in (h, w) + ((bb,) if with_bias else ())]
+        out = fn(ts[0], ts[1], y, bias=ts[2] if with_bias else None, backend=backend)
+        (out * weights).sum().backward()
+        return out.detach(), [t.grad for t in ts]
+    oo, go = run(linear_logprobs_op)
+    of, gf = run(linear_logprobs)
+    assert oo.shape == y.shape and bool((oo[y == -100] == 0).all())
+    torch.testing.assert_close(oo, of, rtol=1e-6, atol=1e-6)
+    for a, b in zip(go, gf):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("need", [(True, True, True), (True, False, False), (False, True, False)])
+def test_logprobs_opcheck(need):
+    h, w, bb, y, _, _ = make(1, 6, 8, 20, torch.float32, seed=43)
+    args = (h.detach().reshape(-1, 8).requires_grad_(need[0]), w.detach().requires_grad_(need[1]), y.reshape(-1),
+            bb.detach().requires_grad_(need[2]), -100, "torch", 0.7, 3.0)
+    torch.library.opcheck(_logprobs_op, args)
+    out, lse = _logprobs_op(*args)
+    plain = [None if t is None else t.detach() for t in args[:4]]  # the backward op has no backward of its own
+    torch.library.opcheck(_logprobs_backward_op, (torch.randn_like(out), *plain, lse.detach(), -100, "torch", 0.7,
+                                                  3.0, *need))
+
+
+def test_logprobs_op_is_one_node_under_fullgraph_compile_and_trains():
+    h, w, bb, y, _, _ = make(1, 8, 16, 40, torch.float32, seed=44)
+    graphs = []
+
+    def capture(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def step(h, w, b):
+        return linear_logprobs_op(h, w, y, bias=b, backend="torch").sum()
+    torch.compile(step, fullgraph=True, backend=capture)(*(t.detach().requires_grad_() for t in (h, w, bb)))
+    ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function" and "isrt" in str(n.target)]
+    assert ops == ["isrt.linear_logprobs.default"]
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    lc, _, gc = _grads(lambda h, w, b: (compiled(h, w, b), None), [h, w, bb])
+    le, _, ge = _grads(lambda h, w, b: (step(h, w, b), None), [h, w, bb])
+    assert lc.item() == pytest.approx(le.item(), rel=1e-6)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
