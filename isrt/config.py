@@ -96,6 +96,13 @@ class DataConfig:
     # 0: every iteration uses the whole pool (fixed pool); k > 0: k fresh prompts per iteration,
     # taken in a seeded shuffled order and wrapping around when the pool runs out.
     prompts_per_iteration: int = 0
+    # With fresh prompts per iteration: c_t for every pool video each iteration (as in the paper,
+    # whose every iteration covers its whole dataset), not only for the videos of this iteration's
+    # prompts, so every video's chain c_0 -> c_t starts at pi_0. Without it a video first used at
+    # t > 0 gets its c_0 from pi_t: on the demo pi_1's first descriptions named the count for 7 of
+    # 15 clips against pi_0's 21 of 24, while retrospective ones kept c_{t-1} (docs/demo_model.md,
+    # "Describing every video"). Costs one description per pool video per iteration.
+    describe_every_video: bool = True
     # Held-out evaluation: greedy answers of pi_t before each iteration and of the final policy,
     # scored against the records' "answer" in report.md. eval_prompts: a QA JSONL (resolved
     # against video_root, else its folder); else synthetic_eval_videos > 0 generates held-out

@@ -357,9 +357,10 @@ class Run:
             mine = shard_by_video(records, self.d.rank, self.d.world_size)
             good, bad = stages.load_features(adapter, self.cache, mine, show=self.d.is_main,
                                              room=self.cfg.sampling.max_new_tokens)
-            videos = list(dict.fromkeys(r["video_path"] for r in good))
+            described = good + self._unprompted_videos(records, adapter)
+            videos = list(dict.fromkeys(r["video_path"] for r in described))
             index = self.dir.previous_contexts(t)
-            video_of = {r["video_path"]: r["video"] for r in good}
+            video_of = {r["video_path"]: r["video"] for r in described}
             previous = {v: index.get(video_of[v]) for v in videos}
             contexts = stages.generate_contexts(adapter, self.cache, videos, previous, self.cfg,
                                                 seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
@@ -382,7 +383,7 @@ class Run:
         shards = self._gather_shards(it, "stage1")
         if not self.d.is_main:
             return {}
-        video_of = {r["video_path"]: r["video"] for r in records}
+        video_of = {r["video_path"]: r["video"] for r in self.pool.records}
         contexts = sorted((c for s in shards for c in s["contexts"]), key=lambda c: c["video_path"])
         write_jsonl(it / "contexts.jsonl", [dict(video=video_of[c["video_path"]], **c) for c in contexts])
         responses = sorted((r for s in shards for r in s["responses"]), key=lambda r: r["id"])
@@ -396,6 +397,18 @@ class Run:
                 "response_words_median": statistics.median(lengths) if lengths else 0.0,
                 "context_words_mean": statistics.fmean([len(c["context"].split()) for c in contexts]) if contexts else 0.0,
                 **self.cache.stats.as_dict()}  # feature_cache_*: rank 0's counters, over the run so far
+
+    def _unprompted_videos(self, records: list[dict], adapter) -> list[dict]:
+        """data.describe_every_video: one record of each pool video this iteration's prompts do not
+        use, this rank's share (the pool's video sharding), decodable; [] when off or none."""
+        if not self.cfg.data.describe_every_video or self.cfg.data.prompts_per_iteration <= 0:
+            return []
+        used = {r["video_path"] for r in records}
+        rest = list({r["video_path"]: r for r in self.pool.records if r["video_path"] not in used}.values())
+        # the pool's bad videos are counted where their prompts are used; here they are only skipped
+        good, _ = stages.load_features(adapter, self.cache, shard_by_video(rest, self.d.rank, self.d.world_size),
+                                       show=False)
+        return good
 
     def stage2(self, t: int, it: Path, adapter) -> dict:
         shard = self.dir.shard(it, "stage2", self.d.rank)

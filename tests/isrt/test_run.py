@@ -462,3 +462,23 @@ def test_best_of_n_writes_the_candidates_and_trains_on_the_judges_pick(pool, tmp
     assert prefs, "no pair kept: the test no longer exercises best of n"
     report = json.loads((out / "report.json").read_text())
     assert report["iterations"][0]["sampled_n"] == 4 * len(rows)
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_with_fresh_prompts_every_pool_video_is_described_each_iteration(pool, tmp_path, nproc):
+    """data.describe_every_video (the default): with 2 fresh prompts per iteration of a 6-video
+    pool, each iteration's contexts.jsonl holds every decodable pool video once (on 2 ranks too),
+    so from iteration 1 on every prompt's c_t is retrospective; switched off, only the prompts'
+    videos get one."""
+    out = tmp_path / "every"
+    run_isrt(out, pool, "data.prompts_per_iteration=2", nproc=nproc)
+    videos = {r["video"] for r in read_jsonl(pool) if "broken" not in r["video"]}
+    for t in range(2):
+        described = [c["video"] for c in read_jsonl(out / f"iter_{t:02d}" / "contexts.jsonl")]
+        assert sorted(described) == sorted(videos)
+    later = read_jsonl(out / "iter_01" / "responses.jsonl")
+    assert later and all(r["previous_context"] is not None for r in later)
+    off = tmp_path / "off"
+    run_isrt(off, pool, "data.prompts_per_iteration=2", "data.describe_every_video=false", "iterations=1")
+    first = read_jsonl(off / "iter_00" / "responses.jsonl")
+    assert sorted(c["video"] for c in read_jsonl(off / "iter_00" / "contexts.jsonl")) == sorted({r["video"] for r in first})
