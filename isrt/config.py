@@ -233,9 +233,17 @@ class JudgeConfig:
     # trained on; judgments.jsonl "audit"), so the report can set the judge reading c_t against
     # the judge without it on the same pairs. Stage 2 runs three judges instead of one.
     audit: bool = True
+    # likelihood mode: score each response by what the context adds, log pi_t(y | video, context,
+    # q) - log pi_t(y | video, q) (the pointwise mutual information of y and the context), so a
+    # word the judge favours whatever it reads cancels out and a context that says nothing about
+    # the question leaves a near-tie (dropped within tie_margin). Not in the paper; the judge's
+    # own prior is what collapses the demo's shape and direction answers (docs/demo_model.md).
+    contrast: bool = False
 
     def __post_init__(self):
         _one_of(self.mode, "judge.mode", ("score", "generate", "likelihood"))
+        _check(not self.contrast or self.mode == "likelihood", "judge.contrast",
+               f"scores likelihoods: it needs judge.mode: likelihood, got {self.mode}")
         _one_of(self.context, "judge.context", ("current", "previous", "none"))
         _check(self.tie_margin >= 0, "judge.tie_margin", "must be >= 0")
         _check(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")

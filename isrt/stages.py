@@ -103,18 +103,21 @@ def pick_pair(candidates: list[str], scores: dict[str, float]) -> list[str]:
 @torch.no_grad()
 def candidate_scores(adapter, cache, records: list[dict], samples: dict[str, list[str]], cfg) -> dict[str, dict]:
     """{prompt id: {candidate: score}}: the training judge's likelihood score of each distinct
-    candidate (context kind cfg.judge.context; the record has prompt, video_path, context,
-    previous_context), the score `_likelihood_verdicts` compares."""
+    candidate (context kind cfg.judge.context, minus the no-context score with judge.contrast; the
+    record has prompt, video_path, context, previous_context), the score `_likelihood_verdicts`
+    compares."""
     jobs = [(r, y) for r in records for y in dict.fromkeys(samples[r["id"]])]
     out: dict[str, dict] = {r["id"]: {} for r in records}
+    kinds = [cfg.judge.context] + (["none"] if cfg.judge.contrast and cfg.judge.context != "none" else [])
     adapter.model.eval()
     for _, chunk in _batches(jobs, cfg.sampling.batch_size):
-        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, cfg.judge.context)))
-                for r, _ in chunk]
-        lp = sequence_logps(adapter, chat, [y for _, y in chunk], [cache.get(adapter, r["video_path"]) for r, _ in chunk],
-                            backend=cfg.dpo.backend).tolist()
-        for (r, y), score in zip(chunk, lp):
-            out[r["id"]][y] = score
+        feats = [cache.get(adapter, r["video_path"]) for r, _ in chunk]
+        lp = [sequence_logps(adapter, [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, k)))
+                                       for r, _ in chunk], [y for _, y in chunk], feats, backend=cfg.dpo.backend)
+              for k in kinds]
+        score = lp[0] - lp[1] if len(lp) == 2 else lp[0]  # judge.contrast: minus the no-context score
+        for (r, y), v in zip(chunk, score.tolist()):
+            out[r["id"]][y] = v
     return out
 
 
@@ -195,23 +198,31 @@ def _verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, 
 @torch.no_grad()
 def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, show: bool):
     """Likelihood mode: s_k = log pi_t(y_k | video, judge_answer prompt with c_t and the question),
-    one forward per response; the verdict in each order names the higher-scoring response (a tie
-    within tie_margin; sampled with p(A) = sigmoid((s_A - s_B) / temperature) when temperature > 0)."""
+    one forward per response (with judge.contrast, minus the same without a context); the verdict
+    in each order names the higher-scoring response (a tie within tie_margin; sampled with
+    p(A) = sigmoid((s_A - s_B) / temperature) when temperature > 0)."""
     j = cfg.judge
+    contrast = j.contrast and kind != "none"  # the no-context judge has nothing to contrast with
     raw: dict[tuple[int, str], str | None] = {}
     outputs: dict[tuple[int, str], str] = {}
     bar = tqdm(total=len(records), desc="stage 2 judge", unit="pair", disable=not show, leave=False)
     for _, chunk in _batches(list(enumerate(records)), cfg.sampling.batch_size):
-        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, kind))) for _, r in chunk]
         feats = [cache.get(adapter, r["video_path"]) for _, r in chunk]
-        scores = _pair_logps(adapter, chat, feats, [r["responses"][0] for _, r in chunk],
-                             [r["responses"][1] for _, r in chunk], cfg.dpo.backend)
+        first, second = [r["responses"][0] for _, r in chunk], [r["responses"][1] for _, r in chunk]
+
+        def logps(kind):
+            chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, kind))) for _, r in chunk]
+            return _pair_logps(adapter, chat, feats, first, second, cfg.dpo.backend)
+        scores = logps(kind)
+        if contrast:  # judge.contrast: what the context adds to each response's log-prob
+            scores = [(s1 - b1, s2 - b2) for (s1, s2), (b1, b2) in zip(scores, logps("none"))]
+        name = "pmi" if contrast else "logp"
         for (i, rec), (s1, s2) in zip(chunk, scores):
             for order in judge.ORDERS:
                 sa, sb = (s1, s2) if order == "AB" else (s2, s1)
                 raw[i, order] = judge.score_verdict(sa, sb, j.tie_margin, temperature=j.temperature,
                                                     u=_uniform(seed_key, rec["id"], order))
-                outputs[i, order] = f"logp(A)={sa:.4f} logp(B)={sb:.4f}"
+                outputs[i, order] = f"{name}(A)={sa:.4f} {name}(B)={sb:.4f}"
         bar.update(len(chunk))
     bar.close()
     return raw, outputs

@@ -107,3 +107,15 @@ def test_stage1_samples_n_candidates_per_prompt_deterministically(setup):
     first = generate_responses(adapter, cache, records, cfg, seed_key=(0, 0), show=False)
     assert [len(first[r["id"]]) for r in records] == [5, 5]
     assert generate_responses(adapter, cache, records, cfg, seed_key=(0, 0), show=False) == first
+
+
+def test_candidate_scores_with_contrast_subtract_the_no_context_score(setup):
+    adapter, cache, records = setup
+    base = ["judge.mode=likelihood", "sampling.candidates=3"]
+    samples = {"a": ["red", "blue", "red"], "b": ["two", "three", "2"]}
+    plain = candidate_scores(adapter, cache, records, samples, load_config("smoke", base))
+    none = candidate_scores(adapter, cache, records, samples, load_config("smoke", base + ["judge.context=none"]))
+    pmi = candidate_scores(adapter, cache, records, samples, load_config("smoke", base + ["judge.contrast=true"]))
+    for rid in samples:
+        for y in plain[rid]:
+            assert pmi[rid][y] == pytest.approx(plain[rid][y] - none[rid][y], abs=1e-5)

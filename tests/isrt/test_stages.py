@@ -160,3 +160,36 @@ def test_generate_judge_verdicts_do_not_depend_on_how_pairs_are_split(setup):
     halves = [judge_pairs(adapter, cache, part, cfg, seed_key=(0, 1), show=False) for part in (records[:1], records[1:])]
     assert whole == halves[0] + halves[1]  # two ranks' shards judge each pair as one rank does
     assert judge_pairs(adapter, cache, records, cfg, seed_key=(0, 2), show=False) != whole
+
+
+def test_contrast_judge_scores_what_the_context_adds(setup):
+    """judge.contrast: each response scored log p(y | video, c_t, q) - log p(y | video, q); the
+    verdict follows that difference, and a judge reading nothing is the plain one."""
+    adapter, cache, records = setup
+    cfg = load_config("smoke", ["judge.mode=likelihood", "judge.temperature=0", "judge.contrast=true"])
+    out = judge_pairs(adapter, cache, records, cfg, seed_key=(0, 0), show=False)
+    for rec, j in zip(records, out):
+        with_c = _scores(adapter, cache, rec)
+        chat = adapter.chat_prompt(prompts.judge_answer_prompt(rec["prompt"], None))
+        f = cache.get(adapter, rec["video_path"])
+        with torch.no_grad():
+            without = sequence_logps(adapter, [chat, chat], rec["responses"], [f, f]).tolist()
+        pmi = [a - b for a, b in zip(with_c, without)]
+        assert j["judge_outputs"][0] == f"pmi(A)={pmi[0]:.4f} pmi(B)={pmi[1]:.4f}"
+        if rec["responses"][0] != rec["responses"][1]:
+            assert j["pick"] == ("y1" if pmi[0] > pmi[1] else "y2")
+        assert j["audit"]["none"]["pick"] == (None if rec["responses"][0] == rec["responses"][1]
+                                              else "y1" if without[0] > without[1] else "y2")
+    plain = judge_pairs(adapter, cache, records, load_config("smoke", ["judge.mode=likelihood", "judge.temperature=0",
+                                                                        "judge.context=none"]),
+                        seed_key=(0, 0), show=False)
+    nocontrast = judge_pairs(adapter, cache, records, load_config("smoke", [
+        "judge.mode=likelihood", "judge.temperature=0", "judge.context=none", "judge.contrast=true"]),
+        seed_key=(0, 0), show=False)
+    assert [j["judge_outputs"] for j in plain] == [j["judge_outputs"] for j in nocontrast]
+
+
+def test_contrast_needs_the_likelihood_judge():
+    from isrt.config import ConfigError
+    with pytest.raises(ConfigError, match="judge.contrast"):
+        load_config("smoke", ["judge.contrast=true", "judge.mode=score"])
