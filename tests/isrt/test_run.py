@@ -317,7 +317,7 @@ def test_warm_start_cache_is_shared_by_runs_of_the_same_warm_start_settings(pool
     import torch
 
     from isrt.config import load_config
-    from isrt.loop import shared_warm_start_dir
+    from isrt.warmstart_cache import shared_warm_start_dir
 
     cache = tmp_path / "warm_starts"
     ws = ["warmstart.videos=2", "warmstart.sft.steps=1", "warmstart.sft.align_steps=1", "warmstart.sft.batch_size=2",
