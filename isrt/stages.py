@@ -108,17 +108,26 @@ def candidate_scores(adapter, cache, records: list[dict], samples: dict[str, lis
     compares."""
     jobs = [(r, y) for r in records for y in dict.fromkeys(samples[r["id"]])]
     out: dict[str, dict] = {r["id"]: {} for r in records}
-    kinds = [cfg.judge.context] + (["none"] if cfg.judge.contrast and cfg.judge.context != "none" else [])
     adapter.model.eval()
     for _, chunk in _batches(jobs, cfg.sampling.batch_size):
-        feats = [cache.get(adapter, r["video_path"]) for r, _ in chunk]
-        lp = [sequence_logps(adapter, [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, k)))
-                                       for r, _ in chunk], [y for _, y in chunk], feats, backend=cfg.dpo.backend)
-              for k in kinds]
-        score = lp[0] - lp[1] if len(lp) == 2 else lp[0]  # judge.contrast: minus the no-context score
-        for (r, y), v in zip(chunk, score.tolist()):
+        scores = _answer_scores(adapter, [cache.get(adapter, r["video_path"]) for r, _ in chunk], [r for r, _ in chunk],
+                                [y for _, y in chunk], cfg.judge.context, cfg)
+        for (r, y), v in zip(chunk, scores):
             out[r["id"]][y] = v
     return out
+
+
+def _answer_scores(adapter, feats: list, records: list[dict], texts: list[str], kind: str, cfg) -> list[float]:
+    """The likelihood judge's score of texts[i] as the answer to records[i]: log pi_t(y | video,
+    judge_answer prompt with the context `kind` and the question), all in one `sequence_logps`
+    batch; with judge.contrast (and a context to contrast), minus the same without a context."""
+    def logps(k):
+        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, k))) for r in records]
+        return sequence_logps(adapter, chat, texts, feats, backend=cfg.dpo.backend).tolist()
+    scores = logps(kind)
+    if cfg.judge.contrast and kind != "none":  # what the context adds to each answer's log-prob
+        scores = [a - b for a, b in zip(scores, logps("none"))]
+    return scores
 
 
 def _uniform(*key) -> float:
@@ -207,15 +216,12 @@ def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, kind: str, *,
     outputs: dict[tuple[int, str], str] = {}
     bar = tqdm(total=len(records), desc="stage 2 judge", unit="pair", disable=not show, leave=False)
     for _, chunk in _batches(list(enumerate(records)), cfg.sampling.batch_size):
-        feats = [cache.get(adapter, r["video_path"]) for _, r in chunk]
-        first, second = [r["responses"][0] for _, r in chunk], [r["responses"][1] for _, r in chunk]
-
-        def logps(kind):
-            chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, kind))) for _, r in chunk]
-            return _pair_logps(adapter, chat, feats, first, second, cfg.dpo.backend)
-        scores = logps(kind)
-        if contrast:  # judge.contrast: what the context adds to each response's log-prob
-            scores = [(s1 - b1, s2 - b2) for (s1, s2), (b1, b2) in zip(scores, logps("none"))]
+        recs = [r for _, r in chunk]
+        feats = [cache.get(adapter, r["video_path"]) for r in recs]
+        # both halves in one batch: (score of y1, score of y2) per pair
+        lp = _answer_scores(adapter, feats * 2, recs * 2, [r["responses"][0] for r in recs]
+                            + [r["responses"][1] for r in recs], kind, cfg)
+        scores = list(zip(lp[:len(recs)], lp[len(recs):]))
         name = "pmi" if contrast else "logp"
         for (i, rec), (s1, s2) in zip(chunk, scores):
             for order in judge.ORDERS:
