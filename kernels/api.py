@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from .logit_map import LogitMap
+from .logit_map import IDENTITY, LogitMap
 from .losses import DPO_LOSS_TYPES, PreferenceLoss, check_pairs, check_references
 from .options import DEFAULT_OPTIONS, KernelOptions, triton_interpreting
 from .segments import flat_layout, segment_sums
@@ -169,7 +169,7 @@ def prepare_preference(spec: PreferenceLoss, hidden, weight, labels, bias, ref_c
 
 
 @torch.no_grad()
-def _mean_logits(flat, weight, bias, ignore_index, logit_map: LogitMap = LogitMap()) -> dict[str, torch.Tensor]:
+def _mean_logits(flat, weight, bias, ignore_index, logit_map: LogitMap = IDENTITY) -> dict[str, torch.Tensor]:
     """TRL's `logits/chosen` and `logits/rejected`: the mean over label tokens of each token's mean
     logit over the vocabulary (of the logits the softmax sees, after `logit_map`). Without a
     softcap in closed form, mean_v z_tv / T = (h_t . mean_v W_v + mean_v b_v) / T: one read of W

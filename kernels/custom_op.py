@@ -22,12 +22,12 @@ from __future__ import annotations
 import torch
 
 from .api import _autocast, _check_shapes, _mean_logits, prepare_preference, resolve_backend
-from .explicit import preference_with_grads
+from .explicit import logprobs_impl, preference_with_grads
 from .logit_map import LogitMap
 from .losses import PreferenceLoss
 from .options import DEFAULT_OPTIONS
 from .segments import flat_layout
-from .torch_logprobs import ChunkedTorch, acc_dtype, default_chunk_rows, valid_rows
+from .torch_logprobs import acc_dtype, valid_rows
 
 _PER_PAIR = ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
              "rewards/accuracies")
@@ -64,7 +64,7 @@ def _op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: 
 def _fake(hidden, weight, labels, bias, ref_chosen_logps, ref_rejected_logps, segment_ids, n_pairs, loss_type,
           beta, gamma, label_smoothing, nll_weight, average_log_prob, ignore_index, backend, need_h, need_w,
           need_b, temperature, softcap):
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(hidden)
     out = [hidden.new_empty((), dtype=acc),
            torch.empty_like(hidden) if need_h else hidden.new_empty(0),
            torch.empty_like(weight) if need_w else hidden.new_empty(0),
@@ -115,21 +115,13 @@ def fused_linear_preference_op(hidden: torch.Tensor, weight: torch.Tensor, label
     return out[0], dict(zip(metric_keys(loss_type), out[4:]))
 
 
-def _logprobs_impl(backend: str, hidden: torch.Tensor, vocab: int, logit_map: LogitMap):
-    """The `LinearLogprobs` backend object `linear_logprobs` would use (the shipped options)."""
-    if backend == "triton":
-        from .triton_logprobs import TritonChunks
-        return TritonChunks(DEFAULT_OPTIONS, logit_map)
-    return ChunkedTorch(default_chunk_rows(vocab), hidden.device.type != "cuda", logit_map)
-
-
 @torch.library.custom_op("isrt::linear_logprobs", mutates_args=())
 def _logprobs_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None,
                  ignore_index: int, backend: str, temperature: float,
                  softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden [N, H], labels [N] -> (log p(label) [N], LSE [N]), fp32 (fp64 for fp64 hidden), 0 at ignored rows."""
     rows, y = valid_rows(labels, ignore_index, weight.shape[0])
-    impl = _logprobs_impl(backend, hidden, weight.shape[0], LogitMap(temperature, softcap))
+    impl = logprobs_impl(backend, hidden, weight.shape[0], DEFAULT_OPTIONS, LogitMap(temperature, softcap))
     lse, tgt = impl.forward(hidden, weight, bias, rows, y)
     out = hidden.new_zeros(hidden.shape[0], dtype=acc_dtype(hidden))
     full_lse = torch.zeros_like(out)
@@ -152,7 +144,7 @@ def _logprobs_backward_op(grad_out: torch.Tensor, hidden: torch.Tensor, weight: 
     """[dH (or empty), dW (or empty), db (or empty)] for d loss / d logp = grad_out [N]: the
     recompute backward of `linear_logprobs` (no dW work unless need_w)."""
     rows, y = valid_rows(labels, ignore_index, weight.shape[0])
-    impl = _logprobs_impl(backend, hidden, weight.shape[0], LogitMap(temperature, softcap))
+    impl = logprobs_impl(backend, hidden, weight.shape[0], DEFAULT_OPTIONS, LogitMap(temperature, softcap))
     grads = impl.backward(hidden, weight, bias, rows, y, lse.index_select(0, rows), grad_out.to(lse.dtype),
                           need_h, need_w, need_b and bias is not None)
     return [hidden.new_empty(0) if g is None else g for g in grads]

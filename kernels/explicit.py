@@ -56,25 +56,28 @@ def preference_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c,
                           logit_map: LogitMap = IDENTITY):
     """(loss, metrics, dH [N, H] | None, dW | None, db | None) of `fused_linear_preference` on a flat
     layout; `backend` is resolved ("torch" or "triton")."""
-    if backend == "torch":
-        upcast = flat.hidden.device.type != "cuda"
-        impl = ChunkedTorch(default_chunk_rows(weight.shape[0]), upcast, logit_map)
+    if backend == "torch" or options.schedule == "two":
+        impl = logprobs_impl(backend, flat.hidden, weight.shape[0], options, logit_map)
         return _two_pass(impl, flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
-    from .triton_logprobs import TritonChunks
-    if options.schedule == "two":
-        return _two_pass(TritonChunks(options, logit_map), flat, weight, bias, spec, ref_c, ref_r, ignore_index,
-                         need)
     return single_pass_with_grads(flat, weight, bias, spec, ref_c, ref_r, ignore_index=ignore_index,
                                   options=options, need=need, logit_map=logit_map)
+
+
+def logprobs_impl(backend: str, hidden, vocab: int, options: KernelOptions, logit_map: LogitMap = IDENTITY):
+    """The `LinearLogprobs` backend object of a resolved `backend` ("torch" or "triton"), as
+    `linear_logprobs` builds it: chunked torch (fp32 operands off CUDA) or `TritonChunks(options)`."""
+    if backend == "torch":
+        return ChunkedTorch(default_chunk_rows(vocab), hidden.device.type != "cuda", logit_map)
+    from .triton_logprobs import TritonChunks
+    return TritonChunks(options, logit_map)
 
 
 def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, rows, y, seq, n_tok, own,
                     options: KernelOptions, need, logit_map: LogitMap = IDENTITY):
     """The two-pass route of the pairs the single pass does not own (~own), with explicit
     gradients: (their loss terms, their sequence sums [2B], dH | None, dW | None, db | None)."""
-    from .triton_logprobs import TritonChunks
     b = flat.n_pairs
-    sums, rc, rr, grads = _recompute(TritonChunks(options, logit_map), flat, weight, bias, spec, ref_c, ref_r, rows, y, seq,
+    sums, rc, rr, grads = _recompute(logprobs_impl("triton", flat.hidden, weight.shape[0], options, logit_map), flat, weight, bias, spec, ref_c, ref_r, rows, y, seq,
                                      n_tok, need)
     loss = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
                       chosen_token_total=n_tok[:b].sum())[~own].sum()
