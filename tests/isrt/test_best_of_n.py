@@ -2,17 +2,15 @@
 policy's most frequent other one, and the training judge then keeps it best over the other."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from isrt import prompts
 from isrt.config import ConfigError, load_config
-from isrt.engine.adapters import load_adapter
 from isrt.engine.training.logprobs import sequence_logps
 from isrt.stages import candidate_scores, generate_responses, judge_pairs, pick_pair
 
-F = 4
+from test_stages import tiny_features
 
 
 def test_pair_is_the_judges_best_and_the_policys_most_frequent_other():
@@ -48,27 +46,16 @@ def test_more_than_two_candidates_need_the_likelihood_judge():
     assert load_config("smoke", ["sampling.candidates=4", "judge.mode=likelihood"]).sampling.candidates == 4
 
 
-class _Features:
-    def __init__(self, table):
-        self.table = table
-
-    def get(self, adapter, path):
-        return self.table[path]
-
-
 @pytest.fixture(scope="module")
 def setup():
-    adapter = load_adapter("video_llava", "tiny", num_frames=F, seed=0)
-    rng = np.random.default_rng(0)
-    feats = {f"v{i}": adapter.video_features(adapter.pixels(rng.integers(0, 256, (F, 32, 32, 3), dtype=np.uint8)))
-             for i in range(2)}
+    adapter, cache = tiny_features(2)
     records = [
         {"id": "a", "video_path": "v0", "prompt": "What color is the circle?", "context": "A red circle moving left.",
          "previous_context": None},
         {"id": "b", "video_path": "v1", "prompt": "How many objects are there?", "context": "Three objects.",
          "previous_context": "Two objects."},
     ]
-    return adapter, _Features(feats), records
+    return adapter, cache, records
 
 
 @pytest.mark.parametrize("kind", ["current", "previous", "none"])

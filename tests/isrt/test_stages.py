@@ -24,12 +24,18 @@ class _Features:
         return self.table[path]
 
 
-@pytest.fixture(scope="module")
-def setup():
+def tiny_features(videos: int):
+    """(the tiny random adapter, a `_Features` of random clips "v0".."v{videos-1}"), seeded."""
     adapter = load_adapter("video_llava", "tiny", num_frames=F, seed=0)
     rng = np.random.default_rng(0)
     feats = {f"v{i}": adapter.video_features(adapter.pixels(rng.integers(0, 256, (F, 32, 32, 3), dtype=np.uint8)))
-             for i in range(3)}
+             for i in range(videos)}
+    return adapter, _Features(feats)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    adapter, cache = tiny_features(3)
     records = [
         {"id": "a", "video_path": "v0", "prompt": "What color is the circle?", "context": "A red circle moving left.",
          "responses": ["red", "blue"]},
@@ -38,7 +44,7 @@ def setup():
         {"id": "c", "video_path": "v2", "prompt": "Which direction?", "context": "It moves up.",
          "responses": ["up", "up"]},
     ]
-    return adapter, _Features(feats), records
+    return adapter, cache, records
 
 
 def _scores(adapter, cache, rec, context=None):

@@ -39,27 +39,35 @@ def test_op_equals_the_function(backend, loss_type):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-7
 
 
-def test_op_is_one_node_under_fullgraph_compile_and_trains():
-    h, w, bb, y, rc, rr = make(2, 8, 16, 40, torch.float32, seed=32)
+def _one_node_and_trains(step, tensors, op_name):
+    """step(*tensors) -> a scalar loss, or a tuple that starts with one: under fullgraph compile its
+    graph calls one isrt op, `op_name`, and through aot_eager it gives the eager loss and gradients."""
+    def loss(out):
+        return out[0] if isinstance(out, tuple) else out
     graphs = []
 
     def capture(gm, inputs):
         graphs.append(gm)
         return gm.forward
+    torch.compile(step, fullgraph=True, backend=capture)(*(t.detach().requires_grad_() for t in tensors))
+    ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function" and "isrt" in str(n.target)]
+    assert ops == [op_name]
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    lc, _, gc = _grads(lambda *ts: (loss(compiled(*ts)), None), tensors)
+    le, _, ge = _grads(lambda *ts: (loss(step(*ts)), None), tensors)
+    assert lc.item() == pytest.approx(le.item(), rel=1e-6)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
+
+
+def test_op_is_one_node_under_fullgraph_compile_and_trains():
+    h, w, bb, y, rc, rr = make(2, 8, 16, 40, torch.float32, seed=32)
 
     def step(h, w, b):
         loss, m = fused_linear_preference_op(h, w, y, loss_type="sigmoid", ref_chosen_logps=rc,
                                              ref_rejected_logps=rr, bias=b, backend="torch")
         return loss, m["rewards/margins"]
-    torch.compile(step, fullgraph=True, backend=capture)(*(t.detach().requires_grad_() for t in (h, w, bb)))
-    ops = [n.target for n in graphs[0].graph.nodes if n.op == "call_function" and "isrt" in str(n.target)]
-    assert [str(t) for t in ops] == ["isrt.fused_linear_preference.default"]
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    lc, _, gc = _grads(lambda h, w, b: (compiled(h, w, b)[0], None), [h, w, bb])
-    le, _, ge = _grads(lambda h, w, b: (step(h, w, b)[0], None), [h, w, bb])
-    assert lc.item() == pytest.approx(le.item(), rel=1e-6)
-    for a, b in zip(gc, ge):
-        torch.testing.assert_close(a, b)
+    _one_node_and_trains(step, [h, w, bb], "isrt.fused_linear_preference.default")
 
 
 @pytest.mark.parametrize("need", [(True, True, True), (True, False, False), (False, False, False)])
@@ -107,20 +115,5 @@ def test_logprobs_opcheck(need):
 
 def test_logprobs_op_is_one_node_under_fullgraph_compile_and_trains():
     h, w, bb, y, _, _ = make(1, 8, 16, 40, torch.float32, seed=44)
-    graphs = []
-
-    def capture(gm, inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    def step(h, w, b):
-        return linear_logprobs_op(h, w, y, bias=b, backend="torch").sum()
-    torch.compile(step, fullgraph=True, backend=capture)(*(t.detach().requires_grad_() for t in (h, w, bb)))
-    ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function" and "isrt" in str(n.target)]
-    assert ops == ["isrt.linear_logprobs.default"]
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    lc, _, gc = _grads(lambda h, w, b: (compiled(h, w, b), None), [h, w, bb])
-    le, _, ge = _grads(lambda h, w, b: (step(h, w, b), None), [h, w, bb])
-    assert lc.item() == pytest.approx(le.item(), rel=1e-6)
-    for a, b in zip(gc, ge):
-        torch.testing.assert_close(a, b)
+    _one_node_and_trains(lambda h, w, b: linear_logprobs_op(h, w, y, bias=b, backend="torch").sum(), [h, w, bb],
+                         "isrt.linear_logprobs.default")
