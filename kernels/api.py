@@ -178,20 +178,22 @@ def _mean_logits(flat, weight, bias, ignore_index, logit_map: LogitMap = IDENTIT
     keep = flat.labels != ignore_index
     acc = acc_dtype(flat.hidden)
     if logit_map.softcap is None:
-        # in the operands' dtype (fp32 accumulation inside on a GPU): no [M, H] upcast copy
-        per_token = (flat.hidden @ weight.mean(0)).to(acc)[keep] + (0.0 if bias is None else bias.to(acc).mean())
+        # in the operands' dtype (fp32 accumulation inside on a GPU): no [N, H] upcast copy; every
+        # row, masked below (a boolean index would read the kept count to the host)
+        per_token = (flat.hidden @ weight.mean(0)).to(acc) + (0.0 if bias is None else bias.to(acc).mean())
         per_token = per_token / logit_map.temperature
     else:
         h = flat.hidden[keep]
         step = default_chunk_rows(weight.shape[0])
-        per_token = torch.cat([logit_map.apply((h[i:i + step] @ weight.t()).to(acc)
-                                               + (0.0 if bias is None else bias.to(acc))).mean(1)
-                               for i in range(0, h.shape[0], step)] or [h.new_zeros(0, dtype=acc)])
-    rejected = flat.segment[keep] >= flat.n_pairs
+        kept = torch.cat([logit_map.apply((h[i:i + step] @ weight.t()).to(acc)
+                                          + (0.0 if bias is None else bias.to(acc))).mean(1)
+                          for i in range(0, h.shape[0], step)] or [h.new_zeros(0, dtype=acc)])
+        per_token = torch.zeros(keep.shape, dtype=acc, device=kept.device).masked_scatter(keep, kept)
+    rejected = flat.segment >= flat.n_pairs
     out = {}
-    for name, rows in (("logits/chosen", ~rejected), ("logits/rejected", rejected)):
+    for name, rows in (("logits/chosen", keep & ~rejected), ("logits/rejected", keep & rejected)):
         n = rows.sum()
-        out[name] = torch.where(n > 0, per_token[rows].sum() / n.clamp(min=1), per_token.new_zeros(()))
+        out[name] = torch.where(rows, per_token, 0.0).sum() / n.clamp(min=1)
     return out
 
 

@@ -27,7 +27,7 @@ from .logit_map import LogitMap
 from .losses import PreferenceLoss
 from .options import DEFAULT_OPTIONS
 from .segments import flat_layout
-from .torch_logprobs import acc_dtype, valid_rows
+from .torch_logprobs import acc_dtype, scaled, valid_rows
 
 _PER_PAIR = ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
              "rewards/accuracies")
@@ -82,9 +82,9 @@ def _backward(ctx, grads):
     dh, dw, db = ctx.saved_tensors
     g = grads[0].float()
 
-    def scaled(t):
-        return None if t.numel() == 0 else (t.float() * g).to(t.dtype)
-    return (scaled(dh), scaled(dw), None, scaled(db)) + (None,) * 17
+    def scale(t):  # a copy: the saved outputs must stay as they are
+        return None if t.numel() == 0 else scaled(t, g, t.dtype)
+    return (scale(dh), scale(dw), None, scale(db)) + (None,) * 17
 
 
 _op.register_autograd(_backward, setup_context=_setup_context)

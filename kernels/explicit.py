@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from .logit_map import IDENTITY, LogitMap
-from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss
+from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss, spec_metrics
 from .options import KernelOptions
-from .segments import Flat, segment_sums
+from .segments import Flat, label_counts, segment_sums
 from .torch_logprobs import ChunkedTorch, default_chunk_rows, no_autocast, valid_rows
 
 
@@ -44,7 +44,7 @@ def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
     b = flat.n_pairs
     rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
     seq = flat.segment.index_select(0, rows)
-    n_tok = torch.bincount(seq, minlength=2 * b)
+    n_tok = label_counts(flat, flat.labels != ignore_index)
     sums, rc, rr, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok, need)
     loss, metrics = spec_loss(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:])
     return loss, metrics, *grads
@@ -80,7 +80,8 @@ def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
     sums, rc, rr, grads = _recompute(logprobs_impl("triton", flat.hidden, weight.shape[0], options, logit_map), flat, weight, bias, spec, ref_c, ref_r, rows, y, seq,
                                      n_tok, need)
     loss = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
-                      chosen_token_total=n_tok[:b].sum())[~own].sum()
+                      chosen_token_total=n_tok[:b].sum())
+    loss = torch.where(own, 0.0, loss).sum()
     return loss, sums, *grads
 
 
@@ -105,5 +106,5 @@ def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c
         dw = dw.to(weight.dtype)
     if db is not None:
         db = db.to(bias.dtype)
-    _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
+    metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
     return loss, metrics, dh, dw, db

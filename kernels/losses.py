@@ -247,30 +247,40 @@ def spec_loss(spec: PreferenceLoss, chosen_logps, rejected_logps, ref_chosen_log
     sc, sr = chosen_logps.to(dt), rejected_logps.to(dt)
     rc = None if ref_chosen_logps is None else ref_chosen_logps.detach().to(dt)
     rr = None if ref_rejected_logps is None else ref_rejected_logps.detach().to(dt)
-    b = sc.shape[0]
     total = chosen_tokens.sum() if chosen_tokens is not None else 0.0
-    loss = pair_terms(spec, sc, sr, rc, rr, chosen_tokens, rejected_tokens, n_pairs=max(b, 1),
+    loss = pair_terms(spec, sc, sr, rc, rr, chosen_tokens, rejected_tokens, n_pairs=max(sc.shape[0], 1),
                       chosen_token_total=total).sum()
-    with torch.no_grad():
-        lc, lr = _read(spec, sc, chosen_tokens), _read(spec, sr, rejected_tokens)
-        chosen_rewards = spec.beta * (lc if rc is None else lc - _read(spec, rc, chosen_tokens))
-        rejected_rewards = spec.beta * (lr if rr is None else lr - _read(spec, rr, rejected_tokens))
-        nll = -sc.sum() / torch.as_tensor(total, dtype=dt, device=sc.device).clamp(min=1)
-        metrics = {
-            "logps/chosen": lc.detach().clone(),
-            "logps/rejected": lr.detach().clone(),
-            "rewards/chosen": chosen_rewards,
-            "rewards/rejected": rejected_rewards,
-            "rewards/margins": chosen_rewards - rejected_rewards,
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).to(dt),
-        }
-        if chosen_tokens is not None:
-            metrics["nll_loss"] = nll
-        if spec.loss_type == "orpo":
-            lo = log_odds(lc, lr)
-            metrics["log_odds_chosen"] = lo
-            metrics["log_odds_ratio"] = F.logsigmoid(lo)
-    return loss, metrics
+    return loss, spec_metrics(spec, sc, sr, rc, rr, chosen_tokens, rejected_tokens)
+
+
+@torch.no_grad()
+def spec_metrics(spec: PreferenceLoss, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                 chosen_tokens=None, rejected_tokens=None) -> dict[str, torch.Tensor]:
+    """The metrics of `spec_loss` (module docstring) without evaluating the loss: for the fused
+    paths, whose kernels already summed it. Inputs checked as `spec_loss` checks them."""
+    dt = acc_dtype(chosen_logps)
+    sc, sr = chosen_logps.detach().to(dt), rejected_logps.detach().to(dt)
+    rc = None if ref_chosen_logps is None else ref_chosen_logps.detach().to(dt)
+    rr = None if ref_rejected_logps is None else ref_rejected_logps.detach().to(dt)
+    lc, lr = _read(spec, sc, chosen_tokens), _read(spec, sr, rejected_tokens)
+    chosen_rewards = spec.beta * (lc if rc is None else lc - _read(spec, rc, chosen_tokens))
+    rejected_rewards = spec.beta * (lr if rr is None else lr - _read(spec, rr, rejected_tokens))
+    metrics = {
+        "logps/chosen": lc.clone(),
+        "logps/rejected": lr.clone(),
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).to(dt),
+    }
+    if chosen_tokens is not None:
+        total = chosen_tokens.sum().to(dt)
+        metrics["nll_loss"] = -sc.sum() / total.clamp(min=1)
+    if spec.loss_type == "orpo":
+        lo = log_odds(lc, lr)
+        metrics["log_odds_chosen"] = lo
+        metrics["log_odds_ratio"] = F.logsigmoid(lo)
+    return metrics
 
 
 def sequence_grad(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums: torch.Tensor,

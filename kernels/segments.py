@@ -49,9 +49,9 @@ def flat_layout(hidden: torch.Tensor, labels: torch.Tensor, segment_ids: torch.T
     if segment_ids.dtype.is_floating_point or segment_ids.dtype == torch.bool:
         raise ValueError(f"segment_ids must be an integer tensor, got {segment_ids.dtype}")
     seg = segment_ids.reshape(-1).to(torch.int64)
-    top = int(seg.max()) if seg.numel() else -1
-    if seg.numel() and int(seg.min()) < -1:
-        raise ValueError(f"segment_ids must be >= -1 (-1: no sequence), got {int(seg.min())}")
+    low, top = torch.stack(torch.aminmax(seg)).tolist() if seg.numel() else (-1, -1)  # one host read
+    if low < -1:
+        raise ValueError(f"segment_ids must be >= -1 (-1: no sequence), got {low}")
     b = n_pairs if n_pairs is not None else (top + 2) // 2
     if top >= 2 * b:
         raise ValueError(f"segment_ids go up to {top}, but {b} pairs have sequences 0..{2 * b - 1}")
@@ -59,19 +59,32 @@ def flat_layout(hidden: torch.Tensor, labels: torch.Tensor, segment_ids: torch.T
     return Flat(hidden.reshape(-1, hdim), y, seg.clamp(min=0), b, None)
 
 
-def segment_sums(values: torch.Tensor, segment: torch.Tensor, n_seq: int) -> torch.Tensor:
+def segment_sums(values: torch.Tensor, segment: torch.Tensor, n_seq: int, width: int | None = None) -> torch.Tensor:
     """[n_seq] sums of values [M] by segment [M] (ids in [0, n_seq)), bit for bit the same on every
-    call: each value gets its own slot of a [n_seq, longest] table, so no two writes meet (an
+    call: each value gets its own slot of a [n_seq, width] table, so no two writes meet (an
     index_add would use atomics on CUDA, whose order varies between calls), then one row sum.
-    Differentiable w.r.t. values."""
+    `width`: the largest count of one segment, when the caller knows it; else it is read from the
+    device (one host sync). Differentiable w.r.t. values."""
     if values.numel() == 0:  # still a function of values, so a fully masked batch backpropagates zeros
         return values.new_zeros(n_seq) + values.sum()
     seg_sorted, order = torch.sort(segment, stable=True)
-    counts = torch.bincount(segment, minlength=n_seq)
-    starts = counts.cumsum(0) - counts
+    starts = torch.searchsorted(seg_sorted, torch.arange(n_seq, device=segment.device, dtype=seg_sorted.dtype))
     pos = torch.arange(segment.numel(), device=segment.device) - starts[seg_sorted]
-    table = values.new_zeros(n_seq, int(counts.max()))
+    if width is None:
+        width = int(pos.max()) + 1
+    table = values.new_zeros(n_seq, width)
     return table.index_put((seg_sorted, pos), values[order]).sum(1)
+
+
+def label_counts(flat: Flat, keep: torch.Tensor) -> torch.Tensor:
+    """[2B] int64 kept label tokens per sequence of a flat layout, with no host sync (bincount reads
+    its maximum to the host on CUDA): row sums when padded, else a sort and a search."""
+    n_seq = 2 * flat.n_pairs
+    if flat.row_len is not None:
+        return keep.view(n_seq, flat.row_len).sum(1)
+    key = torch.where(keep, flat.segment, n_seq)
+    edges = torch.searchsorted(torch.sort(key).values, torch.arange(n_seq + 1, device=key.device, dtype=key.dtype))
+    return edges.diff()
 
 
 def sequence_sums(token_logps: torch.Tensor, flat: Flat, keep: torch.Tensor) -> torch.Tensor:
@@ -80,8 +93,3 @@ def sequence_sums(token_logps: torch.Tensor, flat: Flat, keep: torch.Tensor) -> 
     if flat.row_len is not None:
         return token_logps.view(-1, flat.row_len).sum(-1)
     return segment_sums(token_logps[keep], flat.segment[keep], 2 * flat.n_pairs)
-
-
-def sequence_counts(segment: torch.Tensor, keep: torch.Tensor, n_seq: int) -> torch.Tensor:
-    """[n_seq] int64 number of kept label tokens per sequence."""
-    return torch.bincount(segment[keep], minlength=n_seq)

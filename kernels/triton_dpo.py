@@ -39,10 +39,10 @@ import functools
 import torch
 
 from .logit_map import IDENTITY, LogitMap
-from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss
+from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_metrics
 from .options import DEFAULT_OPTIONS, KernelOptions
-from .segments import Flat, segment_sums
-from .torch_logprobs import acc_dtype, no_autocast, valid_rows
+from .segments import Flat, label_counts, segment_sums
+from .torch_logprobs import acc_dtype, no_autocast, scaled, valid_rows
 from .triton_compensated import add_product_, finish_
 from .triton_logprobs import mm_acc_, triton_linear_logprobs
 from .triton_rows import row_grad_, row_lse_update
@@ -50,10 +50,9 @@ from .triton_tiles import tile_lse
 from .two_pass import two_pass_preference
 
 
-def plan_chunks(pair: torch.Tensor, n_pairs: int, max_rows: int):
-    """Greedy chunks of whole pairs: [(p0, p1, r0, r1)] over pair-sorted rows, or None when a
-    single pair has more than max_rows rows."""
-    counts = torch.bincount(pair, minlength=n_pairs).tolist()
+def plan_chunks(counts: list[int], max_rows: int):
+    """Greedy chunks of whole pairs from the label rows per pair (`counts`, host ints): [(p0, p1,
+    r0, r1)] over pair-sorted rows, or None when a single pair has more than max_rows rows."""
     if counts and max(counts) > max_rows:
         return None
     chunks, p0, r0, r = [], 0, 0, 0
@@ -62,8 +61,10 @@ def plan_chunks(pair: torch.Tensor, n_pairs: int, max_rows: int):
             chunks.append((p0, p, r0, r))
             p0, r0 = p, r
         r += c
-    chunks.append((p0, n_pairs, r0, r))
+    chunks.append((p0, len(counts), r0, r))
     return chunks
+
+
 
 
 SLAB_BYTES = 64 << 20  # compensated dW: the fp32 product of one slab of vocabulary rows
@@ -101,12 +102,13 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
 
 
 @no_autocast
-def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, n_tok, own, spec,
-                options, dw_mode, n_pairs, need, logit_map: LogitMap = IDENTITY):
+def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, counts, n_tok, own,
+                spec, options, dw_mode, n_pairs, need, logit_map: LogitMap = IDENTITY):
     """The single pass over the plan of the pairs it owns (`own` [B] bool, or None for all):
     (the owned pairs' share of the loss, sequence log-prob sums [2B] (0 for sequences not owned),
     dH [N, H] | None, dW | None, db | None), gradients only where `need` says (h, w, b).
-    n_tok [2B]: labels per sequence of the whole batch."""
+    n_tok [2B]: labels per sequence of the whole batch; counts: the same as host ints (0 for the
+    sequences not owned), which size each chunk's sequence-sum table without a host read."""
     two_b = 2 * n_pairs
     v = weight.shape[0]
     acc = acc_dtype(hidden)
@@ -148,7 +150,8 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         if options.impl != "tile":
             lse, tgt = lse_z, tgt_z
         # the chunk holds whole sequences: each gets its sum once, added to 0 (no atomics)
-        seq_logps += segment_sums(tgt - lse, sc, two_b)
+        width = max(counts[p0:p1] + counts[n_pairs + p0:n_pairs + p1])
+        seq_logps += segment_sums(tgt - lse, sc, two_b, width)
         if not (need_h or need_w or need_b):
             continue
         # g of this chunk's (now complete) pairs: their terms of the shared loss
@@ -175,78 +178,86 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         del lo
     terms = pair_terms(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r, n_tok[:n_pairs],
                        n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
-    loss = (terms if own is None else terms[own]).sum()
+    loss = (terms if own is None else torch.where(own, terms, 0.0)).sum()
     return loss, seq_logps, dh2, dw, db
 
 
 class SinglePassPreference(torch.autograd.Function):
     @staticmethod
     @no_autocast
-    def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, n_tok, own, cfg):
-        """`single_pass` with its gradients saved for backward: (loss share, sequence sums)."""
+    def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, counts, n_tok, own,
+                cfg):
+        """`single_pass` with its gradients kept for backward: (loss share, sequence sums)."""
         spec, options, dw_mode, grad_enabled, n_pairs, logit_map = cfg
         # needs_input_grad follows requires_grad even under no_grad / inference_mode, where no
         # backward can come: the gradient work is done here in forward, so skip it there
         need = tuple(bool(n and grad_enabled) for n in ctx.needs_input_grad[:3])
         loss, seq_logps, dh2, dw, db = single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks,
-                                                   max_rows, n_tok, own, spec, options, dw_mode, n_pairs, need,
-                                                   logit_map)
+                                                   max_rows, counts, n_tok, own, spec, options, dw_mode, n_pairs,
+                                                   need, logit_map)
         ctx.save_for_backward(dh2, dw, db)
-        ctx.shapes = (hidden.shape, weight.dtype, None if bias is None else bias.dtype)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(seq_logps)
         return loss, seq_logps
 
     @staticmethod
     @no_autocast
     def backward(ctx, grad_loss, _grad_seq):
-        dh2, dw, db = ctx.saved_tensors
-        hshape, wdtype, bdtype = ctx.shapes
-        # The gradients were computed in forward for d loss; scale by the upstream scalar (no
-        # copy in the usual loss.backward() case; never in place, so backward can run twice).
-        # The scale is applied in fp32 and rounded once: a bf16 copy of 1/3 is 0.3340, which
-        # shifted every gradient by +0.2% (issue 15, defect 2).
-        one = bool(grad_loss == 1)
+        dh, dw, db = ctx.saved_tensors
+        wdtype, bdtype = ctx.dtypes
+        # The gradients were computed in forward for d loss: scale by the upstream scalar in
+        # fp32 and round once (a bf16 copy of 1/3 is 0.3340, +0.2% on every gradient: issue 15,
+        # defect 2), on the device: no host read of grad_loss. Always into a new tensor, so
+        # backward can run again (gradcheck does) and autograd takes it as .grad without a copy.
         scale = grad_loss.float()
-        dh = None if dh2 is None else (dh2 if one else scaled_copy(dh2, scale, dh2.dtype))
+        if dh is not None:
+            dh = scaled(dh, scale, dh.dtype)
         if dw is not None:
-            dw = dw.to(wdtype) if one else scaled_copy(dw, scale, wdtype)
+            dw = scaled(dw, scale, wdtype)
         if db is not None:
             db = (db.float() * scale).to(bdtype)
-        return (dh, dw, db) + (None,) * 11
-
-
-def scaled_copy(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, slab_bytes: int = SLAB_BYTES):
-    """t * scale in fp32, rounded once to `dtype`, a slab of rows at a time: the fp32 temporary is
-    at most slab_bytes, not a whole fp32 copy (2.5 GB for dW at V = 152k, H = 4096)."""
-    out = torch.empty(t.shape, dtype=dtype, device=t.device)
-    rows = max(1, slab_bytes // (4 * max(1, t[0].numel()))) if t.dim() else 1
-    for r0 in range(0, max(1, t.shape[0]) if t.dim() else 1, rows):
-        sl = slice(r0, r0 + rows) if t.dim() else ...
-        out[sl] = (t[sl].float() * scale).to(dtype)
-    return out
+        return (dh, dw, db) + (None,) * 12
 
 
 def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
     """Rows pair by pair for the single pass: (dw_mode, single-pass plan (rows, y, seq, pair, chunks,
-    max_rows), n_tok [2B], own [B] or None, the oversized pairs' (rows, y, seq) or None). A pair with
-    more label rows than one chunk holds is not owned: it takes the two-pass route alone."""
-    b = flat.n_pairs
+    max_rows, counts), n_tok [2B], own [B] or None, the oversized pairs' (rows, y, seq) or None). A
+    pair with more label rows than one chunk holds is not owned: it takes the two-pass route alone.
+
+    The call's one host read: the label counts per sequence and the label range check, read
+    together (`counts`, host ints, size the chunks and the sequence-sum tables); every other
+    quantity stays on the device, so nothing else waits for the GPU."""
+    b, v = flat.n_pairs, weight.shape[0]
     dw_mode, max_rows = memory_plan(weight, flat.hidden, options)
-    rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
-    seq = flat.segment.index_select(0, rows)
-    n_tok = torch.bincount(seq, minlength=2 * b)
-    own = (n_tok[:b] + n_tok[b:]) <= max_rows  # pairs that fit one chunk
+    labels = flat.labels
+    keep = labels != ignore_index
+    n_tok = label_counts(flat, keep)
+    bad = (keep & ((labels < 0) | (labels >= v))).any()
+    *counts, any_bad = torch.cat([n_tok, bad.view(1).to(n_tok.dtype)]).tolist()
+    if any_bad:
+        valid_rows(labels, ignore_index, v)  # raises, naming the range
+    per_pair = [c + r for c, r in zip(counts[:b], counts[b:])]
+    own_list = [n <= max_rows for n in per_pair]
+    pair_of = flat.segment % b
+    own = (n_tok[:b] + n_tok[b:]) <= max_rows  # own_list, on the device
+    # stable sort by key: owned label rows pair by pair (flat order inside a pair), then the
+    # oversized pairs' label rows, then the ignored rows
+    key = torch.where(keep, torch.where(own[pair_of], pair_of, b), b + 1)
+    order = torch.sort(key, stable=True).indices
+    m_own = sum(n for n, o in zip(per_pair, own_list) if o)
+    m_big = sum(per_pair) - m_own
+    rows = order[:m_own]
     big = None
-    if not bool(own.all()):
-        mine = own[seq % b]
-        big = (rows[~mine], y[~mine], seq[~mine])
-        rows, y, seq = rows[mine], y[mine], seq[mine]
-    pair = seq % b
-    order = torch.sort(pair, stable=True).indices  # pair by pair
-    rows, y, seq, pair = rows[order], y[order], seq[order], pair[order]
-    chunks = plan_chunks(pair, b, max_rows)
+    if m_big:
+        rows_o = order[m_own:m_own + m_big]
+        big = (rows_o, labels.index_select(0, rows_o).to(torch.int64), flat.segment.index_select(0, rows_o))
+    y = labels.index_select(0, rows).to(torch.int64)
+    seq = flat.segment.index_select(0, rows)
+    chunks = plan_chunks([n if o else 0 for n, o in zip(per_pair, own_list)], max_rows)
     max_rows = max([r1 - r0 for _, _, r0, r1 in chunks] + [1])
-    return dw_mode, (rows, y, seq, pair, chunks, max_rows), n_tok, (own if big is not None else None), big
+    if big is not None:  # the sequences of pairs not owned get no rows in the single pass
+        counts = [n if own_list[i % b] else 0 for i, n in enumerate(counts)]
+    return dw_mode, (rows, y, seq, seq % b, chunks, max_rows, counts), n_tok, (own if big is not None else None), big
 
 
 def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
@@ -274,8 +285,8 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
         rc, rr = ((r if r is None else r.detach().to(sums.dtype)) for r in (ref_chosen_logps, ref_rejected_logps))
         terms = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
                            chosen_token_total=n_tok[:b].sum())
-        loss = loss + terms[~own].sum()
+        loss = loss + torch.where(own, 0.0, terms).sum()
         seq_logps = seq_logps + sums.detach()
-    _, metrics = spec_loss(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
+    metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
                            n_tok[:b], n_tok[b:])
     return loss, metrics

@@ -17,7 +17,7 @@ Two schedules (`KernelOptions.schedule` on the Triton backend):
 from __future__ import annotations
 
 from .losses import PreferenceLoss, spec_loss
-from .segments import Flat, sequence_counts, sequence_sums
+from .segments import Flat, label_counts, sequence_sums
 
 
 def two_pass_preference(logprobs_fn, flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
@@ -28,5 +28,5 @@ def two_pass_preference(logprobs_fn, flat: Flat, weight, spec: PreferenceLoss, r
     keep = flat.labels != ignore_index
     b = flat.n_pairs
     sums = sequence_sums(token_logps, flat, keep)
-    counts = sequence_counts(flat.segment, keep, 2 * b)
+    counts = label_counts(flat, keep)
     return spec_loss(spec, sums[:b], sums[b:], ref_chosen_logps, ref_rejected_logps, counts[:b], counts[b:])

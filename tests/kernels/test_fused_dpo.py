@@ -225,10 +225,10 @@ def test_sequence_sums_use_no_atomics_and_repeat_bitwise(path, monkeypatch):
 
 
 def test_plan_chunks_keeps_pairs_whole():
-    pair = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 3, 3])
-    chunks = TD.plan_chunks(pair, 5, 4)
+    counts = [3, 1, 4, 2, 0]  # label rows of pairs 0..4
+    chunks = TD.plan_chunks(counts, 4)
     assert chunks == [(0, 2, 0, 4), (2, 3, 4, 8), (3, 5, 8, 10)]
-    assert TD.plan_chunks(pair, 5, 3) is None
+    assert TD.plan_chunks(counts, 3) is None
 
 
 def test_memory_plan_picks_the_dw_accumulator():
@@ -414,12 +414,17 @@ def test_mean_logit_metrics_are_trls(path):
         assert m[name].shape == () and abs(m[name].item() - want.item()) <= 1e-5 * max(1.0, abs(want.item()))
 
 
-def test_scaled_copy_rounds_once_a_slab_at_a_time():
-    """The single pass's backward scales dH / dW by a non-1 upstream gradient slab by slab: the
-    same bits as one fp32 product, without a whole fp32 copy of dW (issue 15, defect 2)."""
+def test_scaled_rounds_once_a_slab_at_a_time():
+    """The single pass's backward scales dH / dW by the upstream gradient slab by slab: the same
+    bits as one fp32 product, without a whole fp32 copy of dW (issue 15, defect 2), into a new
+    tensor (backward may run again) of the gradient's dtype (from an fp32 dW accumulator too)."""
+    from isrt.kernels.torch_logprobs import scaled
     g = torch.Generator().manual_seed(4)
-    for shape in ((37, 16), (37,)):
+    scale = torch.tensor(1 / 3)
+    for shape in ((37, 16), (37,), ()):
         t = torch.randn(shape, generator=g).to(torch.bfloat16)
-        scale = torch.tensor(1 / 3)
-        want = (t.float() * scale).to(torch.bfloat16)
-        assert torch.equal(TD.scaled_copy(t, scale, torch.bfloat16, slab_bytes=4 * 16 * 5), want)
+        got = scaled(t, scale, torch.bfloat16, slab_bytes=4 * 16 * 5)
+        assert torch.equal(got, (t.float() * scale).to(torch.bfloat16)) and got.data_ptr() != t.data_ptr()
+        t32 = torch.randn(shape, generator=g)
+        got = scaled(t32, scale, torch.bfloat16, slab_bytes=4 * 16 * 5)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, (t32 * scale).to(torch.bfloat16))

@@ -214,3 +214,34 @@ def test_temperature_and_softcap_bf16(impl):
         err, err_e = max_err(a, r), max_err(e, r)
         print(f"{impl} softcap {name}: ours {err:.3g} eager {err_e:.3g}")
         assert err <= 2 * err_e + 1e-3, f"{name}: ours {err:.3g} vs eager {err_e:.3g}"
+
+
+@pytest.mark.parametrize("impl", ["cublas", "tile"])
+def test_one_host_sync_per_call_and_none_in_backward(impl):
+    """CUDA's own sync debug mode counts what tests/kernels/test_host_syncs.py counts on the CPU:
+    the single pass's forward synchronizes once (its plan), backward never."""
+    import warnings
+    b_, t, hdim, v = 4, 256, 1024, 32000
+    h, w, _, y = make(2 * b_ * t, hdim, v, torch.bfloat16, seed=8, frac_ignored=0.3)
+    h3, y = h.detach().view(2 * b_, t, hdim).requires_grad_(), y.view(2 * b_, t)
+    rc = -torch.rand(b_, device="cuda") * 5 * t
+    rr = -torch.rand(b_, device="cuda") * 5 * t
+    opts = KernelOptions(impl=impl, single_pass_bytes=300 << 20)
+
+    def call():
+        return fused_linear_dpo(h3, w, y, rc, rr, backend="triton", options=opts)[0]
+    call().backward()  # autotuning and compilation synchronize; they happen once
+    torch.cuda.synchronize()
+
+    def syncs(fn):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out = fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return out, sum("synchroniz" in str(x.message) for x in seen)
+    loss, forward = syncs(call)
+    _, backward = syncs(loss.backward)
+    assert (forward, backward) == (1, 0)
