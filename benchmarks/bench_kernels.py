@@ -13,6 +13,8 @@ are useful work. Providers:
   eager-nograd, ours-nograd  the forward alone under torch.no_grad (useful work 2NHV)
   ours-scaled  ours with the loss times 1/3 before backward (a trainer's non-power-of-two scale)
   ours-simpo, ours-orpo  fused_linear_preference with a reference-free loss
+  ours-softcap ours with logit soft-capping (softcap=30, Gemma 2's final-logit cap): the map
+               applied inside the kernels' epilogues
   liger        liger_kernel LigerFusedLinearDPOLoss(use_ref_model=False, compiled=False): it
                cannot take precomputed reference log-probs, so it runs without a reference
                (the same head work as ours); "liger-compiled" (torch.compile) at the target shape
@@ -31,6 +33,10 @@ bound where the peak comes before the gradients exist, as in the torch path's fo
 
   python benchmarks/bench_kernels.py                 # CUDA: full sizes; CPU: reduced sizes
   python benchmarks/bench_kernels.py --ns 1024 --vs 32000 --providers eager,ours
+Sequences are rows of T = 512 tokens (N / 2 when N < 1,024); `--long-rows 2048,4096` (default on
+CUDA) adds the target shape (largest N and V, first head) with longer rows for eager, ours and
+compiled Liger, the layout packed and shared-prefix batches produce (issue 15's targets hold for
+512, 2,048 and 4,096 alike).
 Rows are appended to benchmarks/results/<device>-kernels.csv (or --csv).
 """
 from __future__ import annotations
@@ -60,7 +66,9 @@ from isrt.kernels import (KernelOptions, fused_linear_dpo, fused_linear_preferen
                           preference_loss)
 
 GPU_PROVIDERS = ["eager", "ours", "ours-2p-cublas", "liger", "eager-nograd", "ours-nograd", "ours-scaled",
-                 "ours-simpo", "ours-orpo"]
+                 "ours-simpo", "ours-orpo", "ours-softcap"]
+# the providers measured again at the target shape with long rows (--long-rows)
+LONG_ROW_PROVIDERS = ["eager", "ours", "liger-compiled"]
 # The design variants measured once to pick the defaults (docs/kernels.md); --providers all.
 ALL_GPU_PROVIDERS = ["eager", "ours", "ours-1p-tile", "ours-1p-cublas", "ours-2p-cublas",
                      "ours-2p-tile", "liger"]
@@ -70,6 +78,7 @@ NO_GRAD = ("eager-nograd", "ours-nograd")
 # the trainer's loss scale n_real * world / n_global, a non-power-of-two (issue 15, defect 2)
 SCALE = 1 / 3
 SEQ_LEN = 512
+SOFTCAP = 30.0
 
 
 # ----------------------------------------------------------------------------- the op per provider
@@ -98,6 +107,8 @@ def make_step(provider, h, w, y, rc, rr, liger_compiled=False):
     if provider in ("ours-simpo", "ours-orpo"):
         kind = provider.split("-")[1]
         return lambda: fused_linear_preference(h, w, y, loss_type=kind, beta=0.1, backend="auto")[0].backward()
+    if provider == "ours-softcap":
+        return lambda: fused_linear_dpo(h, w, y, rc, rr, beta=0.1, softcap=SOFTCAP, backend="auto")[0].backward()
     if provider.startswith("ours"):
         opts = provider_options(provider)
         return lambda: fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto",
@@ -128,6 +139,8 @@ def loss_value(provider, h, w, y, rc, rr):
             return eager_dpo(h, w, y, rc, rr).item()
         if provider in ("ours-simpo", "ours-orpo"):
             return fused_linear_preference(h, w, y, loss_type=provider.split("-")[1], backend="auto")[0].item()
+        if provider == "ours-softcap":
+            return fused_linear_dpo(h, w, y, rc, rr, beta=0.1, softcap=SOFTCAP, backend="auto")[0].item()
         if provider.startswith("ours"):
             return fused_linear_dpo(h, w, y, rc, rr, beta=0.1, backend="auto",
                                     options=provider_options(provider))[0].item() * (
@@ -135,9 +148,14 @@ def loss_value(provider, h, w, y, rc, rr):
     return float("nan")
 
 
-def inputs(n, hdim, v, trainable, device, dtype, seed=0):
+def seq_len(n, t=SEQ_LEN):
+    """Tokens per sequence row: t, or N / 2 when N holds fewer than two such rows."""
+    return t if n >= 2 * t else n // 2
+
+
+def inputs(n, hdim, v, trainable, device, dtype, seed=0, t=SEQ_LEN):
     g = torch.Generator(device="cpu").manual_seed(seed)
-    t = SEQ_LEN if n >= 2 * SEQ_LEN else n // 2
+    t = seq_len(n, t)
     two_b = n // t
     h = (torch.randn(two_b, t, hdim, generator=g) * 0.5).to(device=device, dtype=dtype)
     w = (torch.randn(v, hdim, generator=g) / math.sqrt(hdim) * 2).to(device=device, dtype=dtype)
@@ -159,9 +177,9 @@ def grad_bytes(h, w):
 
 # ----------------------------------------------------------------------------- measurement
 
-def measure_cuda(provider, n, hdim, v, trainable, reps_ms, liger_compiled):
+def measure_cuda(provider, n, hdim, v, trainable, reps_ms, liger_compiled, t=SEQ_LEN):
     import triton.testing
-    h, w, y, rc, rr = inputs(n, hdim, v, trainable, "cuda", torch.bfloat16)
+    h, w, y, rc, rr = inputs(n, hdim, v, trainable, "cuda", torch.bfloat16, t=t)
     step = make_step(provider, h, w, y, rc, rr, liger_compiled)
     t0 = time.perf_counter()
     step()  # compile / autotune / allocator warm-up, outside the timed region
@@ -183,7 +201,7 @@ def measure_cuda(provider, n, hdim, v, trainable, reps_ms, liger_compiled):
                 peak_growth_mib=growth / 2**20, warmup_s=warm_s, loss=lv)
 
 
-def measure_cpu_child(provider, n, hdim, v, trainable, reps):
+def measure_cpu_child(provider, n, hdim, v, trainable, reps, t=SEQ_LEN):
     """Runs in a fresh process: time and peak-RSS delta of one provider."""
     import psutil
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -191,7 +209,7 @@ def measure_cpu_child(provider, n, hdim, v, trainable, reps):
     # the measured step's resident-memory growth is its data only.
     make_step(provider, *inputs(128, hdim, v, trainable, "cpu", torch.float32))()
     gc.collect()
-    h, w, y, rc, rr = inputs(n, hdim, v, trainable, "cpu", torch.float32)
+    h, w, y, rc, rr = inputs(n, hdim, v, trainable, "cpu", torch.float32, t=t)
     step = make_step(provider, h, w, y, rc, rr)
     base = psutil.Process().memory_info().rss
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -213,9 +231,9 @@ def measure_cpu_child(provider, n, hdim, v, trainable, reps):
                 base_mib=base / 2**20)
 
 
-def measure_cpu(provider, n, hdim, v, trainable, reps):
+def measure_cpu(provider, n, hdim, v, trainable, reps, t=SEQ_LEN):
     cmd = [sys.executable, os.path.abspath(__file__), "--_child",
-           json.dumps([provider, n, hdim, v, trainable, reps])]
+           json.dumps([provider, n, hdim, v, trainable, reps, t])]
     # A fixed glibc mmap threshold: every large tensor is its own mapping, returned to the OS when
     # freed, so resident memory tracks live tensors (the default dynamic threshold moves large
     # blocks onto the heap after the first free, and fragmentation then adds noise).
@@ -245,6 +263,8 @@ def main(argv=None):
     ap.add_argument("--providers", default=None)
     ap.add_argument("--rep-ms", type=int, default=300, help="do_bench rep (CUDA)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (CPU)")
+    ap.add_argument("--long-rows", default=None,
+                    help="T list: the target shape again with rows of T tokens (default 2048,4096 on CUDA)")
     ap.add_argument("--liger-compiled-at", default="16384,152064,trainable",
                     help="N,V,head where liger also runs with torch.compile ('' = nowhere)")
     ap.add_argument("--csv", default=None)
@@ -276,7 +296,9 @@ def main(argv=None):
     csv_path = a.csv or os.path.join(HERE, "results", f"{tag.split('-')[0] if dev == 'cpu' else tag}-kernels.csv")
     os.makedirs(os.path.dirname(csv_path), exist_ok=True)
     lc = a.liger_compiled_at.split(",") if a.liger_compiled_at else None
-    fields = ["when", "what", "device", "versions", "provider", "N", "H", "V", "head",
+    long_rows = [int(x) for x in (a.long_rows if a.long_rows is not None else
+                                  ("2048,4096" if dev == "cuda" else "")).split(",") if x]
+    fields = ["when", "what", "device", "versions", "provider", "N", "T", "H", "V", "head",
               "median_ms", "q20_ms", "q80_ms", "useful_tflops", "extra_mem_mib", "peak_growth_mib",
               "warmup_s",
               "loss", "status"]
@@ -285,25 +307,35 @@ def main(argv=None):
     vers = versions()
     t_start = time.perf_counter()
     new = not os.path.exists(csv_path)
+    if not new:
+        with open(csv_path, newline="") as f:
+            if next(csv.reader(f), None) != fields:
+                raise SystemExit(f"{csv_path} has other columns than {fields}: pass --csv NEW.csv")
     with open(csv_path, "a", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=fields)
         if new:
             wr.writeheader()
-        for v, head, n in run_order(vs, heads, ns):
+        order = run_order(vs, heads, ns)
+        jobs = []
+        for i, (v, head, n) in enumerate(order):
             plist = list(providers)
             if lc and dev == "cuda" and "liger" in plist and [str(n), str(v), head] == lc:
                 plist.append("liger-compiled")
-            for p in plist:
-                row = dict(when=stamp, what="dpo_fwd_bwd", device=device_name,
-                           versions=vers, provider=p, N=n, H=hdim, V=v, head=head)
-                if a.time_budget_s and time.perf_counter() - t_start > a.time_budget_s:
-                    row.update(status="SKIPPED (time budget)")
-                else:
-                    row.update(run_one(dev, p, n, hdim, v, head, a))
-                rows.append(row)
-                wr.writerow({k: row.get(k, "") for k in fields})
-                f.flush()
-                print(fmt_row(row), flush=True)
+            jobs += [(v, head, n, SEQ_LEN, p) for p in plist]
+            if i == 0:  # the target shape: long rows next, before the smaller shapes
+                long_p = [p for p in LONG_ROW_PROVIDERS if p in plist]
+                jobs += [(v, head, n, t, p) for t in long_rows for p in long_p]
+        for v, head, n, t, p in jobs:
+            row = dict(when=stamp, what="dpo_fwd_bwd", device=device_name,
+                       versions=vers, provider=p, N=n, T=seq_len(n, t), H=hdim, V=v, head=head)
+            if a.time_budget_s and time.perf_counter() - t_start > a.time_budget_s:
+                row.update(status="SKIPPED (time budget)")
+            else:
+                row.update(run_one(dev, p, n, hdim, v, head, a, t))
+            rows.append(row)
+            wr.writerow({k: row.get(k, "") for k in fields})
+            f.flush()
+            print(fmt_row(row), flush=True)
     print(f"\n{len(rows)} rows appended to {csv_path}\n")
     print_table(rows)
     if a.profile and dev == "cuda":
@@ -327,12 +359,12 @@ def run_order(vs, heads, ns):
     return order
 
 
-def run_one(dev, p, n, hdim, v, head, a):
+def run_one(dev, p, n, hdim, v, head, a, t=SEQ_LEN):
     try:
         if dev == "cuda":
-            r = measure_cuda(p, n, hdim, v, head == "trainable", a.rep_ms, p == "liger-compiled")
+            r = measure_cuda(p, n, hdim, v, head == "trainable", a.rep_ms, p == "liger-compiled", t)
         else:
-            r = measure_cpu(p, n, hdim, v, head == "trainable", a.reps)
+            r = measure_cpu(p, n, hdim, v, head == "trainable", a.reps, t)
     except Exception as e:  # OOM and missing providers are results too
         oom = "out of memory" in str(e).lower() or isinstance(
             e, getattr(torch, "OutOfMemoryError", RuntimeError))
@@ -372,8 +404,8 @@ def profile(providers, n, hdim, v):
 
 def fmt_row(r):
     if r.get("status") != "ok":
-        return f"{r['provider']:>16} N={r['N']:>6} V={r['V']:>6} {r['head']:>9}: {r.get('status')}"
-    return (f"{r['provider']:>16} N={r['N']:>6} V={r['V']:>6} {r['head']:>9}: "
+        return f"{r['provider']:>16} N={r['N']:>6} T={r['T']:>5} V={r['V']:>6} {r['head']:>9}: {r.get('status')}"
+    return (f"{r['provider']:>16} N={r['N']:>6} T={r['T']:>5} V={r['V']:>6} {r['head']:>9}: "
             f"{r['median_ms']:9.2f} ms [{r['q20_ms']:.2f}, {r['q80_ms']:.2f}] "
             f"{r['useful_tflops']:7.1f} TFLOP/s  extra {r['extra_mem_mib']:8.1f} MiB"
             f"  peak growth {r['peak_growth_mib']:8.1f} MiB"
@@ -381,17 +413,17 @@ def fmt_row(r):
 
 
 def print_table(rows):
-    print("| provider | N | V | head | median ms (20-80%) | useful TFLOP/s | extra MiB | "
+    print("| provider | N | T | V | head | median ms (20-80%) | useful TFLOP/s | extra MiB | "
           "peak growth MiB | vs eager |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    eager = {(r["N"], r["V"], r["head"]): r for r in rows if r["provider"] == "eager"}
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    eager = {(r["N"], r["T"], r["V"], r["head"]): r for r in rows if r["provider"] == "eager"}
     for r in rows:
         if r.get("status") != "ok":
-            print(f"| {r['provider']} | {r['N']} | {r['V']} | {r['head']} | {r['status']} | | | | |")
+            print(f"| {r['provider']} | {r['N']} | {r['T']} | {r['V']} | {r['head']} | {r['status']} | | | | |")
             continue
-        e = eager.get((r["N"], r["V"], r["head"]))
+        e = eager.get((r["N"], r["T"], r["V"], r["head"]))
         sp = (f"{e['median_ms'] / r['median_ms']:.2f}x" if e and e.get("status") == "ok" else "-")
-        print(f"| {r['provider']} | {r['N']} | {r['V']} | {r['head']} | {r['median_ms']:.2f} "
+        print(f"| {r['provider']} | {r['N']} | {r['T']} | {r['V']} | {r['head']} | {r['median_ms']:.2f} "
               f"({r['q20_ms']:.2f}-{r['q80_ms']:.2f}) | {r['useful_tflops']:.1f} | "
               f"{r['extra_mem_mib']:.0f} | {r['peak_growth_mib']:.0f} | {sp} |")
 

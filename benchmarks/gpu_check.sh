@@ -223,9 +223,9 @@ for r in rows:
     if r["N"] != "16384" or r["head"] != "trainable":
         continue
     if r["status"] != "ok":
-        print(f"V={r['V']:>6} {r['provider']:>16}: {r['status']}")
+        print(f"V={r['V']:>6} T={r.get('T', ''):>5} {r['provider']:>16}: {r['status']}")
         continue
-    print(f"V={r['V']:>6} {r['provider']:>16}: {float(r['median_ms']):8.2f} ms "
+    print(f"V={r['V']:>6} T={r.get('T', ''):>5} {r['provider']:>16}: {float(r['median_ms']):8.2f} ms "
           f"{float(r['useful_tflops']):6.1f} useful TFLOP/s, extra {float(r['extra_mem_mib']):7.0f} MiB")
 EOF
 )
