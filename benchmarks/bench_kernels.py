@@ -13,6 +13,10 @@ are useful work. Providers:
   eager-nograd, ours-nograd  the forward alone under torch.no_grad (useful work 2NHV)
   ours-scaled  ours with the loss times 1/3 before backward (a trainer's non-power-of-two scale)
   ours-simpo, ours-orpo  fused_linear_preference with a reference-free loss
+  gemm-floor   the bare cuBLAS GEMM sequence of ours' single pass: the same chunks (the default
+               plan's rows per chunk), Z = H_c W^T, dH_c = Z W, dW += Z^T H_c (fp32 accumulator
+               when the plan takes one, else bf16), nothing else: the floor of this schedule on
+               this device, to compare ours with before choosing deeper work (issue 15)
   ours-softcap ours with logit soft-capping (softcap=30, Gemma 2's final-logit cap): the map
                applied inside the kernels' epilogues
   liger        liger_kernel LigerFusedLinearDPOLoss(use_ref_model=False, compiled=False): it
@@ -66,7 +70,7 @@ from isrt.kernels import (KernelOptions, fused_linear_dpo, fused_linear_preferen
                           preference_loss)
 
 GPU_PROVIDERS = ["eager", "ours", "ours-2p-cublas", "liger", "eager-nograd", "ours-nograd", "ours-scaled",
-                 "ours-simpo", "ours-orpo", "ours-softcap"]
+                 "ours-simpo", "ours-orpo", "ours-softcap", "gemm-floor"]
 # the providers measured again at the target shape with long rows (--long-rows)
 LONG_ROW_PROVIDERS = ["eager", "ours", "liger-compiled"]
 # The design variants measured once to pick the defaults (docs/kernels.md); --providers all.
@@ -107,6 +111,8 @@ def make_step(provider, h, w, y, rc, rr, liger_compiled=False):
     if provider in ("ours-simpo", "ours-orpo"):
         kind = provider.split("-")[1]
         return lambda: fused_linear_preference(h, w, y, loss_type=kind, beta=0.1, backend="auto")[0].backward()
+    if provider == "gemm-floor":
+        return lambda: gemm_floor(h, w)
     if provider == "ours-softcap":
         return lambda: fused_linear_dpo(h, w, y, rc, rr, beta=0.1, softcap=SOFTCAP, backend="auto")[0].backward()
     if provider.startswith("ours"):
@@ -118,6 +124,30 @@ def make_step(provider, h, w, y, rc, rr, liger_compiled=False):
         mod = LigerFusedLinearDPOLoss(beta=0.1, use_ref_model=False, compiled=liger_compiled)
         return lambda: mod(w, h, y)[0].backward()
     raise ValueError(provider)
+
+
+def gemm_floor(h, w):
+    """The single pass's GEMMs alone (see the module docstring), writing h.grad / w.grad."""
+    from isrt.kernels.triton_dpo import memory_plan
+    from isrt.kernels.triton_logprobs import mm_acc_
+    h2 = h.detach().reshape(-1, h.shape[-1])
+    wd = w.detach()
+    mode, rows = memory_plan(w, h2, KernelOptions())
+    buf = torch.empty(min(rows, h2.shape[0]) * w.shape[0], dtype=h.dtype, device=h.device)
+    dh = torch.empty_like(h2)
+    dw = None
+    if w.requires_grad:
+        dw = torch.zeros(w.shape, dtype=torch.float32 if mode == "fp32" else w.dtype, device=w.device)
+    for r0 in range(0, h2.shape[0], rows):
+        hc = h2[r0:r0 + rows]
+        z = buf[: hc.shape[0] * w.shape[0]].view(hc.shape[0], w.shape[0])
+        torch.mm(hc, wd.t(), out=z)
+        torch.mm(z, wd, out=dh[r0:r0 + rows])
+        if dw is not None:
+            mm_acc_(dw, z.t(), hc) if dw.dtype != z.dtype else dw.addmm_(z.t(), hc)
+    h.grad = dh.view_as(h)
+    if dw is not None:
+        w.grad = dw.to(w.dtype)
 
 
 def provider_options(provider):
