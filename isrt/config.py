@@ -239,11 +239,23 @@ class JudgeConfig:
     # the question leaves a near-tie (dropped within tie_margin). Not in the paper; the judge's
     # own prior is what collapses the demo's shape and direction answers (docs/demo_model.md).
     contrast: bool = False
+    # likelihood mode: score each response minus the mean of the same score with K other pool
+    # videos in place of this one (their frames and their own context, this pair's question;
+    # drawn per pair, the same on every world size; both responses of a pair share them), so what
+    # is kept is how much more THIS video's evidence favours y than another video's does: a word
+    # the judge favours whatever video it reads about, or a context silent on the question, gives
+    # a near-tie (dropped within tie_margin). 0: off. Not in the paper (docs/demo_model.md).
+    calibrate: int = 0
 
     def __post_init__(self):
         _one_of(self.mode, "judge.mode", ("score", "generate", "likelihood"))
         _check(not self.contrast or self.mode == "likelihood", "judge.contrast",
                f"scores likelihoods: it needs judge.mode: likelihood, got {self.mode}")
+        _check(self.calibrate >= 0, "judge.calibrate", f"must be >= 0, got {self.calibrate}")
+        _check(not self.calibrate or self.mode == "likelihood", "judge.calibrate",
+               f"scores likelihoods: it needs judge.mode: likelihood, got {self.mode}")
+        _check(not (self.calibrate and self.contrast), "judge.calibrate",
+               "and judge.contrast are two baselines for the same score: set one of them")
         _one_of(self.context, "judge.context", ("current", "previous", "none"))
         _check(self.tie_margin >= 0, "judge.tie_margin", "must be >= 0")
         _check(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")
@@ -346,6 +358,9 @@ class RunConfig:
         _check(self.sampling.candidates == 2 or self.judge.mode == "likelihood", "sampling.candidates",
                f"{self.sampling.candidates} candidates need judge.mode: likelihood (the {self.judge.mode} judge "
                "compares two responses)")
+        _check(self.sampling.candidates == 2 or not self.judge.calibrate, "sampling.candidates",
+               f"{self.sampling.candidates} candidates with judge.calibrate: best of n is not calibrated yet "
+               "(set one of them)")
 
 
 def preset_names() -> list[str]:

@@ -379,7 +379,7 @@ class Run:
         if not shard.exists():
             mine = shard_by_video(records, self.d.rank, self.d.world_size)
             judgments = stages.judge_pairs(adapter, self.cache, mine, self.cfg, seed_key=(self.cfg.seed, t),
-                                           show=self.d.is_main)
+                                           show=self.d.is_main, pool=records)
             _crash_point(f"iter_{t:02d}/stage2")
             prefs = []
             for rec, j in zip(mine, judgments):

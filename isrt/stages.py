@@ -117,17 +117,40 @@ def candidate_scores(adapter, cache, records: list[dict], samples: dict[str, lis
     return out
 
 
-def _answer_scores(adapter, feats: list, records: list[dict], texts: list[str], kind: str, cfg) -> list[float]:
+def _answer_scores(adapter, feats: list, records: list[dict], texts: list[str], kind: str, cfg,
+                   baselines: list[list[tuple]] | None = None) -> list[float]:
     """The likelihood judge's score of texts[i] as the answer to records[i]: log pi_t(y | video,
     judge_answer prompt with the context `kind` and the question), all in one `sequence_logps`
-    batch; with judge.contrast (and a context to contrast), minus the same without a context."""
-    def logps(k):
-        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(r, k))) for r in records]
-        return sequence_logps(adapter, chat, texts, feats, backend=cfg.dpo.backend).tolist()
-    scores = logps(kind)
+    batch; with judge.contrast (and a context to contrast), minus the same without a context;
+    with `baselines` (judge.calibrate: per i, K (features, record) of other videos), minus the
+    mean of the same score with each other video and its context in place of records[i]'s."""
+    def logps(fs, evidence_of, k):
+        chat = [adapter.chat_prompt(prompts.judge_answer_prompt(r["prompt"], evidence(e, k)))
+                for r, e in zip(records, evidence_of)]
+        return sequence_logps(adapter, chat, texts, fs, backend=cfg.dpo.backend).tolist()
+    scores = logps(feats, records, kind)
     if cfg.judge.contrast and kind != "none":  # what the context adds to each answer's log-prob
-        scores = [a - b for a, b in zip(scores, logps("none"))]
+        scores = [a - b for a, b in zip(scores, logps(feats, records, "none"))]
+    for k in range(len(baselines[0]) if baselines else 0):
+        base = logps([b[k][0] for b in baselines], [b[k][1] for b in baselines], kind)
+        scores = [a - b / len(baselines[0]) for a, b in zip(scores, base)]
     return scores
+
+
+def other_videos(pool: list[dict], k: int, seed_key) -> dict[str, list[dict]]:
+    """{record id: k records of `pool` about other videos} for judge.calibrate: one record per
+    video (its first by id), drawn per record with a seed of (seed_key, id), so the draw does not
+    depend on how the pool is sharded; k is capped at the number of other videos."""
+    by_video: dict[str, dict] = {}
+    for r in sorted(pool, key=lambda r: r["id"]):
+        by_video.setdefault(r["video_path"], r)
+    k = min(k, len(by_video) - 1)
+    out = {}
+    for r in pool:
+        others = sorted(v for v in by_video if v != r["video_path"])
+        pick = random.Random(stable_seed(seed_key, r["id"], "calibrate")).sample(others, k)
+        out[r["id"]] = [by_video[v] for v in pick]
+    return out
 
 
 def _uniform(*key) -> float:
@@ -142,15 +165,19 @@ def evidence(rec: dict, kind: str) -> str | None:
     return {"current": rec.get("context"), "previous": rec.get("previous_context"), "none": None}[kind]
 
 
-def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool) -> list[dict]:
+def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool,
+                pool: list[dict] | None = None) -> list[dict]:
     """One judgment per record (record has prompt, context, previous_context, responses=[y1, y2]):
     {id, verdicts, kept, reason, raw_verdicts, judge_outputs, context, pick, audit}. The verdicts
     read the context kind cfg.judge.context; with cfg.judge.audit, "audit" holds the other kinds'
     verdicts on the same pair ({kind: {verdicts, raw_verdicts, pick} or None where there is no
     c_{t-1}}), judged after and seeded apart, so the training verdicts are the same with or
-    without it."""
+    without it. `pool`: the records judge.calibrate draws other videos from (all ranks' records,
+    so a pair's draw is the same on every world size; default: `records`)."""
     kind = cfg.judge.context
-    judgments = _decide_all(records, *_verdicts(adapter, cache, records, cfg, kind, seed_key=seed_key, show=show), kind)
+    others = other_videos(pool or records, cfg.judge.calibrate, (seed_key, "calibrate")) if cfg.judge.calibrate else None
+    judgments = _decide_all(records, *_verdicts(adapter, cache, records, cfg, kind, seed_key=seed_key, show=show,
+                                                others=others), kind)
     if not cfg.judge.audit:
         return judgments
     for j in judgments:
@@ -158,8 +185,8 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
     for other in (k for k in CONTEXT_KINDS if k != kind):
         todo = [i for i, r in enumerate(records) if other != "previous" or r.get("previous_context") is not None]
         got = _decide_all([records[i] for i in todo], *_verdicts(
-            adapter, cache, [records[i] for i in todo], cfg, other, seed_key=(seed_key, "audit", other), show=show),
-            other) if todo else []
+            adapter, cache, [records[i] for i in todo], cfg, other, seed_key=(seed_key, "audit", other), show=show,
+            others=others), other) if todo else []
         for i in range(len(records)):
             judgments[i]["audit"][other] = None
         for i, g in zip(todo, got):
@@ -167,11 +194,13 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
     return judgments
 
 
-def _verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, show: bool) -> tuple[dict, dict]:
-    """(raw verdict, judge output) per (record index, order), the judge reading context `kind`."""
+def _verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, show: bool,
+              others: dict | None = None) -> tuple[dict, dict]:
+    """(raw verdict, judge output) per (record index, order), the judge reading context `kind`;
+    `others`: judge.calibrate's other videos per record id (`other_videos`)."""
     j, s = cfg.judge, cfg.sampling
     if j.mode == "likelihood":
-        return _likelihood_verdicts(adapter, cache, records, cfg, kind, seed_key=seed_key, show=show)
+        return _likelihood_verdicts(adapter, cache, records, cfg, kind, seed_key=seed_key, show=show, others=others)
     jobs = []  # (record index, order, prompt)
     for i, rec in enumerate(records):
         y1, y2 = rec["responses"]
@@ -205,10 +234,12 @@ def _verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, 
 
 
 @torch.no_grad()
-def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, show: bool):
+def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, kind: str, *, seed_key, show: bool,
+                         others: dict | None = None):
     """Likelihood mode: s_k = log pi_t(y_k | video, judge_answer prompt with c_t and the question),
-    one forward per response (with judge.contrast, minus the same without a context); the verdict
-    in each order names the higher-scoring response (a tie within tie_margin; sampled with
+    one forward per response (with judge.contrast, minus the same without a context; with
+    `others`, judge.calibrate, minus its mean over the other videos); the verdict in each order
+    names the higher-scoring response (a tie within tie_margin; sampled with
     p(A) = sigmoid((s_A - s_B) / temperature) when temperature > 0)."""
     j = cfg.judge
     contrast = j.contrast and kind != "none"  # the no-context judge has nothing to contrast with
@@ -218,11 +249,14 @@ def _likelihood_verdicts(adapter, cache, records: list[dict], cfg, kind: str, *,
     for _, chunk in _batches(list(enumerate(records)), cfg.sampling.batch_size):
         recs = [r for _, r in chunk]
         feats = [cache.get(adapter, r["video_path"]) for r in recs]
+        base = None
+        if others is not None:  # the same other videos for both responses of a pair
+            base = [[(cache.get(adapter, o["video_path"]), o) for o in others[r["id"]]] for r in recs] * 2
         # both halves in one batch: (score of y1, score of y2) per pair
         lp = _answer_scores(adapter, feats * 2, recs * 2, [r["responses"][0] for r in recs]
-                            + [r["responses"][1] for r in recs], kind, cfg)
+                            + [r["responses"][1] for r in recs], kind, cfg, base)
         scores = list(zip(lp[:len(recs)], lp[len(recs):]))
-        name = "pmi" if contrast else "logp"
+        name = "pmi" if contrast else "cal" if others is not None else "logp"
         for (i, rec), (s1, s2) in zip(chunk, scores):
             for order in judge.ORDERS:
                 sa, sb = (s1, s2) if order == "AB" else (s2, s1)

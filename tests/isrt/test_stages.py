@@ -9,7 +9,7 @@ from isrt import prompts
 from isrt.config import load_config
 from isrt.engine.adapters import load_adapter
 from isrt.engine.training.logprobs import sequence_logps
-from isrt.stages import judge_pairs
+from isrt.stages import judge_pairs, other_videos
 
 F = 4
 
@@ -193,6 +193,54 @@ def test_contrast_judge_scores_what_the_context_adds(setup):
         "judge.mode=likelihood", "judge.temperature=0", "judge.context=none", "judge.contrast=true"]),
         seed_key=(0, 0), show=False)
     assert [j["judge_outputs"] for j in plain] == [j["judge_outputs"] for j in nocontrast]
+
+
+def test_calibrated_judge_subtracts_the_score_with_other_videos(setup):
+    """judge.calibrate K: each response scored log p(y | V, c_t, q) minus the mean over K other
+    videos V' of log p(y | V', c'_t, q) (their frames and their own context, this question), the
+    same V' for both responses of a pair; the verdict follows that difference."""
+    adapter, cache, records = setup
+    cfg = load_config("smoke", ["judge.mode=likelihood", "judge.temperature=0", "judge.calibrate=2"])
+    out = judge_pairs(adapter, cache, records, cfg, seed_key=(0, 0), show=False)
+    others = other_videos(records, 2, ((0, 0), "calibrate"))
+    for rec, j in zip(records, out):
+        assert sorted(o["video_path"] for o in others[rec["id"]]) == sorted(
+            r["video_path"] for r in records if r is not rec)
+        own = _scores(adapter, cache, rec)
+        base = [0.0, 0.0]
+        for o in others[rec["id"]]:
+            chat = adapter.chat_prompt(prompts.judge_answer_prompt(rec["prompt"], o["context"]))
+            f = cache.get(adapter, o["video_path"])
+            with torch.no_grad():
+                lp = sequence_logps(adapter, [chat, chat], rec["responses"], [f, f]).tolist()
+            base = [b + x / 2 for b, x in zip(base, lp)]
+        cal = [a - b for a, b in zip(own, base)]
+        assert j["judge_outputs"][0] == f"cal(A)={cal[0]:.4f} cal(B)={cal[1]:.4f}"
+        if rec["responses"][0] != rec["responses"][1]:
+            assert j["pick"] == ("y1" if cal[0] > cal[1] else "y2")
+
+
+def test_calibration_draws_do_not_depend_on_how_pairs_are_split(setup):
+    """Each rank judges its shard but draws other videos from the whole pool, per pair id."""
+    adapter, cache, records = setup
+    cfg = load_config("smoke", ["judge.mode=likelihood", "judge.temperature=0", "judge.calibrate=1"])
+    whole = judge_pairs(adapter, cache, records, cfg, seed_key=(0, 1), show=False)
+    halves = [judge_pairs(adapter, cache, part, cfg, seed_key=(0, 1), show=False, pool=records)
+              for part in (records[:1], records[1:])]
+    assert whole == halves[0] + halves[1]
+    draws = {seed: other_videos(records, 1, seed) for seed in range(6)}
+    assert len({tuple(o["id"] for o in d["a"]) for d in draws.values()}) == 2  # v1 or v2, seeded
+    assert other_videos(records[:1], 3, 0) == {"a": []}  # no other video: nothing to subtract
+
+
+def test_calibrate_is_checked():
+    from isrt.config import ConfigError
+    for bad, match in ((["judge.calibrate=2", "judge.mode=score"], "judge.calibrate"),
+                       (["judge.calibrate=-1", "judge.mode=likelihood"], "judge.calibrate"),
+                       (["judge.calibrate=2", "judge.mode=likelihood", "judge.contrast=true"], "judge.calibrate"),
+                       (["judge.calibrate=2", "judge.mode=likelihood", "sampling.candidates=4"], "candidates")):
+        with pytest.raises(ConfigError, match=match):
+            load_config("smoke", bad)
 
 
 def test_contrast_needs_the_likelihood_judge():
