@@ -17,6 +17,14 @@ are useful work. Providers:
                plan's rows per chunk), Z = H_c W^T, dH_c = Z W, dW += Z^T H_c (fp32 accumulator
                when the plan takes one, else bf16), nothing else: the floor of this schedule on
                this device, to compare ours with before choosing deeper work (issue 15)
+  ours@M       ours with a single-pass budget of M MiB (`KernelOptions.single_pass_bytes`; the
+               default is 960): `--budget-sweep` (default 480,1920,3840 on CUDA) runs them at the
+               target shape, the chunk-budget sweep that adaptive chunking is to be chosen from
+  quack        QuACK's (Dao-AILab/quack, 0.6.5) chunked_linear_cross_entropy, forward + backward,
+               sum over the same rows: the same head work as the DPO step (6NHV), the anchor
+               issue 15 names (745 useful TFLOP/s reported on an H200); run where `quack` imports
+               (its CuTe-DSL kernels need Hopper; prepare_gpu_wheels.sh QUACK=1 carries it),
+               else the row is skipped like Liger's
   ours-softcap ours with logit soft-capping (softcap=30, Gemma 2's final-logit cap): the map
                applied inside the kernels' epilogues
   liger        liger_kernel LigerFusedLinearDPOLoss(use_ref_model=False, compiled=False): it
@@ -70,7 +78,7 @@ from isrt.kernels import (KernelOptions, fused_linear_dpo, fused_linear_preferen
                           preference_loss)
 
 GPU_PROVIDERS = ["eager", "ours", "ours-2p-cublas", "liger", "eager-nograd", "ours-nograd", "ours-scaled",
-                 "ours-simpo", "ours-orpo", "ours-softcap", "gemm-floor"]
+                 "ours-simpo", "ours-orpo", "ours-softcap", "gemm-floor", "quack"]
 # the providers measured again at the target shape with long rows (--long-rows)
 LONG_ROW_PROVIDERS = ["eager", "ours", "liger-compiled"]
 # The design variants measured once to pick the defaults (docs/kernels.md); --providers all.
@@ -113,6 +121,11 @@ def make_step(provider, h, w, y, rc, rr, liger_compiled=False):
         return lambda: fused_linear_preference(h, w, y, loss_type=kind, beta=0.1, backend="auto")[0].backward()
     if provider == "gemm-floor":
         return lambda: gemm_floor(h, w)
+    if provider == "quack":
+        # the chunked pipeline (on SM90 with bf16 and V % 128 == 0: its scaled-exp fused backward)
+        from quack.linear_cross_entropy import chunked_linear_cross_entropy
+        flat_h, flat_y = h.view(-1, h.shape[-1]), y.view(-1)
+        return lambda: chunked_linear_cross_entropy(flat_h, w, flat_y, reduction="sum").backward()
     if provider == "ours-softcap":
         return lambda: fused_linear_dpo(h, w, y, rc, rr, beta=0.1, softcap=SOFTCAP, backend="auto")[0].backward()
     if provider.startswith("ours"):
@@ -151,7 +164,10 @@ def gemm_floor(h, w):
 
 
 def provider_options(provider):
-    """KernelOptions of an "ours*" provider: the defaults, or one (schedule, impl) variant."""
+    """KernelOptions of an "ours*" provider: the defaults, one (schedule, impl) variant, or
+    "ours@M", the defaults with a single-pass budget of M MiB."""
+    if provider.startswith("ours@"):
+        return KernelOptions(single_pass_bytes=int(provider[5:]) << 20)
     variant = {"ours-1p-tile": ("single", "tile"), "ours-1p-cublas": ("single", "cublas"),
                "ours-2p-cublas": ("two", "cublas"), "ours-2p-tile": ("two", "tile")}
     if provider not in variant:
@@ -295,6 +311,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (CPU)")
     ap.add_argument("--long-rows", default=None,
                     help="T list: the target shape again with rows of T tokens (default 2048,4096 on CUDA)")
+    ap.add_argument("--budget-sweep", default=None,
+                    help="MiB list: ours@M at the target shape (default 480,1920,3840 on CUDA)")
     ap.add_argument("--liger-compiled-at", default="16384,152064,trainable",
                     help="N,V,head where liger also runs with torch.compile ('' = nowhere)")
     ap.add_argument("--csv", default=None)
@@ -321,6 +339,11 @@ def main(argv=None):
         except ImportError:
             providers = [p for p in providers if not p.startswith("liger")]
             print("liger_kernel not importable: Liger rows skipped")
+        try:
+            import quack.linear_cross_entropy  # noqa: F401
+        except Exception as e:  # not installed, or its CuTe DSL does not load here
+            providers = [p for p in providers if p != "quack"]
+            print(f"quack not importable ({type(e).__name__}): QuACK rows skipped")
     device_name = torch.cuda.get_device_name(0) if dev == "cuda" else (platform.processor() or "cpu")
     tag = ("cuda-" + device_name.replace(" ", "_")) if dev == "cuda" else "cpu"
     csv_path = a.csv or os.path.join(HERE, "results", f"{tag.split('-')[0] if dev == 'cpu' else tag}-kernels.csv")
@@ -328,6 +351,8 @@ def main(argv=None):
     lc = a.liger_compiled_at.split(",") if a.liger_compiled_at else None
     long_rows = [int(x) for x in (a.long_rows if a.long_rows is not None else
                                   ("2048,4096" if dev == "cuda" else "")).split(",") if x]
+    budgets = [int(x) for x in (a.budget_sweep if a.budget_sweep is not None else
+                                ("480,1920,3840" if dev == "cuda" else "")).split(",") if x]
     fields = ["when", "what", "device", "versions", "provider", "N", "T", "H", "V", "head",
               "median_ms", "q20_ms", "q80_ms", "useful_tflops", "extra_mem_mib", "peak_growth_mib",
               "warmup_s",
@@ -355,6 +380,7 @@ def main(argv=None):
             if i == 0:  # the target shape: long rows next, before the smaller shapes
                 long_p = [p for p in LONG_ROW_PROVIDERS if p in plist]
                 jobs += [(v, head, n, t, p) for t in long_rows for p in long_p]
+                jobs += [(v, head, n, SEQ_LEN, f"ours@{m}") for m in budgets]
         for v, head, n, t, p in jobs:
             row = dict(when=stamp, what="dpo_fwd_bwd", device=device_name,
                        versions=vers, provider=p, N=n, T=seq_len(n, t), H=hdim, V=v, head=head)

@@ -27,6 +27,8 @@
 #
 #   bash benchmarks/prepare_gpu_wheels.sh           # idempotent: reuses what is already built
 #   FORCE=1 bash benchmarks/prepare_gpu_wheels.sh   # rebuild the archive and parts
+# QUACK=1 adds QuACK (quack-kernels 0.6.5 with nvidia-cutlass-dsl 4.8.1 for CUDA 13 and its
+# dependencies) for bench_kernels.py's anchor row: ~100 MB more wheels, so more parts and calls.
 # Knobs: PART_MIB (default: what fits beside the working tree, at most 58), XZ_LEVEL (9),
 # XZ_THREADS (0 = all cores), PY (python3 with pip), CLIPS=0 (no pre-made clips).
 # Takes ~1 min to download from a warm mirror and 5-8 min of xz on 2 cores.
@@ -68,6 +70,10 @@ PKGS=(
   # kernel section extras (what .whl/ used to carry)
   liger-kernel==0.8.5 omegaconf==2.4.0
 )
+if [ "${QUACK:-0}" = 1 ]; then  # bench_kernels.py's QuACK anchor row (CuTe DSL; ~100 MB more wheels)
+  PKGS+=(quack-kernels==0.6.5 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1
+         nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 einops==0.8.2)
+fi
 PLAT=()
 for p in manylinux_2_35_x86_64 manylinux_2_34_x86_64 manylinux_2_31_x86_64 manylinux_2_28_x86_64 \
          manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
