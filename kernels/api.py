@@ -148,7 +148,8 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
         loss, metrics = two_pass_preference(functools.partial(torch_linear_logprobs, logit_map=logit_map), flat,
                                             weight, spec, ref_chosen_logps, ref_rejected_logps, bias=bias,
                                             ignore_index=ignore_index)
-    metrics.update(_mean_logits(flat, weight, bias, ignore_index, logit_map))
+    if "logits/chosen" not in metrics:  # the single pass sums them as it reads the logits
+        metrics.update(_mean_logits(flat, weight, bias, ignore_index, logit_map))
     return loss, metrics
 
 

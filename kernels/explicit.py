@@ -89,12 +89,12 @@ def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c
                            options: KernelOptions, need: tuple[bool, bool, bool],
                            logit_map: LogitMap = IDENTITY):
     """(loss, metrics, dH [N, H] | None, dW | None, db | None) without autograd (`explicit`)."""
-    from .triton_dpo import plan, single_pass
+    from .triton_dpo import logit_metrics, plan, single_pass
     b = flat.n_pairs
     weight = weight.contiguous()
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
-    loss, seq_logps, dh, dw, db = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own, spec,
-                                              options, dw_mode, b, need, logit_map)
+    loss, seq_logps, dh, dw, db, mean_sums = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own,
+                                                         spec, options, dw_mode, b, need, logit_map)
     if big is not None:
         loss_o, sums, dh_o, dw_o, db_o = oversized_terms(flat, weight, bias, spec, ref_c, ref_r, *big, n_tok, own,
                                                          options, need, logit_map)
@@ -107,4 +107,6 @@ def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c
     if db is not None:
         db = db.to(bias.dtype)
     metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
+    if big is None:  # else the oversized pairs' rows are not in the sums: the caller computes them
+        metrics.update(logit_metrics(mean_sums, n_tok, b))
     return loss, metrics, dh, dw, db

@@ -106,7 +106,9 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
                 spec, options, dw_mode, n_pairs, need, logit_map: LogitMap = IDENTITY):
     """The single pass over the plan of the pairs it owns (`own` [B] bool, or None for all):
     (the owned pairs' share of the loss, sequence log-prob sums [2B] (0 for sequences not owned),
-    dH [N, H] | None, dW | None, db | None), gradients only where `need` says (h, w, b).
+    dH [N, H] | None, dW | None, db | None, logit means [2]: the sums over the owned chosen and
+    rejected label rows of each row's mean (mapped) logit, which the LSE kernel adds up as it
+    reads the logits), gradients only where `need` says (h, w, b).
     n_tok [2B]: labels per sequence of the whole batch; counts: the same as host ints (0 for the
     sequences not owned), which size each chunk's sequence-sum table without a host read."""
     two_b = 2 * n_pairs
@@ -126,6 +128,7 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         if dw_mode == "compensated":
             lo = torch.zeros(weight.shape, dtype=torch.int8, device=weight.device)
     db = torch.zeros(v, dtype=acc, device=weight.device) if need_b else None
+    mean_sums = torch.zeros(2, dtype=acc, device=hidden.device)
     buf = torch.empty(max_rows * v, dtype=hidden.dtype, device=hidden.device)
     for p0, p1, r0, r1 in chunks:
         r = r1 - r0
@@ -145,8 +148,11 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         mrun = torch.full((r,), float("-inf"), dtype=acc, device=hidden.device)
         srun = torch.zeros(r, dtype=acc, device=hidden.device)
         tgt_z = torch.zeros(r, dtype=acc, device=hidden.device)
-        row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0, logit_map)
+        zsum = torch.zeros(r, dtype=acc, device=hidden.device)
+        row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0, logit_map, zsum)
         lse_z = mrun + torch.log(srun)
+        chosen_row = sc < n_pairs
+        mean_sums += torch.stack([torch.where(chosen_row, zsum, 0.0).sum(), torch.where(chosen_row, 0.0, zsum).sum()]) / v
         if options.impl != "tile":
             lse, tgt = lse_z, tgt_z
         # the chunk holds whole sequences: each gets its sum once, added to 0 (no atomics)
@@ -179,7 +185,7 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
     terms = pair_terms(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r, n_tok[:n_pairs],
                        n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
     loss = (terms if own is None else torch.where(own, terms, 0.0)).sum()
-    return loss, seq_logps, dh2, dw, db
+    return loss, seq_logps, dh2, dw, db, mean_sums
 
 
 class SinglePassPreference(torch.autograd.Function):
@@ -192,17 +198,17 @@ class SinglePassPreference(torch.autograd.Function):
         # needs_input_grad follows requires_grad even under no_grad / inference_mode, where no
         # backward can come: the gradient work is done here in forward, so skip it there
         need = tuple(bool(n and grad_enabled) for n in ctx.needs_input_grad[:3])
-        loss, seq_logps, dh2, dw, db = single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks,
-                                                   max_rows, counts, n_tok, own, spec, options, dw_mode, n_pairs,
-                                                   need, logit_map)
+        loss, seq_logps, dh2, dw, db, mean_sums = single_pass(
+            hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, counts, n_tok, own, spec,
+            options, dw_mode, n_pairs, need, logit_map)
         ctx.save_for_backward(dh2, dw, db)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(seq_logps)
-        return loss, seq_logps
+        ctx.mark_non_differentiable(seq_logps, mean_sums)
+        return loss, seq_logps, mean_sums
 
     @staticmethod
     @no_autocast
-    def backward(ctx, grad_loss, _grad_seq):
+    def backward(ctx, grad_loss, _grad_seq, _grad_means):
         dh, dw, db = ctx.saved_tensors
         wdtype, bdtype = ctx.dtypes
         # The gradients were computed in forward for d loss: scale by the upstream scalar in
@@ -274,7 +280,7 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
     b = flat.n_pairs
     weight = weight.contiguous()
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
-    loss, seq_logps = SinglePassPreference.apply(
+    loss, seq_logps, mean_sums = SinglePassPreference.apply(
         flat.hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, *sp, n_tok, own,
         (spec, options, dw_mode, torch.is_grad_enabled(), b, logit_map))
     if big is not None:  # the oversized pairs: per-token log-probs with autograd (recompute backward), summed
@@ -289,4 +295,14 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
         seq_logps = seq_logps + sums.detach()
     metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
                            n_tok[:b], n_tok[b:])
+    if big is None:  # else the oversized pairs' rows are not in the sums: the caller computes them
+        metrics.update(logit_metrics(mean_sums, n_tok, b))
     return loss, metrics
+
+
+def logit_metrics(mean_sums: torch.Tensor, n_tok: torch.Tensor, n_pairs: int) -> dict[str, torch.Tensor]:
+    """TRL's `logits/chosen` and `logits/rejected` from the single pass's sums of per-row mean
+    logits over the chosen and rejected label rows (0 where a side has no label)."""
+    counts = torch.stack([n_tok[:n_pairs].sum(), n_tok[n_pairs:].sum()]).to(mean_sums.dtype).clamp(min=1)
+    means = mean_sums / counts
+    return {"logits/chosen": means[0], "logits/rejected": means[1]}

@@ -3,7 +3,9 @@ design, and the single-pass DPO schedule that keeps one chunk of logits).
 
 - `row_lse_kernel`: for each row of Z [R, n] (vocabulary columns v0..v0+n, bias added here in
   fp32), an online max / sum-exp merged into running (m, s) [R] from earlier column chunks, and
-  the target logit z_{y} when the row's label falls in this chunk. LSE = m + log s.
+  the target logit z_{y} when the row's label falls in this chunk. LSE = m + log s. Optionally
+  also the running sum of the row's (mapped) logits, for TRL's `logits/*` metrics at no extra
+  read of Z or W.
 - `row_grad_kernel`: in place, Z <- g (onehot(y) - exp(z + b - LSE)) = dZ, in Z's dtype, ready for
   the cuBLAS products dH = dZ W and dW = dZ^T H.
 
@@ -53,15 +55,16 @@ def tl_map_grad(du, u, cap, inv_t, SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
 
 
 @triton.jit
-def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, n, v0, cap, inv_t,
+def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, ZSUM, n, v0, cap, inv_t,
                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                   SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
+                   SOFTCAP: tl.constexpr, TEMPER: tl.constexpr, HAS_SUM: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(Y + row) - v0
     zrow = Z + row * stride_z
     m = tl.full((), float("-inf"), ACC)
     s = tl.zeros((), ACC)
     t = tl.zeros((), ACC)
+    zs = tl.zeros((), ACC)
     for start in range(0, n, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         ok = cols < n
@@ -74,6 +77,10 @@ def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, n, v0, cap, inv_t,
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
         t += tl.sum(tl.where(cols == y, z, 0.0), axis=0)
+        if HAS_SUM:
+            zs += tl.sum(tl.where(ok, z, 0.0), axis=0)
+    if HAS_SUM:
+        tl.store(ZSUM + row, tl.load(ZSUM + row) + zs)
     m0 = tl.load(MRUN + row)
     s0 = tl.load(SRUN + row)
     mm = tl.maximum(m0, m)
@@ -111,14 +118,18 @@ def tl_acc(t: torch.Tensor):
     return tl.float64 if acc_dtype(t) == torch.float64 else tl.float32
 
 
-def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int, logit_map: LogitMap = IDENTITY) -> None:
-    """Merge chunk z [R, n] (columns v0..v0+n) into running max/sum-exp and targets, all [R]."""
+def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int, logit_map: LogitMap = IDENTITY,
+                   zsum: torch.Tensor | None = None) -> None:
+    """Merge chunk z [R, n] (columns v0..v0+n) into running max/sum-exp and targets, all [R];
+    with `zsum` [R], also add each row's sum of (mapped) logits to it."""
     r, n = z.shape
     if r == 0:
         return
-    row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, mrun, srun, tgt, n, v0,
+    row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, mrun, srun, tgt,
+                         zsum if zsum is not None else mrun, n, v0,
                          HAS_BIAS=b is not None, ACC=tl_acc(mrun),
-                         BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), **logit_map.kernel_args())
+                         BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), HAS_SUM=zsum is not None,
+                         **logit_map.kernel_args())
 
 
 def row_grad_(z: torch.Tensor, b, y, lse, g, v0: int, logit_map: LogitMap = IDENTITY) -> torch.Tensor:

@@ -428,3 +428,26 @@ def test_scaled_rounds_once_a_slab_at_a_time():
         t32 = torch.randn(shape, generator=g)
         got = scaled(t32, scale, torch.bfloat16, slab_bytes=4 * 16 * 5)
         assert got.dtype == torch.bfloat16 and torch.equal(got, (t32 * scale).to(torch.bfloat16))
+
+@pytest.mark.parametrize("impl", ["cublas", "tile"])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_the_single_pass_sums_the_logit_metrics_as_it_reads_the_logits(impl, softcap, monkeypatch):
+    """TRL's logits/chosen and logits/rejected come from the LSE kernel's running sum of each
+    row's (mapped) logits: no extra read of W, and with a softcap no second pass over the logits
+    (`api._mean_logits`, which the torch path and the oversized-pair fallback still use)."""
+    require_interpreter()
+    from isrt.kernels import api
+    h, w, bb, y, rc, rr = make(3, 9, 16, 40, torch.float32, seed=5)
+    kw = dict(loss_type="sigmoid", ref_chosen_logps=rc, ref_rejected_logps=rr, bias=bb, softcap=softcap,
+              temperature=0.7)
+    want = fused_linear_preference(h, w, y, backend="torch", **kw)[1]
+    calls = []
+    real = api._mean_logits
+    monkeypatch.setattr(api, "_mean_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = fused_linear_preference(h, w, y, backend="triton", options=KernelOptions(impl=impl), **kw)[1]
+    assert calls == []
+    for k in ("logits/chosen", "logits/rejected"):
+        assert got[k].shape == () and abs(got[k].item() - want[k].item()) <= 1e-5 * max(1.0, abs(want[k].item()))
+    small = KernelOptions(impl=impl, single_pass_bytes=6 * (4 * (40 + 32) + 64))  # some pair is oversized
+    fused_linear_preference(h, w, y, backend="triton", options=small, **kw)
+    assert calls == [1]
