@@ -143,14 +143,7 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         else:  # cuBLAS logits, Triton row kernel for LSE/target
             torch.mm(hc, weight.t(), out=z)
             zb = bias
-        # LSE of the stored (rounded) logits: the softmax in dZ must be normalized over the
-        # same values it exponentiates, or a peaked row gets an error of |z_max| x 2^-9.
-        mrun = torch.full((r,), float("-inf"), dtype=acc, device=hidden.device)
-        srun = torch.zeros(r, dtype=acc, device=hidden.device)
-        tgt_z = torch.zeros(r, dtype=acc, device=hidden.device)
-        zsum = torch.zeros(r, dtype=acc, device=hidden.device)
-        row_lse_update(z, zb, yc, mrun, srun, tgt_z, 0, logit_map, zsum)
-        lse_z = mrun + torch.log(srun)
+        lse_z, tgt_z, zsum = stored_lse(z, zb, yc, acc, logit_map)
         chosen_row = sc < n_pairs
         mean_sums += torch.stack([torch.where(chosen_row, zsum, 0.0).sum(), torch.where(chosen_row, 0.0, zsum).sum()]) / v
         if options.impl != "tile":
@@ -186,6 +179,17 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
                        n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
     loss = (terms if own is None else torch.where(own, terms, 0.0)).sum()
     return loss, seq_logps, dh2, dw, db, mean_sums
+
+
+def stored_lse(z, zb, y, acc, logit_map: LogitMap):
+    """(LSE, target logit, sum of the (mapped) logits) [R] in `acc` of a stored logits chunk z
+    [R, V] (bias zb added as read). The LSE must be of the stored (rounded) logits: the softmax in
+    dZ has to be normalized over the values it exponentiates, or a peaked row gets an error of
+    |z_max| x 2^-9."""
+    mrun = torch.full((z.shape[0],), float("-inf"), dtype=acc, device=z.device)
+    srun, tgt, zsum = torch.zeros(3, z.shape[0], dtype=acc, device=z.device).unbind(0)
+    row_lse_update(z, zb, y, mrun, srun, tgt, 0, logit_map, zsum)
+    return mrun + torch.log(srun), tgt, zsum
 
 
 class SinglePassPreference(torch.autograd.Function):
