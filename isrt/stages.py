@@ -144,10 +144,11 @@ def other_videos(pool: list[dict], k: int, seed_key) -> dict[str, list[dict]]:
     by_video: dict[str, dict] = {}
     for r in sorted(pool, key=lambda r: r["id"]):
         by_video.setdefault(r["video_path"], r)
-    k = min(k, len(by_video) - 1)
+    videos = sorted(by_video)
+    k = min(k, len(videos) - 1)
     out = {}
     for r in pool:
-        others = sorted(v for v in by_video if v != r["video_path"])
+        others = [v for v in videos if v != r["video_path"]]
         pick = random.Random(stable_seed(seed_key, r["id"], "calibrate")).sample(others, k)
         out[r["id"]] = [by_video[v] for v in pick]
     return out
@@ -175,7 +176,9 @@ def judge_pairs(adapter, cache, records: list[dict], cfg, *, seed_key, show: boo
     without it. `pool`: the records judge.calibrate draws other videos from (all ranks' records,
     so a pair's draw is the same on every world size; default: `records`)."""
     kind = cfg.judge.context
-    others = other_videos(pool or records, cfg.judge.calibrate, (seed_key, "calibrate")) if cfg.judge.calibrate else None
+    others = None
+    if cfg.judge.calibrate:
+        others = other_videos(pool or records, cfg.judge.calibrate, (seed_key, "calibrate"))
     judgments = _decide_all(records, *_verdicts(adapter, cache, records, cfg, kind, seed_key=seed_key, show=show,
                                                 others=others), kind)
     if not cfg.judge.audit:

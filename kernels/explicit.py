@@ -77,12 +77,11 @@ def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
     """The two-pass route of the pairs the single pass does not own (~own), with explicit
     gradients: (their loss terms, their sequence sums [2B], dH | None, dW | None, db | None)."""
     b = flat.n_pairs
-    sums, rc, rr, grads = _recompute(logprobs_impl("triton", flat.hidden, weight.shape[0], options, logit_map), flat, weight, bias, spec, ref_c, ref_r, rows, y, seq,
-                                     n_tok, need)
-    loss = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
-                      chosen_token_total=n_tok[:b].sum())
-    loss = torch.where(own, 0.0, loss).sum()
-    return loss, sums, *grads
+    impl = logprobs_impl("triton", flat.hidden, weight.shape[0], options, logit_map)
+    sums, rc, rr, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok, need)
+    terms = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
+                       chosen_token_total=n_tok[:b].sum())
+    return torch.where(own, 0.0, terms).sum(), sums, *grads
 
 
 def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, *, ignore_index: int,

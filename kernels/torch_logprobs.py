@@ -63,15 +63,25 @@ def scaled(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, slab_bytes:
     return out
 
 
+def out_of_range(labels: torch.Tensor, keep: torch.Tensor, vocab: int) -> torch.Tensor:
+    """0-dim bool, on the device: some kept label is outside [0, vocab) (read with the caller's
+    one host read; `label_range_error` then names the range)."""
+    return (keep & ((labels < 0) | (labels >= vocab))).any()
+
+
+def label_range_error(labels: torch.Tensor, keep: torch.Tensor, ignore_index: int, vocab: int) -> ValueError:
+    y = labels[keep]
+    return ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
+                      f"got values in [{int(y.min())}, {int(y.max())}]")
+
+
 def valid_rows(labels: torch.Tensor, ignore_index: int, vocab: int):
     """(row index [M] int64, labels [M] int64) of the rows whose label is not ignore_index, with
     one host read (M and the range check together; nonzero would read M on its own)."""
     keep = labels != ignore_index
-    m, bad = torch.stack([keep.sum(), (keep & ((labels < 0) | (labels >= vocab))).any()]).tolist()
+    m, bad = torch.stack([keep.sum(), out_of_range(labels, keep, vocab)]).tolist()
     if bad:
-        y = labels[keep]
-        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
-                         f"got values in [{int(y.min())}, {int(y.max())}]")
+        raise label_range_error(labels, keep, ignore_index, vocab)
     rows = torch.sort(keep.logical_not().to(torch.uint8), stable=True).indices[:m]
     return rows, labels.index_select(0, rows).to(torch.int64)
 

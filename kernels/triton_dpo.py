@@ -42,7 +42,7 @@ from .logit_map import IDENTITY, LogitMap
 from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_metrics
 from .options import DEFAULT_OPTIONS, KernelOptions
 from .segments import Flat, label_counts, segment_sums
-from .torch_logprobs import acc_dtype, no_autocast, scaled, valid_rows
+from .torch_logprobs import acc_dtype, label_range_error, no_autocast, out_of_range, scaled
 from .triton_compensated import add_product_, finish_
 from .triton_logprobs import mm_acc_, triton_linear_logprobs
 from .triton_rows import row_grad_, row_lse_update
@@ -63,8 +63,6 @@ def plan_chunks(counts: list[int], max_rows: int):
         r += c
     chunks.append((p0, len(counts), r0, r))
     return chunks
-
-
 
 
 SLAB_BYTES = 64 << 20  # compensated dW: the fp32 product of one slab of vocabulary rows
@@ -242,10 +240,9 @@ def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
     labels = flat.labels
     keep = labels != ignore_index
     n_tok = label_counts(flat, keep)
-    bad = (keep & ((labels < 0) | (labels >= v))).any()
-    *counts, any_bad = torch.cat([n_tok, bad.view(1).to(n_tok.dtype)]).tolist()
-    if any_bad:
-        valid_rows(labels, ignore_index, v)  # raises, naming the range
+    *counts, bad = torch.cat([n_tok, out_of_range(labels, keep, v).view(1).to(n_tok.dtype)]).tolist()
+    if bad:
+        raise label_range_error(labels, keep, ignore_index, v)
     per_pair = [c + r for c, r in zip(counts[:b], counts[b:])]
     own_list = [n <= max_rows for n in per_pair]
     pair_of = flat.segment % b
