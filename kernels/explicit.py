@@ -5,7 +5,7 @@ custom op's implementation.
 The same kernels as the autograd paths: the single pass (`triton_dpo.single_pass`; this module
 imports the Triton files only inside functions, and they never import it) already
 computes its gradients in forward; the two-pass schedule runs its backend's forward statistics,
-takes g = dL/d(sequence sum) from `losses.sequence_grad`, and calls the backend's backward with
+takes g = dL/d(sequence sum) from `losses.terms_and_grads`, and calls the backend's backward with
 g on every label row (`LinearLogprobs`'s own backward, called directly).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .logit_map import IDENTITY, LogitMap
-from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_loss, spec_metrics
+from .losses import PreferenceLoss, spec_metrics, terms_and_grads
 from .options import KernelOptions
 from .segments import Flat, label_counts, segment_sums
 from .torch_logprobs import ChunkedTorch, default_chunk_rows, no_autocast, valid_rows
@@ -21,7 +21,8 @@ from .torch_logprobs import ChunkedTorch, default_chunk_rows, no_autocast, valid
 
 def _recompute(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, rows, y, seq, n_tok, need):
     """Two passes of `impl` over label rows (rows, y, seq): (sequence sums [2B], the references in
-    their dtype, (dH [N, H] | None, dW | None, db | None)); g = dL/ds on every row of `rows`."""
+    their dtype, the loss terms [B] (`losses.pair_terms`), (dH [N, H] | None, dW | None, db |
+    None)); g = dL/ds on every row of `rows`."""
     b = flat.n_pairs
     lse, tgt = impl.forward(flat.hidden, weight, bias, rows, y)
     sums = segment_sums(tgt - lse, seq, 2 * b)
@@ -29,13 +30,13 @@ def _recompute(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_
     rc = None if ref_c is None else ref_c.detach().to(acc)
     rr = None if ref_r is None else ref_r.detach().to(acc)
     grads = (None, None, None)
+    terms, gc, gr = terms_and_grads(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
+                                    chosen_token_total=n_tok[:b].sum())
     if any(need):
-        gc, gr = sequence_grad(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
-                               chosen_token_total=n_tok[:b].sum())
         grad_out = torch.zeros(flat.hidden.shape[0], dtype=acc, device=flat.hidden.device)
         grad_out.index_copy_(0, rows, torch.cat([gc, gr]).index_select(0, seq))
         grads = impl.backward(flat.hidden, weight, bias, rows, y, lse, grad_out, *need)
-    return sums, rc, rr, grads
+    return sums, rc, rr, terms, grads
 
 
 def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, ignore_index: int,
@@ -45,9 +46,9 @@ def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
     rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
     seq = flat.segment.index_select(0, rows)
     n_tok = label_counts(flat, flat.labels != ignore_index)
-    sums, rc, rr, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok, need)
-    loss, metrics = spec_loss(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:])
-    return loss, metrics, *grads
+    sums, rc, rr, terms, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok,
+                                            need)
+    return terms.sum(), spec_metrics(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:]), *grads
 
 
 @no_autocast
@@ -76,11 +77,8 @@ def oversized_terms(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r
                     options: KernelOptions, need, logit_map: LogitMap = IDENTITY):
     """The two-pass route of the pairs the single pass does not own (~own), with explicit
     gradients: (their loss terms, their sequence sums [2B], dH | None, dW | None, db | None)."""
-    b = flat.n_pairs
     impl = logprobs_impl("triton", flat.hidden, weight.shape[0], options, logit_map)
-    sums, rc, rr, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok, need)
-    terms = pair_terms(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:], n_pairs=b,
-                       chosen_token_total=n_tok[:b].sum())
+    sums, _, _, terms, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok, need)
     return torch.where(own, 0.0, terms).sum(), sums, *grads
 
 
@@ -92,7 +90,7 @@ def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c
     b = flat.n_pairs
     weight = weight.contiguous()
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
-    loss, seq_logps, dh, dw, db, mean_sums = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own,
+    loss, seq_logps, dh, dw, db, logit_sums = single_pass(flat.hidden, weight, bias, ref_c, ref_r, *sp, n_tok, own,
                                                          spec, options, dw_mode, b, need, logit_map)
     if big is not None:
         loss_o, sums, dh_o, dw_o, db_o = oversized_terms(flat, weight, bias, spec, ref_c, ref_r, *big, n_tok, own,
@@ -107,5 +105,5 @@ def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c
         db = db.to(bias.dtype)
     metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
     if big is None:  # else the oversized pairs' rows are not in the sums: the caller computes them
-        metrics.update(logit_metrics(mean_sums, n_tok, b))
+        metrics.update(logit_metrics(logit_sums, n_tok, weight.shape[0]))
     return loss, metrics, dh, dw, db

@@ -27,7 +27,7 @@ ORPOTrainer formulas (tests/kernels/test_losses.py).
 
 Because that loss is a sum of per-pair terms once B and the chosen label total are known
 (`pair_terms`), the single-pass kernels take each chunk's gradient from this module alone
-(`sequence_grad`: the closed-form derivative, tested against autograd for every loss).
+(`terms_and_grads`: the closed-form derivative, tested against autograd for every loss).
 
 Metrics (detached fp32 tensors, keys as TRL logs them): `[B]` `logps/chosen`, `logps/rejected`
 (the l the loss read), `rewards/chosen` = beta (l_c - ref_c) (beta l_c for reference-free
@@ -98,12 +98,11 @@ class PreferenceLoss:
         if t == "orpo":
             return -beta * F.logsigmoid(log_odds(lc, lr))
         if self.reference_free:
-            x = beta * (lc - lr) - self.gamma
-            return -F.logsigmoid(x) * (1 - eps) - F.logsigmoid(-x) * eps
+            return _smoothed_nll(beta * (lc - lr) - self.gamma, eps)
         a, r = lc - ref_c, lr - ref_r
         m = a - r
         if t == "sigmoid":
-            return -F.logsigmoid(beta * m) * (1 - eps) - F.logsigmoid(-beta * m) * eps
+            return _smoothed_nll(beta * m, eps)
         if t == "robust":
             return (-F.logsigmoid(beta * m) * (1 - eps) + F.logsigmoid(-beta * m) * eps) / (1 - 2 * eps)
         if t == "hinge":
@@ -125,8 +124,7 @@ class PreferenceLoss:
             d = -beta * s(-log_odds(lc, lr))
             return d / -torch.expm1(lc), -d / -torch.expm1(lr)
         if self.reference_free:
-            x = beta * (lc - lr) - self.gamma
-            d = beta * (-(1 - eps) * s(-x) + eps * s(x))
+            d = beta * _smoothed_nll_grad(beta * (lc - lr) - self.gamma, eps)
             return d, -d
         a, r = lc - ref_c, lr - ref_r
         m = a - r
@@ -137,7 +135,7 @@ class PreferenceLoss:
             ds_m = beta * s(beta * m) * s(-beta * m)
             return ds_a - ds_m, ds_m
         if t == "sigmoid":
-            d = -beta * ((1 - eps) * s(-beta * m) - eps * s(beta * m))
+            d = beta * _smoothed_nll_grad(beta * m, eps)
         elif t == "robust":
             d = -beta * ((1 - eps) * s(-beta * m) + eps * s(beta * m)) / (1 - 2 * eps)
         elif t == "hinge":
@@ -145,6 +143,17 @@ class PreferenceLoss:
         else:  # ipo
             d = 2 * (m - 1 / (2 * beta))
         return d, -d
+
+
+def _smoothed_nll(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """-(1 - eps) log s(x) - eps log s(-x): the (conservative, cDPO) logistic loss; eps = 0 is
+    plain -log s(x), without the second term's launches."""
+    return -F.logsigmoid(x) if eps == 0 else -F.logsigmoid(x) * (1 - eps) - F.logsigmoid(-x) * eps
+
+
+def _smoothed_nll_grad(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """d `_smoothed_nll` / dx = -(1 - eps) s(-x) + eps s(x)."""
+    return -torch.sigmoid(-x) if eps == 0 else -(1 - eps) * torch.sigmoid(-x) + eps * torch.sigmoid(x)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -191,6 +200,18 @@ def _read(spec: PreferenceLoss, sums: torch.Tensor, tokens: torch.Tensor | None)
     return sums / tokens.to(sums.dtype).clamp(min=1) if spec.average_log_prob else sums
 
 
+def _reads(spec: PreferenceLoss, sc, sr, ref_c, ref_r, chosen_tokens, rejected_tokens):
+    """(l_c, l_r, ref_c, ref_r) as the loss reads them (`_read`; None references stay None)."""
+    rc = None if ref_c is None else _read(spec, ref_c, chosen_tokens)
+    rr = None if ref_r is None else _read(spec, ref_r, rejected_tokens)
+    return _read(spec, sc, chosen_tokens), _read(spec, sr, rejected_tokens), rc, rr
+
+
+def _nll_total(spec: PreferenceLoss, chosen_token_total, like: torch.Tensor) -> torch.Tensor:
+    """The NLL term's denominator, all chosen labels of the batch (at least 1)."""
+    return torch.as_tensor(chosen_token_total, dtype=like.dtype, device=like.device).clamp(min=1)
+
+
 def pair_terms(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums: torch.Tensor,
                ref_c: torch.Tensor | None, ref_r: torch.Tensor | None, chosen_tokens: torch.Tensor | None,
                rejected_tokens: torch.Tensor | None, *, n_pairs: int,
@@ -198,13 +219,10 @@ def pair_terms(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums: t
     """`[P]` terms whose sum over all B = n_pairs pairs is the loss: pair_loss / B plus
     nll_weight * (-s_c) / (all chosen labels). For P < B pairs (a chunk) the gradient of their sum
     is those pairs' exact share of the loss gradient. Inputs in the accumulation dtype."""
-    lc, lr = _read(spec, chosen_sums, chosen_tokens), _read(spec, rejected_sums, rejected_tokens)
-    rc = None if ref_c is None else _read(spec, ref_c, chosen_tokens)
-    rr = None if ref_r is None else _read(spec, ref_r, rejected_tokens)
+    lc, lr, rc, rr = _reads(spec, chosen_sums, rejected_sums, ref_c, ref_r, chosen_tokens, rejected_tokens)
     terms = spec.pair_losses(lc, lr, rc, rr) / n_pairs
     if spec.nll_weight:
-        total = torch.as_tensor(chosen_token_total, dtype=chosen_sums.dtype, device=chosen_sums.device)
-        terms = terms - spec.nll_weight * chosen_sums / total.clamp(min=1)
+        terms = terms - spec.nll_weight * chosen_sums / _nll_total(spec, chosen_token_total, chosen_sums)
     return terms
 
 
@@ -283,11 +301,12 @@ def spec_metrics(spec: PreferenceLoss, chosen_logps, rejected_logps, ref_chosen_
     return metrics
 
 
-def sequence_grad(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums: torch.Tensor,
-                  ref_c: torch.Tensor | None, ref_r: torch.Tensor | None, chosen_tokens: torch.Tensor | None,
-                  rejected_tokens: torch.Tensor | None, *, n_pairs: int,
-                  chosen_token_total: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """d loss / d chosen_sums and d loss / d rejected_sums `[P]` for P of the B pairs (a chunk).
+def terms_and_grads(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums: torch.Tensor,
+                    ref_c: torch.Tensor | None, ref_r: torch.Tensor | None, chosen_tokens: torch.Tensor | None,
+                    rejected_tokens: torch.Tensor | None, *, n_pairs: int,
+                    chosen_token_total: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(`pair_terms`, d loss / d chosen_sums, d loss / d rejected_sums), each `[P]`, for P of the B
+    pairs (a chunk), from one read of the sums (detached: no autograd).
 
     The fused kernels need g = dL/ds of each sequence before any backward runs: the derivative of
     `pair_terms` in closed form (`PreferenceLoss.pair_grads`, the averaging's 1/n and the NLL
@@ -295,15 +314,16 @@ def sequence_grad(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums
     (an autograd.Function's forward, a custom op's implementation).
     """
     sc, sr = chosen_sums.detach(), rejected_sums.detach()
-    lc, lr = _read(spec, sc, chosen_tokens), _read(spec, sr, rejected_tokens)
-    rc = None if ref_c is None else _read(spec, ref_c.detach(), chosen_tokens)
-    rr = None if ref_r is None else _read(spec, ref_r.detach(), rejected_tokens)
+    lc, lr, rc, rr = _reads(spec, sc, sr, None if ref_c is None else ref_c.detach(),
+                            None if ref_r is None else ref_r.detach(), chosen_tokens, rejected_tokens)
+    terms = spec.pair_losses(lc, lr, rc, rr) / n_pairs
     gc, gr = spec.pair_grads(lc, lr, rc, rr)
     gc, gr = gc / n_pairs, gr / n_pairs
     if spec.average_log_prob:
         gc = gc / chosen_tokens.to(gc.dtype).clamp(min=1)
         gr = gr / rejected_tokens.to(gr.dtype).clamp(min=1)
     if spec.nll_weight:
-        total = torch.as_tensor(chosen_token_total, dtype=gc.dtype, device=gc.device)
-        gc = gc - spec.nll_weight / total.clamp(min=1)
-    return gc, gr
+        total = _nll_total(spec, chosen_token_total, sc)
+        terms = terms - spec.nll_weight * sc / total
+        gc = gc - spec.nll_weight / total
+    return terms, gc, gr

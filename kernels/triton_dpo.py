@@ -2,16 +2,18 @@
 sweep, 6NHV.
 
 Once the reference log-probs, the pair count B and the chosen label total are given, g_t =
-dL/dlogp_t of a row depends only on its own pair (chosen i, rejected i): `losses.pair_terms`. So the valid rows are ordered pair by pair, cut into chunks of whole pairs
-that fit the memory budget, and for each chunk:
+dL/dlogp_t of a row depends only on its own pair (chosen i, rejected i): `losses.pair_terms`.
+So the valid rows are ordered sequence by sequence (chosen 0, rejected 0, chosen 1, ...), cut
+into chunks of whole pairs that fit the memory budget, and for each chunk:
 
     Z  = H_c W^T (+ b)                       [R, V] kept in the operand dtype      2RHV
     LSE, z_y  (fp32)                         impl "tile": the Triton matmul's epilogue
                                              (from fp32 logits), which also stores Z;
                                              impl "cublas": cuBLAS Z, then row_lse_kernel
     LSE_Z of the stored Z                    row_lse_kernel (tile: one extra read of Z)
-    logp_seq += segment sums of z_y - LSE    -> the chunk's pairs are complete
-    g  = d loss / d logp of the chunk's pairs losses.sequence_grad (the ONE loss)
+    logp_seq  = run sums of z_y - LSE        triton_segments, one launch: the chunk's pairs
+                                             are complete
+    terms, g = d loss / d logp of its pairs  losses.terms_and_grads (the ONE loss)
     Z <- dZ = g (onehot - exp(Z - LSE_Z))    triton_rows.row_grad_kernel, in place
     dH_c = dZ W                              cuBLAS, written once                 2RHV
     dW  += dZ^T H_c                          cuBLAS (trainable head only)         2RHV
@@ -29,8 +31,8 @@ in the gradient's own dtype ("native": one rounding per chunk, no extra memory; 
 2.4x eager's error). "auto" takes fp32 when it needs at most half the budget, else compensated.
 A pair with more valid rows than fit one chunk takes the two-pass route alone (the loss is a sum
 of per-pair terms); the other pairs stay in the single pass. Sequence sums are written once per
-sequence through a table (`segments.segment_sums`), never with atomics, so two identical calls
-give the same bits.
+sequence, each by one program that adds its contiguous run of rows in a fixed order
+(`triton_segments`), never with atomics, so two identical calls give the same bits.
 """
 from __future__ import annotations
 
@@ -39,13 +41,14 @@ import functools
 import torch
 
 from .logit_map import IDENTITY, LogitMap
-from .losses import PreferenceLoss, pair_terms, sequence_grad, spec_metrics
+from .losses import PreferenceLoss, pair_terms, spec_metrics, terms_and_grads
 from .options import DEFAULT_OPTIONS, KernelOptions
 from .segments import Flat, label_counts, segment_sums
+from .triton_segments import run_sums_
 from .torch_logprobs import acc_dtype, label_range_error, no_autocast, out_of_range, scaled
 from .triton_compensated import add_product_, finish_
 from .triton_logprobs import mm_acc_, triton_linear_logprobs
-from .triton_rows import row_grad_, row_lse_update
+from .triton_rows import row_grad_, row_lse
 from .triton_tiles import tile_lse
 from .two_pass import two_pass_preference
 
@@ -100,25 +103,25 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
 
 
 @no_autocast
-def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, counts, n_tok, own,
+def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, key, starts, chunks, max_rows, n_tok, own,
                 spec, options, dw_mode, n_pairs, need, logit_map: LogitMap = IDENTITY):
     """The single pass over the plan of the pairs it owns (`own` [B] bool, or None for all):
     (the owned pairs' share of the loss, sequence log-prob sums [2B] (0 for sequences not owned),
-    dH [N, H] | None, dW | None, db | None, logit means [2]: the sums over the owned chosen and
-    rejected label rows of each row's mean (mapped) logit, which the LSE kernel adds up as it
-    reads the logits), gradients only where `need` says (h, w, b).
-    n_tok [2B]: labels per sequence of the whole batch; counts: the same as host ints (0 for the
-    sequences not owned), which size each chunk's sequence-sum table without a host read."""
-    two_b = 2 * n_pairs
+    dH [N, H] | None, dW | None, db | None, logit sums [B, 2]: per sequence, the sum over its label
+    rows of each row's summed (mapped) logits, which the LSE kernel adds up as it reads them),
+    gradients only where `need` says (h, w, b). Rows come sequence by sequence (`plan`): key [M]
+    is each row's sequence in the interleaved order 2 pair + rejected, and that sequence owns rows
+    starts[key] .. starts[key + 1] - 1. n_tok [2B]: labels per sequence of the whole batch."""
     v = weight.shape[0]
     acc = acc_dtype(hidden)
     need_h, need_w, need_b = need
-    h2 = hidden  # [N, H], the flat layout
     if ref_c is not None:
         ref_c, ref_r = ref_c.detach().to(acc), ref_r.detach().to(acc)
     chosen_total = n_tok[:n_pairs].sum()
-    seq_logps = torch.zeros(two_b, dtype=acc, device=hidden.device)
-    dh2 = torch.zeros_like(h2) if need_h else None
+    # per pair: [chosen, rejected] log-prob sums and logit sums, and the pair's loss term
+    seq2, zseq2, pair_loss = torch.zeros(3, n_pairs, 2, dtype=acc, device=hidden.device).unbind(0)
+    pair_loss = pair_loss[:, 0]
+    dh = torch.zeros_like(hidden) if need_h else None
     dw = lo = None
     if need_w:
         dw = torch.zeros(weight.shape, dtype=acc if dw_mode == "fp32" else weight.dtype,
@@ -126,40 +129,40 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
         if dw_mode == "compensated":
             lo = torch.zeros(weight.shape, dtype=torch.int8, device=weight.device)
     db = torch.zeros(v, dtype=acc, device=weight.device) if need_b else None
-    mean_sums = torch.zeros(2, dtype=acc, device=hidden.device)
     buf = torch.empty(max_rows * v, dtype=hidden.dtype, device=hidden.device)
     for p0, p1, r0, r1 in chunks:
         r = r1 - r0
-        if r == 0:
+        c = slice(p0, p1)
+        if r:
+            hc, yc = hidden.index_select(0, rows[r0:r1]), y[r0:r1]
+            z = buf[: r * v].view(r, v)
+            if options.impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
+                lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z, config=options.tile_config,
+                                    logit_map=logit_map)
+                zb = None  # bias is already inside z
+            else:  # cuBLAS logits, Triton row kernel for LSE/target
+                torch.mm(hc, weight.t(), out=z)
+                zb = bias
+            # the LSE of the stored (rounded) logits: the softmax in dZ has to be normalized over
+            # the values it exponentiates, or a peaked row gets an error of |z_max| x 2^-9
+            lse_z, tgt_z, zsum = row_lse(z, zb, yc, acc, logit_map)
+            if options.impl != "tile":
+                lse, tgt = lse_z, tgt_z
+            # the chunk holds whole sequences: each sum is written once (no atomics)
+            run_sums_(tgt, lse, zsum, starts[2 * p0:2 * p1 + 1], r0, seq2.view(-1)[2 * p0:2 * p1],
+                      zseq2.view(-1)[2 * p0:2 * p1])
+        args = (spec, seq2[c, 0], seq2[c, 1], None if ref_c is None else ref_c[c],
+                None if ref_r is None else ref_r[c], n_tok[c], n_tok[n_pairs + p0:n_pairs + p1])
+        if not (r and any(need)):
+            pair_loss[c] = pair_terms(*args, n_pairs=n_pairs, chosen_token_total=chosen_total)
             continue
-        hc = h2.index_select(0, rows[r0:r1])
-        yc, sc, pc = y[r0:r1], seq[r0:r1], pair[r0:r1]
-        z = buf[: r * v].view(r, v)
-        if options.impl == "tile":  # Triton matmul: fp32 LSE/target from registers, z stored
-            lse, tgt = tile_lse(hc, weight, bias, yc, z_out=z, config=options.tile_config, logit_map=logit_map)
-            zb = None  # bias is already inside z
-        else:  # cuBLAS logits, Triton row kernel for LSE/target
-            torch.mm(hc, weight.t(), out=z)
-            zb = bias
-        lse_z, tgt_z, zsum = stored_lse(z, zb, yc, acc, logit_map)
-        chosen_row = sc < n_pairs
-        mean_sums += torch.stack([torch.where(chosen_row, zsum, 0.0).sum(), torch.where(chosen_row, 0.0, zsum).sum()]) / v
-        if options.impl != "tile":
-            lse, tgt = lse_z, tgt_z
-        # the chunk holds whole sequences: each gets its sum once, added to 0 (no atomics)
-        width = max(counts[p0:p1] + counts[n_pairs + p0:n_pairs + p1])
-        seq_logps += segment_sums(tgt - lse, sc, two_b, width)
-        if not (need_h or need_w or need_b):
-            continue
-        # g of this chunk's (now complete) pairs: their terms of the shared loss
-        c, r_ = slice(p0, p1), slice(n_pairs + p0, n_pairs + p1)
-        gc, gr = sequence_grad(spec, seq_logps[c], seq_logps[r_], None if ref_c is None else ref_c[c],
-                               None if ref_r is None else ref_r[c], n_tok[c], n_tok[r_],
-                               n_pairs=n_pairs, chosen_token_total=chosen_total)
-        g = torch.where(sc < n_pairs, gc[pc - p0], gr[pc - p0])
-        dz = row_grad_(z, zb, yc, lse_z, g.contiguous(), 0, logit_map)
+        # the chunk's pairs are complete: their loss terms and g = d loss / d (sequence sum)
+        terms, gc, gr = terms_and_grads(*args, n_pairs=n_pairs, chosen_token_total=chosen_total)
+        pair_loss[c] = terms
+        g = torch.stack([gc, gr], 1).view(-1)[key[r0:r1] - 2 * p0]
+        dz = row_grad_(z, zb, yc, lse_z, g, 0, logit_map)
         if need_h:
-            dh2.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
+            dh.index_copy_(0, rows[r0:r1], torch.mm(dz, weight))
         if need_w:
             if lo is not None:
                 add_product_(dw, lo, dz.t(), hc, SLAB_BYTES)
@@ -173,44 +176,30 @@ def single_pass(hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, 
     if lo is not None:
         finish_(dw, lo)
         del lo
-    terms = pair_terms(spec, seq_logps[:n_pairs], seq_logps[n_pairs:], ref_c, ref_r, n_tok[:n_pairs],
-                       n_tok[n_pairs:], n_pairs=n_pairs, chosen_token_total=chosen_total)
-    loss = (terms if own is None else torch.where(own, terms, 0.0)).sum()
-    return loss, seq_logps, dh2, dw, db, mean_sums
-
-
-def stored_lse(z, zb, y, acc, logit_map: LogitMap):
-    """(LSE, target logit, sum of the (mapped) logits) [R] in `acc` of a stored logits chunk z
-    [R, V] (bias zb added as read). The LSE must be of the stored (rounded) logits: the softmax in
-    dZ has to be normalized over the values it exponentiates, or a peaked row gets an error of
-    |z_max| x 2^-9."""
-    mrun = torch.full((z.shape[0],), float("-inf"), dtype=acc, device=z.device)
-    srun, tgt, zsum = torch.zeros(3, z.shape[0], dtype=acc, device=z.device).unbind(0)
-    row_lse_update(z, zb, y, mrun, srun, tgt, 0, logit_map, zsum)
-    return mrun + torch.log(srun), tgt, zsum
+    loss = (pair_loss if own is None else torch.where(own, pair_loss, 0.0)).sum()
+    return loss, seq2.t().reshape(-1), dh, dw, db, zseq2
 
 
 class SinglePassPreference(torch.autograd.Function):
     @staticmethod
     @no_autocast
-    def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, counts, n_tok, own,
-                cfg):
+    def forward(ctx, hidden, weight, bias, ref_c, ref_r, rows, y, key, starts, chunks, max_rows, n_tok, own, cfg):
         """`single_pass` with its gradients kept for backward: (loss share, sequence sums)."""
         spec, options, dw_mode, grad_enabled, n_pairs, logit_map = cfg
         # needs_input_grad follows requires_grad even under no_grad / inference_mode, where no
         # backward can come: the gradient work is done here in forward, so skip it there
         need = tuple(bool(n and grad_enabled) for n in ctx.needs_input_grad[:3])
-        loss, seq_logps, dh2, dw, db, mean_sums = single_pass(
-            hidden, weight, bias, ref_c, ref_r, rows, y, seq, pair, chunks, max_rows, counts, n_tok, own, spec,
+        loss, seq_logps, dh, dw, db, logit_sums = single_pass(
+            hidden, weight, bias, ref_c, ref_r, rows, y, key, starts, chunks, max_rows, n_tok, own, spec,
             options, dw_mode, n_pairs, need, logit_map)
-        ctx.save_for_backward(dh2, dw, db)
+        ctx.save_for_backward(dh, dw, db)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(seq_logps, mean_sums)
-        return loss, seq_logps, mean_sums
+        ctx.mark_non_differentiable(seq_logps, logit_sums)
+        return loss, seq_logps, logit_sums
 
     @staticmethod
     @no_autocast
-    def backward(ctx, grad_loss, _grad_seq, _grad_means):
+    def backward(ctx, grad_loss, _grad_seq, _grad_logits):
         dh, dw, db = ctx.saved_tensors
         wdtype, bdtype = ctx.dtypes
         # The gradients were computed in forward for d loss: scale by the upstream scalar in
@@ -224,17 +213,20 @@ class SinglePassPreference(torch.autograd.Function):
             dw = scaled(dw, scale, wdtype)
         if db is not None:
             db = (db.float() * scale).to(bdtype)
-        return (dh, dw, db) + (None,) * 12
+        return (dh, dw, db) + (None,) * 11
 
 
 def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
-    """Rows pair by pair for the single pass: (dw_mode, single-pass plan (rows, y, seq, pair, chunks,
-    max_rows, counts), n_tok [2B], own [B] or None, the oversized pairs' (rows, y, seq) or None). A
-    pair with more label rows than one chunk holds is not owned: it takes the two-pass route alone.
+    """Rows sequence by sequence for the single pass: (dw_mode, single-pass plan (rows, y, key,
+    starts, chunks, max_rows), n_tok [2B], own [B] or None, the oversized pairs' (rows, y, seq) or
+    None). A pair with more label rows than one chunk holds is not owned: it takes the two-pass
+    route alone.
 
+    Owned label rows are ordered by key = 2 pair + rejected (flat order inside a sequence), so
+    sequence k owns rows starts[k] .. starts[k + 1] - 1 (starts [2B + 1], on the device).
     The call's one host read: the label counts per sequence and the label range check, read
-    together (`counts`, host ints, size the chunks and the sequence-sum tables); every other
-    quantity stays on the device, so nothing else waits for the GPU."""
+    together (host ints that size the chunks); every other quantity stays on the device, so
+    nothing else waits for the GPU."""
     b, v = flat.n_pairs, weight.shape[0]
     dw_mode, max_rows = memory_plan(weight, flat.hidden, options)
     labels = flat.labels
@@ -247,10 +239,11 @@ def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
     own_list = [n <= max_rows for n in per_pair]
     pair_of = flat.segment % b
     own = (n_tok[:b] + n_tok[b:]) <= max_rows  # own_list, on the device
-    # stable sort by key: owned label rows pair by pair (flat order inside a pair), then the
-    # oversized pairs' label rows, then the ignored rows
-    key = torch.where(keep, torch.where(own[pair_of], pair_of, b), b + 1)
-    order = torch.sort(key, stable=True).indices
+    # stable sort by key: owned label rows sequence by sequence, then the oversized pairs' label
+    # rows, then the ignored rows
+    seq_key = 2 * pair_of + (flat.segment >= b)
+    key = torch.where(keep, torch.where(own[pair_of], seq_key, 2 * b), 2 * b + 1)
+    key, order = torch.sort(key, stable=True)
     m_own = sum(n for n, o in zip(per_pair, own_list) if o)
     m_big = sum(per_pair) - m_own
     rows = order[:m_own]
@@ -259,12 +252,12 @@ def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
         rows_o = order[m_own:m_own + m_big]
         big = (rows_o, labels.index_select(0, rows_o).to(torch.int64), flat.segment.index_select(0, rows_o))
     y = labels.index_select(0, rows).to(torch.int64)
-    seq = flat.segment.index_select(0, rows)
+    owned_counts = torch.where(own[:, None], n_tok.view(2, b).t(), 0).reshape(-1)  # [2B], interleaved
+    starts = torch.nn.functional.pad(owned_counts.cumsum(0), (1, 0))
     chunks = plan_chunks([n if o else 0 for n, o in zip(per_pair, own_list)], max_rows)
     max_rows = max([r1 - r0 for _, _, r0, r1 in chunks] + [1])
-    if big is not None:  # the sequences of pairs not owned get no rows in the single pass
-        counts = [n if own_list[i % b] else 0 for i, n in enumerate(counts)]
-    return dw_mode, (rows, y, seq, seq % b, chunks, max_rows, counts), n_tok, (own if big is not None else None), big
+    return (dw_mode, (rows, y, key[:m_own], starts, chunks, max_rows), n_tok,
+            (own if big is not None else None), big)
 
 
 def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
@@ -281,7 +274,7 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
     b = flat.n_pairs
     weight = weight.contiguous()
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
-    loss, seq_logps, mean_sums = SinglePassPreference.apply(
+    loss, seq_logps, logit_sums = SinglePassPreference.apply(
         flat.hidden, weight, bias, ref_chosen_logps, ref_rejected_logps, *sp, n_tok, own,
         (spec, options, dw_mode, torch.is_grad_enabled(), b, logit_map))
     if big is not None:  # the oversized pairs: per-token log-probs with autograd (recompute backward), summed
@@ -297,13 +290,14 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
     metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
                            n_tok[:b], n_tok[b:])
     if big is None:  # else the oversized pairs' rows are not in the sums: the caller computes them
-        metrics.update(logit_metrics(mean_sums, n_tok, b))
+        metrics.update(logit_metrics(logit_sums, n_tok, weight.shape[0]))
     return loss, metrics
 
 
-def logit_metrics(mean_sums: torch.Tensor, n_tok: torch.Tensor, n_pairs: int) -> dict[str, torch.Tensor]:
-    """TRL's `logits/chosen` and `logits/rejected` from the single pass's sums of per-row mean
-    logits over the chosen and rejected label rows (0 where a side has no label)."""
-    counts = torch.stack([n_tok[:n_pairs].sum(), n_tok[n_pairs:].sum()]).to(mean_sums.dtype).clamp(min=1)
-    means = mean_sums / counts
+def logit_metrics(logit_sums: torch.Tensor, n_tok: torch.Tensor, vocab: int) -> dict[str, torch.Tensor]:
+    """TRL's `logits/chosen` and `logits/rejected` (the mean over label rows of each row's mean
+    logit) from the single pass's logit sums [B, 2] and the label counts n_tok [2B] (0 where a
+    side has no label)."""
+    counts = n_tok.view(2, -1).sum(1).to(logit_sums.dtype).clamp(min=1) * vocab
+    means = logit_sums.sum(0) / counts
     return {"logits/chosen": means[0], "logits/rejected": means[1]}

@@ -5,7 +5,8 @@ design, and the single-pass DPO schedule that keeps one chunk of logits).
   fp32), an online max / sum-exp merged into running (m, s) [R] from earlier column chunks, and
   the target logit z_{y} when the row's label falls in this chunk. LSE = m + log s. Optionally
   also the running sum of the row's (mapped) logits, for TRL's `logits/*` metrics at no extra
-  read of Z or W.
+  read of Z or W. `row_lse` is the one-chunk case (the columns are the whole vocabulary): it
+  reads nothing back and writes LSE itself, so its buffers need no initialisation launches.
 - `row_grad_kernel`: in place, Z <- g (onehot(y) - exp(z + b - LSE)) = dZ, in Z's dtype, ready for
   the cuBLAS products dH = dZ W and dW = dZ^T H.
 
@@ -57,7 +58,7 @@ def tl_map_grad(du, u, cap, inv_t, SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
 @triton.jit
 def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, ZSUM, n, v0, cap, inv_t,
                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                   SOFTCAP: tl.constexpr, TEMPER: tl.constexpr, HAS_SUM: tl.constexpr):
+                   SOFTCAP: tl.constexpr, TEMPER: tl.constexpr, HAS_SUM: tl.constexpr, WHOLE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(Y + row) - v0
     zrow = Z + row * stride_z
@@ -79,6 +80,12 @@ def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, ZSUM, n, v0, cap, inv_
         t += tl.sum(tl.where(cols == y, z, 0.0), axis=0)
         if HAS_SUM:
             zs += tl.sum(tl.where(ok, z, 0.0), axis=0)
+    if WHOLE:  # MRUN <- LSE; ZSUM, TGT written, not added to
+        tl.store(MRUN + row, m + tl.log(s))
+        tl.store(TGT + row, t)
+        if HAS_SUM:
+            tl.store(ZSUM + row, zs)
+        return
     if HAS_SUM:
         tl.store(ZSUM + row, tl.load(ZSUM + row) + zs)
     m0 = tl.load(MRUN + row)
@@ -129,7 +136,20 @@ def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int, logit_map: L
                          zsum if zsum is not None else mrun, n, v0,
                          HAS_BIAS=b is not None, ACC=tl_acc(mrun),
                          BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), HAS_SUM=zsum is not None,
-                         **logit_map.kernel_args())
+                         WHOLE=False, **logit_map.kernel_args())
+
+
+def row_lse(z: torch.Tensor, b, y, acc: torch.dtype, logit_map: LogitMap = IDENTITY):
+    """(LSE, target logit, sum of the (mapped) logits), each [R] in `acc`, of z [R, V] whose
+    columns are the whole vocabulary (bias b added as read; every label y in [0, V))."""
+    r, n = z.shape
+    lse, tgt, zsum = torch.empty(3, r, dtype=acc, device=z.device).unbind(0)
+    if r:
+        row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, lse, lse, tgt, zsum, n, 0,
+                             HAS_BIAS=b is not None, ACC=tl_acc(lse),
+                             BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), HAS_SUM=True, WHOLE=True,
+                             **logit_map.kernel_args())
+    return lse, tgt, zsum
 
 
 def row_grad_(z: torch.Tensor, b, y, lse, g, v0: int, logit_map: LogitMap = IDENTITY) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The fused preference loss reads the device from the host once per call (its plan), and never in
 backward (issue 15: "no host syncs in the hot path"; at N = 1,024 the old 4+ reads per step were
-part of the fixed cost that made it slower than eager).
+part of the fixed cost that made it slower than eager). The launches it makes are counted too:
+each is a fixed host cost that only small N pays for.
 
 On the CPU no read blocks, so these tests count what would: every op whose result size or value
 the host must wait for on CUDA (`.item()`, `bool()`, `int()`, `nonzero`, boolean indexing,
@@ -86,3 +87,62 @@ def test_linear_logprobs_reads_the_host_once(monkeypatch):
         assert ops == [] and reads == 1, backend
         _, ops, reads = count_reads(lambda: out.sum().backward(), monkeypatch)
         assert ops == [] and reads == 0, backend
+
+
+# ops that launch nothing: views, allocations, and scalars wrapped for an op (a CPU number)
+NO_LAUNCH = {"view", "_unsafe_view", "slice", "select", "unbind", "t", "expand", "as_strided", "detach", "alias",
+             "empty", "empty_strided", "transpose", "permute", "unsqueeze", "squeeze", "split", "split_with_sizes",
+             "lift_fresh", "scalar_tensor", "_reshape_alias", "new_empty"}
+
+
+class Launches(TorchDispatchMode):
+    """Counts the aten ops that launch a kernel on CUDA, and the Triton launches, while active."""
+    def __init__(self):
+        super().__init__()
+        self.aten = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).removeprefix("aten.").split(".")[0] not in NO_LAUNCH:
+            self.aten.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def count_launches(fn, monkeypatch):
+    """(result, aten ops that launch, Triton launches) of fn()."""
+    from triton.runtime.interpreter import InterpretedFunction
+    triton_calls, real = [], InterpretedFunction.run
+
+    def run(self, *a, **k):
+        triton_calls.append(self.fn.__name__)
+        with torch.utils._python_dispatch._disable_current_modes():  # the interpreter's own ops
+            return real(self, *a, **k)
+    monkeypatch.setattr(InterpretedFunction, "run", run)
+    with Launches() as mode:
+        out = fn()
+    monkeypatch.setattr(InterpretedFunction, "run", real)
+    return out, mode.aten, triton_calls
+
+
+@pytest.mark.parametrize("n_chunks", [1, 3])
+def test_the_single_pass_launch_budget(n_chunks, monkeypatch):
+    """Forward + backward of a DPO loss with its metrics: at most 90 launches at one chunk and 30
+    per further chunk (118 and 51 before: a sort, a search and a scatter per chunk for the
+    sequence sums, launches to fill the LSE buffers, the loss evaluated twice, the label
+    smoothing term evaluated at eps = 0). An eager baseline (F.linear, log_softmax, gather,
+    `preference_loss`; torch 2.13) makes 51: the rest is bookkeeping on [B]-sized vectors. A
+    change that adds launches must say why."""
+    require_interpreter()
+    h, w, bb, y, rc, rr = make(4, 9, 16, 40, torch.float32, seed=5)
+    opts = KernelOptions(schedule="single", impl="cublas",
+                         single_pass_bytes=(72 // n_chunks) * (4 * (40 + 32) + 64))
+    plans = []
+    real = TD.plan_chunks
+    monkeypatch.setattr(TD, "plan_chunks", lambda *a: plans.append(real(*a)) or plans[-1])
+    (loss, _), fwd, triton_fwd = count_launches(
+        lambda: fused_linear_preference(h, w, y, loss_type="sigmoid", ref_chosen_logps=rc, ref_rejected_logps=rr,
+                                        backend="triton", options=opts), monkeypatch)
+    assert len(plans[-1]) == n_chunks
+    _, bwd, triton_bwd = count_launches(lambda: loss.backward(), monkeypatch)
+    total = len(fwd) + len(triton_fwd) + len(bwd) + len(triton_bwd)
+    assert triton_fwd == ["row_lse_kernel", "run_sums_kernel", "row_grad_kernel"] * n_chunks and triton_bwd == []
+    assert total <= 90 + 30 * (n_chunks - 1), (total, sorted(fwd), sorted(bwd))

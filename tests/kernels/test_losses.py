@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from isrt.kernels import LOSS_TYPES, REFERENCE_FREE, PreferenceLoss, preference_loss
-from isrt.kernels.losses import pair_terms, sequence_grad
+from isrt.kernels.losses import pair_terms, terms_and_grads
 
 
 def trl_log1mexp(x):
@@ -126,9 +126,9 @@ def test_policy_equals_reference(loss_type, expected):
 
 
 @pytest.mark.parametrize("loss_type,ls", CASES)
-def test_gradients_and_chunked_sequence_grad(loss_type, ls):
-    """Autograd through preference_loss equals TRL's formula's, and the closed-form sequence_grad
-    over chunks of pairs (the single-pass kernels' route) equals both."""
+def test_gradients_and_chunked_terms_and_grads(loss_type, ls):
+    """Autograd through preference_loss equals TRL's formula's, and the closed-form terms_and_grads
+    over chunks of pairs (the single-pass kernels' route) equals both, its terms summing to the loss."""
     sc, sr, rc, rr, nc, nr = _inputs(b=7, seed=1)
     sc.requires_grad_(True)
     sr.requires_grad_(True)
@@ -148,10 +148,11 @@ def test_gradients_and_chunked_sequence_grad(loss_type, ls):
     parts = []
     for p0, p1 in ((0, 3), (3, 4), (4, 7)):
         c = slice(p0, p1)
-        parts.append(sequence_grad(spec, sc[c], sr[c], None if free else rc[c].detach(), None if free else rr[c],
-                                   nc[c], nr[c], n_pairs=7, chosen_token_total=nc.sum()))
-    torch.testing.assert_close(torch.cat([p[0] for p in parts]), gc)
-    torch.testing.assert_close(torch.cat([p[1] for p in parts]), gr)
+        parts.append(terms_and_grads(spec, sc[c], sr[c], None if free else rc[c].detach(),
+                                     None if free else rr[c], nc[c], nr[c], n_pairs=7, chosen_token_total=nc.sum()))
+    torch.testing.assert_close(torch.cat([p[1] for p in parts]), gc)
+    torch.testing.assert_close(torch.cat([p[2] for p in parts]), gr)
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]).sum(), loss.detach())
     terms = pair_terms(spec, sc.detach(), sr.detach(), None if free else rc.detach(), None if free else rr,
                        nc, nr, n_pairs=7, chosen_token_total=nc.sum())
     torch.testing.assert_close(terms.sum(), loss.detach())
