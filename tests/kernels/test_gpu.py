@@ -245,3 +245,9 @@ def test_one_host_sync_per_call_and_none_in_backward(impl):
     loss, forward = syncs(call)
     _, backward = syncs(loss.backward)
     assert (forward, backward) == (1, 0)
+
+
+def test_run_sums_on_the_gpu():
+    """The run-sum kernel's dynamic loop bounds (int64 row starts) compiled, not interpreted."""
+    from test_triton_segments import check_run_sums
+    check_run_sums(torch.float32, "cuda")
