@@ -16,11 +16,11 @@ import functools
 
 import torch
 
-from .logit_map import IDENTITY, LogitMap
+from .logit_map import LogitMap
 from .losses import DPO_LOSS_TYPES, PreferenceLoss, check_pairs, check_references
 from .options import DEFAULT_OPTIONS, KernelOptions, triton_interpreting
 from .segments import flat_layout, segment_sums
-from .torch_logprobs import acc_dtype, default_chunk_rows, torch_linear_logprobs
+from .torch_logprobs import torch_linear_logprobs
 from .two_pass import two_pass_preference
 
 BACKENDS = ("auto", "torch", "triton")
@@ -147,9 +147,7 @@ def fused_linear_preference(hidden: torch.Tensor, weight: torch.Tensor, labels: 
     else:
         loss, metrics = two_pass_preference(functools.partial(torch_linear_logprobs, logit_map=logit_map), flat,
                                             weight, spec, ref_chosen_logps, ref_rejected_logps, bias=bias,
-                                            ignore_index=ignore_index)
-    if "logits/chosen" not in metrics:  # the single pass sums them as it reads the logits
-        metrics.update(_mean_logits(flat, weight, bias, ignore_index, logit_map))
+                                            ignore_index=ignore_index, logit_map=logit_map)
     return loss, metrics
 
 
@@ -167,35 +165,6 @@ def prepare_preference(spec: PreferenceLoss, hidden, weight, labels, bias, ref_c
     marker = flat.hidden.new_empty(flat.n_pairs)
     check_pairs(marker, marker, ref_chosen_logps, ref_rejected_logps)
     return flat, weight, bias
-
-
-@torch.no_grad()
-def _mean_logits(flat, weight, bias, ignore_index, logit_map: LogitMap = IDENTITY) -> dict[str, torch.Tensor]:
-    """TRL's `logits/chosen` and `logits/rejected`: the mean over label tokens of each token's mean
-    logit over the vocabulary (of the logits the softmax sees, after `logit_map`). Without a
-    softcap in closed form, mean_v z_tv / T = (h_t . mean_v W_v + mean_v b_v) / T: one read of W
-    and a matrix-vector product, never the logits. With a softcap (not linear) a chunked pass
-    over the logits, 2MHV more FLOPs."""
-    keep = flat.labels != ignore_index
-    acc = acc_dtype(flat.hidden)
-    if logit_map.softcap is None:
-        # in the operands' dtype (fp32 accumulation inside on a GPU): no [N, H] upcast copy; every
-        # row, masked below (a boolean index would read the kept count to the host)
-        per_token = (flat.hidden @ weight.mean(0)).to(acc) + (0.0 if bias is None else bias.to(acc).mean())
-        per_token = per_token / logit_map.temperature
-    else:
-        h = flat.hidden[keep]
-        step = default_chunk_rows(weight.shape[0])
-        kept = torch.cat([logit_map.apply((h[i:i + step] @ weight.t()).to(acc)
-                                          + (0.0 if bias is None else bias.to(acc))).mean(1)
-                          for i in range(0, h.shape[0], step)] or [h.new_zeros(0, dtype=acc)])
-        per_token = torch.zeros(keep.shape, dtype=acc, device=kept.device).masked_scatter(keep, kept)
-    rejected = flat.segment >= flat.n_pairs
-    out = {}
-    for name, rows in (("logits/chosen", keep & ~rejected), ("logits/rejected", keep & rejected)):
-        n = rows.sum()
-        out[name] = torch.where(rows, per_token, 0.0).sum() / n.clamp(min=1)
-    return out
 
 
 def fused_linear_dpo(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

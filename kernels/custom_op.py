@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .api import _autocast, _check_shapes, _mean_logits, prepare_preference, resolve_backend
+from .api import _autocast, _check_shapes, prepare_preference, resolve_backend
 from .explicit import logprobs_impl, preference_with_grads
 from .logit_map import LogitMap
 from .losses import PreferenceLoss
@@ -54,8 +54,6 @@ def _op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: 
     loss, metrics, dh, dw, db = preference_with_grads(flat, weight, bias, spec, ref_chosen_logps, ref_rejected_logps,
                                                       ignore_index=ignore_index, backend=backend,
                                                       options=DEFAULT_OPTIONS, need=need, logit_map=logit_map)
-    if "logits/chosen" not in metrics:  # the single pass sums them as it reads the logits
-        metrics.update(_mean_logits(flat, weight, bias, ignore_index, logit_map))
     grads = [hidden.new_empty(0) if g is None else g  # each its own empty: outputs may not alias
              for g in (None if dh is None else dh.view(hidden.shape), dw, db)]
     return [loss.detach()] + grads + [metrics[k].detach().clone() for k in metric_keys(loss_type)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .logit_map import IDENTITY, LogitMap
+from .logit_means import logit_metrics, mean_logit_totals
 from .losses import PreferenceLoss, spec_metrics, terms_and_grads
 from .options import KernelOptions
 from .segments import Flat, label_counts, segment_sums
@@ -40,15 +41,18 @@ def _recompute(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_
 
 
 def _two_pass(impl, flat: Flat, weight, bias, spec: PreferenceLoss, ref_c, ref_r, ignore_index: int,
-              need: tuple[bool, bool, bool]):
+              need: tuple[bool, bool, bool], logit_map: LogitMap):
     """(loss, metrics, dH [N, H] | None, dW | None, db | None) through `impl`'s two passes."""
     b = flat.n_pairs
     rows, y = valid_rows(flat.labels, ignore_index, weight.shape[0])
     seq = flat.segment.index_select(0, rows)
-    n_tok = label_counts(flat, flat.labels != ignore_index)
+    keep = flat.labels != ignore_index
+    n_tok = label_counts(flat, keep)
     sums, rc, rr, terms, grads = _recompute(impl, flat, weight, bias, spec, ref_c, ref_r, rows, y, seq, n_tok,
                                             need)
-    return terms.sum(), spec_metrics(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:]), *grads
+    metrics = spec_metrics(spec, sums[:b], sums[b:], rc, rr, n_tok[:b], n_tok[b:])
+    metrics.update(logit_metrics(mean_logit_totals(flat, weight, bias, keep, logit_map), n_tok))
+    return terms.sum(), metrics, *grads
 
 
 @no_autocast
@@ -59,7 +63,7 @@ def preference_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c,
     layout; `backend` is resolved ("torch" or "triton")."""
     if backend == "torch" or options.schedule == "two":
         impl = logprobs_impl(backend, flat.hidden, weight.shape[0], options, logit_map)
-        return _two_pass(impl, flat, weight, bias, spec, ref_c, ref_r, ignore_index, need)
+        return _two_pass(impl, flat, weight, bias, spec, ref_c, ref_r, ignore_index, need, logit_map)
     return single_pass_with_grads(flat, weight, bias, spec, ref_c, ref_r, ignore_index=ignore_index,
                                   options=options, need=need, logit_map=logit_map)
 
@@ -86,7 +90,7 @@ def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c
                            options: KernelOptions, need: tuple[bool, bool, bool],
                            logit_map: LogitMap = IDENTITY):
     """(loss, metrics, dH [N, H] | None, dW | None, db | None) without autograd (`explicit`)."""
-    from .triton_dpo import logit_metrics, plan, single_pass
+    from .triton_dpo import plan, single_pass, single_pass_logit_metrics
     b = flat.n_pairs
     weight = weight.contiguous()
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
@@ -104,6 +108,5 @@ def single_pass_with_grads(flat: Flat, weight, bias, spec: PreferenceLoss, ref_c
     if db is not None:
         db = db.to(bias.dtype)
     metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_c, ref_r, n_tok[:b], n_tok[b:])
-    if big is None:  # else the oversized pairs' rows are not in the sums: the caller computes them
-        metrics.update(logit_metrics(logit_sums, n_tok, weight.shape[0]))
+    metrics.update(single_pass_logit_metrics(flat, weight, bias, logit_sums, n_tok, own, ignore_index, logit_map))
     return loss, metrics, dh, dw, db

@@ -41,6 +41,7 @@ import functools
 import torch
 
 from .logit_map import IDENTITY, LogitMap
+from .logit_means import logit_metrics, mean_logit_totals
 from .losses import PreferenceLoss, pair_terms, spec_metrics, terms_and_grads
 from .options import DEFAULT_OPTIONS, KernelOptions
 from .segments import Flat, label_counts, segment_sums
@@ -270,7 +271,7 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
     if options.schedule != "single":
         logprobs_fn = functools.partial(triton_linear_logprobs, options=options, logit_map=logit_map)
         return two_pass_preference(logprobs_fn, flat, weight, spec, ref_chosen_logps, ref_rejected_logps,
-                                   bias=bias, ignore_index=ignore_index)
+                                   bias=bias, ignore_index=ignore_index, logit_map=logit_map)
     b = flat.n_pairs
     weight = weight.contiguous()
     dw_mode, sp, n_tok, own, big = plan(flat, weight, options, ignore_index)
@@ -289,15 +290,16 @@ def triton_fused_linear_preference(flat: Flat, weight, spec: PreferenceLoss, ref
         seq_logps = seq_logps + sums.detach()
     metrics = spec_metrics(spec, seq_logps[:b], seq_logps[b:], ref_chosen_logps, ref_rejected_logps,
                            n_tok[:b], n_tok[b:])
-    if big is None:  # else the oversized pairs' rows are not in the sums: the caller computes them
-        metrics.update(logit_metrics(logit_sums, n_tok, weight.shape[0]))
+    metrics.update(single_pass_logit_metrics(flat, weight, bias, logit_sums, n_tok, own, ignore_index, logit_map))
     return loss, metrics
 
 
-def logit_metrics(logit_sums: torch.Tensor, n_tok: torch.Tensor, vocab: int) -> dict[str, torch.Tensor]:
-    """TRL's `logits/chosen` and `logits/rejected` (the mean over label rows of each row's mean
-    logit) from the single pass's logit sums [B, 2] and the label counts n_tok [2B] (0 where a
-    side has no label)."""
-    counts = n_tok.view(2, -1).sum(1).to(logit_sums.dtype).clamp(min=1) * vocab
-    means = logit_sums.sum(0) / counts
-    return {"logits/chosen": means[0], "logits/rejected": means[1]}
+def single_pass_logit_metrics(flat: Flat, weight, bias, logit_sums, n_tok, own, ignore_index: int,
+                              logit_map: LogitMap) -> dict[str, torch.Tensor]:
+    """`logits/*` from the single pass's per-sequence logit sums [B, 2], plus, for the pairs it
+    does not own (`own` [B] or None), `logit_means.mean_logit_totals` of their rows."""
+    totals = logit_sums.sum(0) / weight.shape[0]
+    if own is not None:
+        rows = (flat.labels != ignore_index) & ~own[flat.segment % flat.n_pairs]
+        totals = totals + mean_logit_totals(flat, weight, bias, rows, logit_map)
+    return logit_metrics(totals, n_tok)

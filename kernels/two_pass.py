@@ -16,17 +16,22 @@ Two schedules (`KernelOptions.schedule` on the Triton backend):
 """
 from __future__ import annotations
 
+from .logit_map import IDENTITY, LogitMap
+from .logit_means import logit_metrics, mean_logit_totals
 from .losses import PreferenceLoss, spec_loss
 from .segments import Flat, label_counts, sequence_sums
 
 
 def two_pass_preference(logprobs_fn, flat: Flat, weight, spec: PreferenceLoss, ref_chosen_logps,
-                        ref_rejected_logps, *, bias, ignore_index):
+                        ref_rejected_logps, *, bias, ignore_index, logit_map: LogitMap = IDENTITY):
     """Generic schedule on a flat layout (`segments.flat_layout`): per-token log-probs through
-    `logprobs_fn`, per-sequence sums and label counts, then the shared loss."""
+    `logprobs_fn`, per-sequence sums and label counts, then the shared loss; the metrics include
+    `logits/*` of the logits `logprobs_fn` sees (`logit_map`: the map it applies)."""
     token_logps = logprobs_fn(flat.hidden, weight, flat.labels, bias=bias, ignore_index=ignore_index)
     keep = flat.labels != ignore_index
     b = flat.n_pairs
     sums = sequence_sums(token_logps, flat, keep)
     counts = label_counts(flat, keep)
-    return spec_loss(spec, sums[:b], sums[b:], ref_chosen_logps, ref_rejected_logps, counts[:b], counts[b:])
+    loss, metrics = spec_loss(spec, sums[:b], sums[b:], ref_chosen_logps, ref_rejected_logps, counts[:b], counts[b:])
+    metrics.update(logit_metrics(mean_logit_totals(flat, weight, bias, keep, logit_map), counts))
+    return loss, metrics

@@ -434,20 +434,22 @@ def test_scaled_rounds_once_a_slab_at_a_time():
 def test_the_single_pass_sums_the_logit_metrics_as_it_reads_the_logits(impl, softcap, monkeypatch):
     """TRL's logits/chosen and logits/rejected come from the LSE kernel's running sum of each
     row's (mapped) logits: no extra read of W, and with a softcap no second pass over the logits
-    (`api._mean_logits`, which the torch path and the oversized-pair fallback still use)."""
+    (`logit_means.mean_logit_totals`, which the two-pass paths use, and the single pass only for
+    the rows of oversized pairs, still giving the whole batch's means)."""
     require_interpreter()
-    from isrt.kernels import api
+    from isrt.kernels import triton_dpo
     h, w, bb, y, rc, rr = make(3, 9, 16, 40, torch.float32, seed=5)
     kw = dict(loss_type="sigmoid", ref_chosen_logps=rc, ref_rejected_logps=rr, bias=bb, softcap=softcap,
               temperature=0.7)
     want = fused_linear_preference(h, w, y, backend="torch", **kw)[1]
     calls = []
-    real = api._mean_logits
-    monkeypatch.setattr(api, "_mean_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
-    got = fused_linear_preference(h, w, y, backend="triton", options=KernelOptions(impl=impl), **kw)[1]
-    assert calls == []
-    for k in ("logits/chosen", "logits/rejected"):
-        assert got[k].shape == () and abs(got[k].item() - want[k].item()) <= 1e-5 * max(1.0, abs(want[k].item()))
-    small = KernelOptions(impl=impl, single_pass_bytes=6 * (4 * (40 + 32) + 64))  # some pair is oversized
-    fused_linear_preference(h, w, y, backend="triton", options=small, **kw)
-    assert calls == [1]
+    real = triton_dpo.mean_logit_totals
+    monkeypatch.setattr(triton_dpo, "mean_logit_totals", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    # 14 rows per chunk: the pairs have 15, 14 and 15 label rows, so pairs 0 and 2 are oversized
+    small = KernelOptions(impl=impl, single_pass_bytes=14 * (4 * (40 + 32) + 64))
+    for options, n_calls in ((KernelOptions(impl=impl), 0), (small, 1)):
+        got = fused_linear_preference(h, w, y, backend="triton", options=options, **kw)[1]
+        assert len(calls) == n_calls
+        for k in ("logits/chosen", "logits/rejected"):
+            assert got[k].shape == () and abs(got[k].item() - want[k].item()) <= 1e-5 * max(1.0, abs(want[k].item()))
+    assert 0 < calls[0].sum() < (y != -100).sum()  # only the oversized pairs' rows
