@@ -50,6 +50,10 @@ CUDA) adds the target shape (largest N and V, first head) with longer rows for e
 compiled Liger, the layout packed and shared-prefix batches produce (issue 15's targets hold for
 512, 2,048 and 4,096 alike).
 Rows are appended to benchmarks/results/<device>-kernels.csv (or --csv).
+`--profile P,...` (CUDA) prints the kernel-time table of one step at the largest shape, then the
+host-bound check for eager and each P at the smallest and the largest (N, V): device ops,
+their summed time, the host's time to return from a step, and the wall time (is small N bound
+by launches? issue 15).
 """
 from __future__ import annotations
 
@@ -317,7 +321,7 @@ def main(argv=None):
                     help="N,V,head where liger also runs with torch.compile ('' = nowhere)")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--time-budget-s", type=float, default=0, help="skip what is left after this")
-    ap.add_argument("--profile", default="", help="providers to profile at the largest shape")
+    ap.add_argument("--profile", default="", help="providers to profile (kernel table, host-bound check)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a._child:
@@ -396,6 +400,7 @@ def main(argv=None):
     print_table(rows)
     if a.profile and dev == "cuda":
         profile(a.profile.split(","), max(ns), hdim, max(vs))
+        host_bound(["eager"] + a.profile.split(","), [(min(ns), min(vs)), (max(ns), max(vs))], hdim)
     return 0
 
 
@@ -456,6 +461,41 @@ def profile(providers, n, hdim, v):
         print(pr.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
         del h, w, step
         torch.cuda.empty_cache()
+
+
+def host_bound(providers, shapes, hdim, reps=20):
+    """Is a step bound by the host? Per provider and (N, V), trainable head, medians of `reps`
+    steps: kernel launches and their summed device time (profiler), the host's time to return
+    from step() (enqueue, plus the waits of its host reads), and the wall time to the end of the
+    GPU work. Host time near the wall time, and wall time well above the kernel time, say the
+    launches cost more than the work they launch."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+    print("\n== host-bound check: launches, kernel time, host time, wall time (medians)")
+    for n, v in shapes:
+        for p in providers:
+            h, w, y, rc, rr = inputs(n, hdim, v, True, "cuda", torch.bfloat16)
+            step = make_step(p, h, w, y, rc, rr)
+            step()
+            torch.cuda.synchronize()
+            host, wall = [], []
+            for _ in range(reps):
+                h.grad = w.grad = None
+                t0 = time.perf_counter()
+                step()
+                host.append(time.perf_counter() - t0)
+                torch.cuda.synchronize()
+                wall.append(time.perf_counter() - t0)
+            h.grad = w.grad = None
+            with prof(activities=[ProfilerActivity.CUDA]) as pr:
+                step()
+                torch.cuda.synchronize()
+            kernels = [e for e in pr.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            busy = sum(e.device_time_total for e in kernels) / 1e3
+            print(f"{p:>16} N={n:>6} V={v:>6}: {len(kernels):4d} device ops, busy {busy:7.3f} ms, "
+                  f"host {1e3 * statistics.median(host):7.3f} ms, wall {1e3 * statistics.median(wall):7.3f} ms")
+            del h, w, step
+            torch.cuda.empty_cache()
 
 
 def fmt_row(r):
