@@ -88,6 +88,20 @@ def atomic_dir(final: str | Path):
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
 
 
+def remove_dir(path: str | Path) -> int:
+    """Delete the folder `path` as one step: renamed to a temp name first (which a run's sweep of
+    interrupted writes removes if this is killed), so it is either whole or gone. Returns the
+    bytes freed (0 when it did not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    doomed = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.replace(path, doomed / path.name)
+    shutil.rmtree(doomed)
+    return size
+
+
 def commit_dir(tmp: str | Path, final: str | Path) -> None:
     """Rename the complete folder `tmp` to `final` (replacing an older one), its folders and files
     given the process's usual modes first: mkdtemp makes 0700 folders and writers that go through

@@ -335,6 +335,8 @@ class RunConfig:
     preset: str = "default"
     iterations: int = 3  # T; the paper's released model is the 9th iteration
     seed: int = 0
+    # full checkpoints kept: those of the last K finished iterations (0: all). LoRA adapters stay
+    keep_checkpoints: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -352,6 +354,8 @@ class RunConfig:
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
         _check(self.seed >= 0, "seed", f"must be >= 0 (numpy and torch seeds are unsigned), got {self.seed}")
+        _check(self.keep_checkpoints >= 0, "keep_checkpoints",
+               f"must be >= 0 (0 keeps every iteration's checkpoint), got {self.keep_checkpoints}")
         _check(not self.gate.question_type or self.data.synthetic_eval_videos > 0 or bool(self.data.eval_prompts),
                "gate.question_type",
                "the gate reads held-out clips: set data.synthetic_eval_videos or data.eval_prompts")

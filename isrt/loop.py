@@ -13,7 +13,8 @@ Run directory:
     iter_XX/responses.jsonl     {id, video, prompt, context, responses: [y1, y2], ...}
     iter_XX/judgments.jsonl     {id, verdicts, kept, reason, ...}
     iter_XX/preferences.jsonl   {id, video, prompt, chosen, rejected, ref_*_logp, ...}
-    iter_XX/checkpoint/         pi_{t+1}, save_pretrained (safetensors)
+    iter_XX/checkpoint/         pi_{t+1}, save_pretrained (safetensors); with keep_checkpoints K,
+                                only the last K iterations' stay
     iter_XX/lora_adapter/       dpo.lm lora: the iteration's PEFT adapter (pi_t + adapter = pi_{t+1})
     iter_XX/stageN.json         the stage's metrics; written last, so it marks the stage done
     final_eval.jsonl/.json      greedy answers of the final policy pi_T (when configured)
@@ -266,6 +267,8 @@ class Run:
                                                                seconds=round(time.time() - start, 3)))
                         self.write_metrics()
                         self.write_report(adapter)
+                        if n == 3:
+                            self.prune_checkpoints(t)
                     distributed.barrier(self.d)
         if self.eval_pool and not (self.out / "final_eval.json").exists():
             self.log("== final evaluation ==")
@@ -277,6 +280,13 @@ class Run:
                 self.write_report(adapter)
             distributed.barrier(self.d)
         return self.write_metrics() if self.d.is_main else []
+
+    def prune_checkpoints(self, t: int) -> None:
+        """`keep_checkpoints`: after iteration t is marked done, only the last K full checkpoints
+        stay (a 7B checkpoint is ~15 GB; nine iterations would keep ~135 GB)."""
+        for folder, freed in self.dir.prune_checkpoints(t, self.cfg.keep_checkpoints):
+            self.log(f"removed {folder.relative_to(self.out)} ({freed / 2**30:.1f} GiB; keep_checkpoints="
+                     f"{self.cfg.keep_checkpoints})")
 
     def write_report(self, adapter) -> None:
         from isrt.report import write_report

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from isrt.engine.io import read_json, read_jsonl
+from isrt.engine.io import read_json, read_jsonl, remove_dir
 
 
 class RunDir:
@@ -64,6 +64,21 @@ class RunDir:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed, freed
+
+    def prune_checkpoints(self, finished: int, keep: int) -> list[tuple[Path, int]]:
+        """Delete the full checkpoints (iter_XX/checkpoint) of iterations before the last `keep`
+        of 0..finished, once iteration `finished` is marked done (its checkpoint is pi_{t+1}, all
+        that resuming or the next iteration reads). keep 0 deletes nothing. LoRA adapters stay:
+        pi_0 plus the adapters, merged in order, rebuild any pruned policy of a LoRA run.
+        Returns [(folder, bytes freed)]."""
+        if keep <= 0:
+            return []
+        gone = []
+        for s in range(finished - keep + 1):
+            folder = self.iteration(s) / "checkpoint"
+            if folder.exists():
+                gone.append((folder, remove_dir(folder)))
+        return gone
 
     def iteration(self, t: int) -> Path:
         return self.root / f"iter_{t:02d}"

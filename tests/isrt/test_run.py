@@ -198,6 +198,18 @@ def test_killed_in_each_stage_and_rerun_gives_the_same_pairs(full_run, pool, tmp
     assert not leftovers
 
 
+def test_keep_checkpoints_leaves_the_last_ones_and_changes_no_result(full_run, pool, tmp_path):
+    """keep_checkpoints=1: iter_00/checkpoint goes once iteration 1 is done (not before: a rerun
+    killed inside iteration 1 still reads it as pi_1), and the pairs are the full run's."""
+    out = tmp_path / "keep1"
+    p = run_isrt(out, pool, "keep_checkpoints=1", crash_at="iter_01/stage2", check=False)
+    assert p.returncode != 0 and (out / "iter_00" / "checkpoint").is_dir()
+    p = run_isrt(out, pool, "keep_checkpoints=1")
+    assert not (out / "iter_00" / "checkpoint").exists() and (out / "iter_01" / "checkpoint").is_dir()
+    assert "removed iter_00/checkpoint" in p.stdout + p.stderr
+    assert pair_ids(out) == pair_ids(full_run[0]) and not list(out.rglob("*.tmp"))
+
+
 def test_sigterm_stops_in_one_line_and_the_rerun_gives_the_same_pairs(full_run, pool, tmp_path):
     """A scheduler's SIGTERM, at two points: exit 143, one line saying how to resume, no
     traceback, nothing half-written; the rerun ends with the uninterrupted run's pairs."""
