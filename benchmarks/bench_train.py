@@ -11,6 +11,9 @@ sets the video token count (`adapter.n_video_tokens`, the family's own formula):
 CLS kept -> F * 257. Synthetic pairs: a short question, chosen and rejected of R tokens each
 (+ EOS), one random cached feature tensor [n_video_tokens, H], fixed reference log-probs.
 `--cpu-tiny`: the engine's tiny configs instead (2 layers, hidden 64, fp32, 32 px frames).
+`--layouts duplicated,shared`: each case also with `dpo.shared_prefix` (one row [prompt | chosen |
+rejected] per pair, sdpa attention; provider "...+shared"), whose credited tokens are those it
+runs, P + C + R per pair instead of 2P + C + R.
 
 Each case (family x frames x full/LoRA x ddp/fsdp2 x gradient checkpointing) runs in its own
 process (torchrun for W > 1), under a time limit; an OOM is a row with status "oom". One
@@ -48,7 +51,6 @@ import argparse
 import csv
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import re
@@ -204,9 +206,12 @@ def run_case(c: dict) -> dict:
     dev, cuda = d.device, d.device.type == "cuda"
     dtype = getattr(torch, c["dtype"])
     attn = resolve_attn_implementation(c["attn"], dev)
+    shared = c["layout"] == "shared"
+    if shared and attn == "flash_attention_2":
+        attn = "sdpa"  # the shared layout's mask needs it (dpo.shared_prefix with auto loads sdpa too)
     cfg = DPOConfig(lm=c["mode"], batch_size=c["batch"], grad_accum=c["grad_accum"], strategy=c["strategy"],
-                    learning_rate=1e-6,
-                    gradient_checkpointing=c["ckpt"], backend=c["backend"])
+                    learning_rate=1e-6, gradient_checkpointing=c["ckpt"], backend=c["backend"],
+                    shared_prefix=shared)
     adapter = build_adapter(c["family"], c["shape"], c["frames"], dev, dtype, attn)
     counts_real = set_trainable(adapter, cfg.trainable)
     n_steps = c["warmup"] + c["steps"]
@@ -215,7 +220,8 @@ def run_case(c: dict) -> dict:
     p = pairs[0]
     seq = len(adapter.encode_prompt(p.prompt, p.features.shape[0]))
     resp_c, resp_r = len(adapter.encode_response(p.chosen)), len(adapter.encode_response(p.rejected))
-    seq_lens = [seq + resp_c] * per_step + [seq + resp_r] * per_step
+    seq_lens = ([seq + resp_c + resp_r] * per_step if shared else
+                [seq + resp_c] * per_step + [seq + resp_r] * per_step)
     s = text_shape(c["family"], c["shape"])
     vocab = adapter.head().weight.shape[0]
     counts = param_counts(s, vocab, cfg.lora_r)
@@ -315,16 +321,17 @@ def run_in_child(c: dict, world: int, limit_s: float) -> dict:
 def cases(a) -> list[dict]:
     """The cases in run order: the --case list as given, else the cross product of the lists,
     frames ascending, so a time budget cuts the longest sequences."""
+    layouts = a.layouts.split(",")
     if a.case:
-        return [parse_case(spec) for spec in a.case]
+        return [parse_case(spec) | dict(layout=lay) for spec in a.case for lay in layouts]
     out = []
     for frames in [int(x) for x in a.frames.split(",")]:
         for family in a.families.split(","):
             for mode in a.modes.split(","):
                 for strategy in a.strategies.split(","):
                     for ck in a.ckpt.split(","):
-                        out.append(dict(family=family, frames=frames, mode=mode, strategy=strategy,
-                                        ckpt=ck == "on"))
+                        out += [dict(family=family, frames=frames, mode=mode, strategy=strategy, ckpt=ck == "on",
+                                     layout=lay) for lay in layouts]
     return out
 
 
@@ -357,6 +364,8 @@ def parse_args(argv):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     ap.add_argument("--attn", default="auto", help="auto | sdpa | eager | flash_attention_2")
+    ap.add_argument("--layouts", default="duplicated",
+                    help="duplicated and/or shared (dpo.shared_prefix), comma list: each case in each")
     ap.add_argument("--backend", default="auto", help="isrt.kernels backend (DPOConfig.backend)")
     ap.add_argument("--case-limit-s", type=float, default=300, help="wall-clock limit of one case")
     ap.add_argument("--time-budget-s", type=float, default=0, help="skip the cases left after this")
@@ -392,7 +401,8 @@ def main(argv=None) -> int:
             c.update(shape=shape, dtype=dtype, device=a.device, resp_tokens=a.resp_tokens,
                      warmup=a.warmup, steps=a.steps, attn=a.attn, backend=a.backend, peak_tflops=peak)
             row = dict(when=stamp, what="dpo_step", shape=shape, family=c["family"], device=device_name,
-                       provider=c["strategy"] + ("+ckpt" if c["ckpt"] else ""), versions=vers, dtype=dtype,
+                       provider=c["strategy"] + ("+ckpt" if c["ckpt"] else "") + ("+shared" if c["layout"] == "shared" else ""),
+                       versions=vers, dtype=dtype,
                        frames=c["frames"], batch_pairs=c["batch"], grad_accum=c["grad_accum"], world=world, mode=c["mode"],
                        strategy=c["strategy"], ckpt=c["ckpt"], peak_tflops=peak, flops_rule=FLOPS_RULE)
             if c["strategy"] == "fsdp2" and world < 2:

@@ -347,6 +347,13 @@ class RunConfig:
     gate: GateConfig = field(default_factory=GateConfig)
 
     @property
+    def attn_implementation(self) -> str:
+        """What the policy loads with: model.attn_implementation, but sdpa for auto when
+        dpo.shared_prefix needs a custom mask (FlashAttention takes none)."""
+        auto = self.model.attn_implementation == "auto" and self.dpo.shared_prefix
+        return "sdpa" if auto else self.model.attn_implementation
+
+    @property
     def model_seed(self) -> int:
         """The seed of pi_0 (built model, warm-start clips and training): model.seed, or seed."""
         return self.seed if self.model.seed is None else self.model.seed
@@ -362,6 +369,9 @@ class RunConfig:
         _check(self.sampling.candidates == 2 or self.judge.mode == "likelihood", "sampling.candidates",
                f"{self.sampling.candidates} candidates need judge.mode: likelihood (the {self.judge.mode} judge "
                "compares two responses)")
+        _check(not (self.dpo.shared_prefix and self.model.attn_implementation == "flash_attention_2"),
+               "dpo.shared_prefix", "needs a custom attention mask: set model.attn_implementation to sdpa, eager or "
+               "auto (auto then loads sdpa)")
         _check(self.sampling.candidates == 2 or not self.judge.calibrate, "sampling.candidates",
                f"{self.sampling.candidates} candidates with judge.calibrate: best of n is not calibrated yet "
                "(set one of them)")

@@ -243,7 +243,8 @@ class Run:
     def load_policy(self, t: int):
         m = self.cfg.model
         adapter = load_adapter(m.family, self.policy_source(t), device=self.d.device, dtype=DTYPES[m.dtype],
-                               num_frames=m.num_frames, seed=self.cfg.model_seed, attn_implementation=m.attn_implementation)
+                               num_frames=m.num_frames, seed=self.cfg.model_seed,
+                               attn_implementation=self.cfg.attn_implementation)
         adapter.freeze_vision()
         return adapter
 

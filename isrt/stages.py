@@ -18,6 +18,7 @@ from isrt import judge, prompts, verdicts
 from isrt.data import usable_records
 from isrt.engine.generation import choice_logprobs, generate
 from isrt.engine.training.logprobs import sequence_logps
+from isrt.engine.training.shared_prefix import pair_logps
 
 
 def stable_seed(*parts) -> int:
@@ -286,20 +287,26 @@ def _decide_all(records: list[dict], raw: dict, outputs: dict, kind: str) -> lis
 @torch.no_grad()
 def reference_logps(adapter, cache, prefs: list[dict], cfg) -> None:
     """Fill ref_chosen_logp / ref_rejected_logp in place: pi_t's summed log-probs of each
-    response, through the same `sequence_logps` path that training uses."""
+    response, through the same path that training uses (`sequence_logps`, or one shared-prefix
+    row per pair with dpo.shared_prefix)."""
     adapter.model.eval()
     for _, chunk in _batches(prefs, cfg.dpo.batch_size):
         chat = [prompts.policy_prompt(adapter, p["prompt"]) for p in chunk]
         feats = [cache.get(adapter, p["video_path"]) for p in chunk]
         scores = _pair_logps(adapter, chat, feats, [p["chosen"] for p in chunk], [p["rejected"] for p in chunk],
-                             cfg.dpo.backend, max_length=cfg.dpo.max_length or None)
+                             cfg.dpo.backend, max_length=cfg.dpo.max_length or None,
+                             shared_prefix=cfg.dpo.shared_prefix)
         for p, (chosen, rejected) in zip(chunk, scores):
             p["ref_chosen_logp"], p["ref_rejected_logp"] = chosen, rejected
 
 
 def _pair_logps(adapter, chat: list[str], feats: list, first: list[str], second: list[str],
-                backend: str, max_length: int | None = None) -> list[tuple[float, float]]:
-    """(log p(first_b), log p(second_b)) per prompt b, both halves in one `sequence_logps` batch."""
+                backend: str, max_length: int | None = None, shared_prefix: bool = False) -> list[tuple[float, float]]:
+    """(log p(first_b), log p(second_b)) per prompt b, both halves in one `sequence_logps` batch
+    (shared_prefix: one row [prompt | first | second] per prompt, `shared_prefix.pair_logps`)."""
+    if shared_prefix:
+        a, b = pair_logps(adapter, chat, first, second, feats, backend=backend, max_length=max_length)
+        return list(zip(a.tolist(), b.tolist()))
     lp = sequence_logps(adapter, chat * 2, first + second, feats * 2, backend=backend,
                         max_length=max_length).tolist()
     return list(zip(lp[:len(chat)], lp[len(chat):]))

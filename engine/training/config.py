@@ -136,6 +136,10 @@ class DPOConfig:
     # tokens per sequence (prompt with its video tokens + response); a longer response is cut,
     # the same way for the reference log-probs and for training; 0: no limit
     max_length: int = 0
+    # one row per pair, [prompt | chosen | rejected] (isrt.engine.training.shared_prefix): the
+    # prompt and its video run through the decoder once, not twice; the same numbers up to
+    # rounding. Needs sdpa or eager attention (a custom mask)
+    shared_prefix: bool = False
 
     def __post_init__(self):
         _finite(self, "dpo")
@@ -144,6 +148,8 @@ class DPOConfig:
         _check(self.lora_r >= 1, f"dpo.lora_r: must be >= 1, got {self.lora_r}")
         _check(self.lora_alpha > 0, f"dpo.lora_alpha: must be > 0, got {self.lora_alpha}")
         _check(self.max_length >= 0, f"dpo.max_length: must be >= 0 (0: no limit), got {self.max_length}")
+        _check(isinstance(self.shared_prefix, bool),
+               f"dpo.shared_prefix: must be true or false, got {self.shared_prefix!r}")
         # isrt.kernels.DPO_LOSS_TYPES (this module stays torch-free); ipo is length-averaged (TRL's)
         _one_of(self.loss_type, "dpo.loss_type", ("sigmoid", "robust", "hinge", "ipo", "apo_zero", "apo_down"))
         _check(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing: must be in [0, 0.5)")

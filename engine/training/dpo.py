@@ -73,7 +73,8 @@ class _PolicyLoss(torch.nn.Module):
             features = [f() if callable(f) else f for f in features]
         return preference_step(self._adapter, prompts, chosen, rejected, features, ref_chosen, ref_rejected,
                                beta=c.beta, loss_type=c.loss_type, label_smoothing=c.label_smoothing,
-                               model=self.model, backend=c.backend, max_length=c.max_length or None)
+                               model=self.model, backend=c.backend, max_length=c.max_length or None,
+                               shared_prefix=c.shared_prefix)
 
 
 def _step_fn(policy, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, params, optim, *,

@@ -80,7 +80,7 @@ def sequence_logps(adapter, prompts: list[str], responses: list[str], features: 
     batch = response_batch(adapter, prompts, responses, features, model=model, max_length=max_length)
     hidden = adapter.batch_hidden_states(batch, model=model)  # [B,T,H]
     labels = batch["labels"]
-    head = _plain_head(adapter, model)
+    head = plain_head(adapter, model)
     # [B,T] in, the kernel drops ignored rows before any matmul; summing the [B,T] grid (zeros at
     # ignored rows) is exactly what fused_linear_dpo's two-pass schedule does, so reference and
     # policy log-probs agree bit for bit on the CPU path (first DPO loss exactly ln 2).
@@ -89,7 +89,7 @@ def sequence_logps(adapter, prompts: list[str], responses: list[str], features: 
     return lp.float().sum(-1)
 
 
-def _plain_head(adapter, model):
+def plain_head(adapter, model):
     head = adapter.head(model)
     if hasattr(head, "base_layer"):
         # A PEFT-wrapped head: weight is only the base weight; its adapter delta would be lost.
@@ -102,17 +102,24 @@ def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: li
                     features: list[torch.Tensor], ref_chosen_logps: torch.Tensor,
                     ref_rejected_logps: torch.Tensor, *, beta: float, loss_type: str,
                     label_smoothing: float = 0.0, model=None, backend: str = "auto",
-                    max_length: int | None = None):
+                    max_length: int | None = None, shared_prefix: bool = False):
     """(loss, metrics) of B preference pairs through `isrt.kernels.fused_linear_dpo`.
+    shared_prefix: one row [prompt | chosen | rejected] per pair (`shared_prefix`), not two.
 
     The decoder runs once on the 2B sequences (chosen first, then rejected: TRL's order) to
     hidden [2B,T,H]; the fused head kernel drops prompt/video/padding rows and, on CUDA, computes
     log-probs, loss and head gradients in one pass over the vocabulary (6NHV, 4NHV frozen head).
     Same log-probs as `sequence_logps` (the reference path) up to summation order.
     """
+    head = plain_head(adapter, model)
+    if shared_prefix:
+        from isrt.engine.training.shared_prefix import pair_preference_step
+        return pair_preference_step(adapter, prompts, chosen, rejected, features, ref_chosen_logps,
+                                    ref_rejected_logps, beta=beta, loss_type=loss_type,
+                                    label_smoothing=label_smoothing, model=model, backend=backend,
+                                    max_length=max_length, head=head)
     batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model, max_length=max_length)
     hidden = adapter.batch_hidden_states(batch, model=model)  # [2B,T,H]
-    head = _plain_head(adapter, model)
     return fused_linear_dpo(hidden, head.weight, batch["labels"], ref_chosen_logps, ref_rejected_logps,
                             beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, bias=head.bias,
                             ignore_index=IGNORE_INDEX, backend=backend)

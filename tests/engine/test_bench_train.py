@@ -88,3 +88,15 @@ def test_video_llava_7b_at_16_frames_is_refused_in_one_line():
 
     with pytest.raises(ValueError, match=r"num_frames=16: one video is 4112 tokens .* context of 4096"):
         _bench().build_adapter("video_llava", "7b", 16, torch.device("meta"), torch.bfloat16, "sdpa")
+
+
+def test_the_shared_prefix_layout_is_a_row_of_its_own_crediting_the_tokens_it_runs(tmp_path):
+    b = _bench()
+    out = tmp_path / "train.csv"
+    b.main(["--cpu-tiny", "--families", "qwen2_5_vl", "--frames", "2", "--modes", "full", "--strategies", "ddp",
+            "--ckpt", "off", "--steps", "1", "--warmup", "1", "--layouts", "duplicated,shared", "--csv", str(out)])
+    dup, shared = list(csv.DictReader(open(out)))
+    assert (dup["provider"], shared["provider"]) == ("ddp", "ddp+shared") and shared["status"] == "ok"
+    t, resp = int(dup["seq_len"]), int(dup["resp_tokens"])  # prompt + one answer
+    assert int(dup["tokens_per_step"]) == 2 * t
+    assert int(shared["tokens_per_step"]) == int(shared["seq_len"]) == t + resp  # the prompt once

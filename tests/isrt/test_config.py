@@ -36,6 +36,8 @@ def test_presets_load_and_overrides_apply():
     (["dpo.lora_r=0"], "dpo.lora_r"),
     (["dpo.lora_alpha=0"], "dpo.lora_alpha"),
     (["dpo.max_length=-1"], "dpo.max_length"),
+    (["dpo.shared_prefix=true", "model.attn_implementation=flash_attention_2"], "dpo.shared_prefix"),
+    (["keep_checkpoints=-1"], "keep_checkpoints"),
     (["data.synthetic_ask_first=[size]"], "data.synthetic_ask_first"),
     (["data.synthetic_ask_first=[count,count]", "data.synthetic_questions_per_video=2"], "data.synthetic_ask_first"),
     (["data.synthetic_ask_first=[count,shape]"], "data.synthetic_ask_first"),  # more than questions per clip
@@ -224,3 +226,9 @@ def test_presets_that_extend_each_other_in_a_circle_are_one_line_errors(tmp_path
         load_config("a")
     with pytest.raises(ConfigError, match=r"^--preset: unknown preset 'nothere'"):
         load_config("c")
+
+
+def test_shared_prefix_loads_the_policy_with_a_mask_taking_attention():
+    assert load_config("smoke", ["dpo.shared_prefix=true"]).attn_implementation == "sdpa"
+    assert load_config("smoke", ["dpo.shared_prefix=true", "model.attn_implementation=eager"]).attn_implementation == "eager"
+    assert load_config("smoke").attn_implementation == "auto"

@@ -210,6 +210,16 @@ def test_keep_checkpoints_leaves_the_last_ones_and_changes_no_result(full_run, p
     assert pair_ids(out) == pair_ids(full_run[0]) and not list(out.rglob("*.tmp"))
 
 
+def test_shared_prefix_dpo_runs_the_loop_from_ln2(pool, tmp_path):
+    """dpo.shared_prefix: reference log-probs and training both take one row per pair, so the
+    first loss of every iteration is ln 2."""
+    out = tmp_path / "shared"
+    run_isrt(out, pool, "dpo.shared_prefix=true")
+    for t in range(2):
+        s3 = json.loads((out / f"iter_{t:02d}" / "stage3.json").read_text())
+        assert s3["steps"] > 0 and s3["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
 def test_sigterm_stops_in_one_line_and_the_rerun_gives_the_same_pairs(full_run, pool, tmp_path):
     """A scheduler's SIGTERM, at two points: exit 143, one line saying how to resume, no
     traceback, nothing half-written; the rerun ends with the uninterrupted run's pairs."""
