@@ -34,6 +34,7 @@ from isrt.engine import distributed
 from isrt.engine.training import steps
 from isrt.engine.training.config import DPOConfig
 from isrt.engine.training.logprobs import preference_step
+from isrt.engine.training.shared_prefix import pair_preference_step
 from isrt.engine.training.optim import adamw
 from isrt.engine.training.trainable import gather_full, gradient_checkpointing
 
@@ -71,10 +72,11 @@ class _PolicyLoss(torch.nn.Module):
         c = self._cfg
         with torch.no_grad():
             features = [f() if callable(f) else f for f in features]
-        return preference_step(self._adapter, prompts, chosen, rejected, features, ref_chosen, ref_rejected,
-                               beta=c.beta, loss_type=c.loss_type, label_smoothing=c.label_smoothing,
-                               model=self.model, backend=c.backend, max_length=c.max_length or None,
-                               shared_prefix=c.shared_prefix)
+        # one row [prompt | chosen | rejected] per pair, or two rows (prompt + each answer)
+        step = pair_preference_step if c.shared_prefix else preference_step
+        return step(self._adapter, prompts, chosen, rejected, features, ref_chosen, ref_rejected,
+                    beta=c.beta, loss_type=c.loss_type, label_smoothing=c.label_smoothing,
+                    model=self.model, backend=c.backend, max_length=c.max_length or None)
 
 
 def _step_fn(policy, pairs: list[Pair], cfg: DPOConfig, d: distributed.Dist, params, optim, *,

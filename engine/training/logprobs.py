@@ -102,9 +102,8 @@ def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: li
                     features: list[torch.Tensor], ref_chosen_logps: torch.Tensor,
                     ref_rejected_logps: torch.Tensor, *, beta: float, loss_type: str,
                     label_smoothing: float = 0.0, model=None, backend: str = "auto",
-                    max_length: int | None = None, shared_prefix: bool = False):
+                    max_length: int | None = None):
     """(loss, metrics) of B preference pairs through `isrt.kernels.fused_linear_dpo`.
-    shared_prefix: one row [prompt | chosen | rejected] per pair (`shared_prefix`), not two.
 
     The decoder runs once on the 2B sequences (chosen first, then rejected: TRL's order) to
     hidden [2B,T,H]; the fused head kernel drops prompt/video/padding rows and, on CUDA, computes
@@ -112,12 +111,6 @@ def preference_step(adapter, prompts: list[str], chosen: list[str], rejected: li
     Same log-probs as `sequence_logps` (the reference path) up to summation order.
     """
     head = plain_head(adapter, model)
-    if shared_prefix:
-        from isrt.engine.training.shared_prefix import pair_preference_step
-        return pair_preference_step(adapter, prompts, chosen, rejected, features, ref_chosen_logps,
-                                    ref_rejected_logps, beta=beta, loss_type=loss_type,
-                                    label_smoothing=label_smoothing, model=model, backend=backend,
-                                    max_length=max_length, head=head)
     batch = response_batch(adapter, prompts * 2, chosen + rejected, features * 2, model=model, max_length=max_length)
     hidden = adapter.batch_hidden_states(batch, model=model)  # [2B,T,H]
     return fused_linear_dpo(hidden, head.weight, batch["labels"], ref_chosen_logps, ref_rejected_logps,

@@ -72,8 +72,11 @@ def pair_batch(adapter, prompts: list[str], chosen: list[str], rejected: list[st
     hidden_from_chosen = (part[:, :, None] == 2) & (part[:, None, :] == 1)
     allowed = causal & ~hidden_from_chosen
     dtype = adapter.dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
-    return {"inputs_embeds": adapter.embed(ids, features, model=model), "attention_mask": mask[:, None],
+    # rows of the mask start at multiples of 8 elements: SDPA's memory-efficient kernel takes such
+    # a bias as it is (else it pads a copy, twice the mask's memory)
+    mask = torch.zeros(b_n, 1, t, -(-t // 8) * 8, dtype=dtype, device=dev)[..., :t]
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return {"inputs_embeds": adapter.embed(ids, features, model=model), "attention_mask": mask,
             "position_ids": _answer_positions(adapter, pairs, t),
             "decoder_kwargs": adapter.decoder_kwargs(ids, features),
             "rows": torch.tensor(rows, dtype=torch.long, device=dev),

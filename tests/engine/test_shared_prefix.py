@@ -56,8 +56,8 @@ def test_loss_and_gradients_equal_the_duplicated_layout(family):
     out = []
     for shared in (False, True):
         adapter.model.zero_grad()
-        loss, metrics = preference_step(adapter, prompts, CHOSEN, REJECTED, feats, ref_c, ref_r, beta=0.1,
-                                        loss_type="sigmoid", shared_prefix=shared)
+        step = SP.pair_preference_step if shared else preference_step
+        loss, metrics = step(adapter, prompts, CHOSEN, REJECTED, feats, ref_c, ref_r, beta=0.1, loss_type="sigmoid")
         loss.backward()
         out.append((loss.detach(), metrics["rewards/margins"], [p.grad.clone() for p in params]))
     (l0, m0, g0), (l1, m1, g1) = out
@@ -74,8 +74,8 @@ def test_the_first_loss_against_shared_prefix_references_is_ln2():
     prompts, feats = _inputs(adapter)
     with torch.no_grad():
         ref_c, ref_r = SP.pair_logps(adapter, prompts, CHOSEN, REJECTED, feats)
-    loss, _ = preference_step(adapter, prompts, CHOSEN, REJECTED, feats, ref_c, ref_r, beta=0.1, loss_type="sigmoid",
-                              shared_prefix=True)
+    loss, _ = SP.pair_preference_step(adapter, prompts, CHOSEN, REJECTED, feats, ref_c, ref_r, beta=0.1,
+                                      loss_type="sigmoid")
     assert abs(loss.item() - math.log(2)) <= 1e-6
 
 
@@ -99,6 +99,7 @@ def test_rows_labels_and_mask_of_one_pair():
     c, r = adapter.encode_response(CHOSEN[0]), adapter.encode_response(REJECTED[0])
     assert b["rows"].tolist() == [p - 1 + j for j in range(len(c))] + [p - 1] + [p + len(c) + j for j in range(len(r) - 1)]
     assert b["labels"].tolist() == c + r and b["segment_ids"].tolist() == [0] * len(c) + [1] * len(r)
+    assert b["attention_mask"].stride(-2) % 8 == 0  # aligned rows (SDPA's memory-efficient kernel)
     seen = b["attention_mask"][0, 0] == 0
     first_r = p + len(c)
     assert seen[first_r, :p].all() and not seen[first_r, p:first_r].any() and seen[first_r, first_r]
