@@ -17,15 +17,16 @@ from isrt.engine.adapters.base import unwrap
 from isrt.kernels import linear_logprobs
 
 
-def prompt_batch(adapter, prompts: list[str], features: list[torch.Tensor], *, model=None) -> dict:
-    """Left-padded prompt inputs: {"inputs_embeds" [B,T,H] model dtype, "attention_mask" long [B,T],
+def prompt_batch(adapter, prompts: list[str], features: list[torch.Tensor], *, model=None, pad_to: int = 1) -> dict:
+    """Left-padded prompt inputs (T: the longest prompt, rounded up to a multiple of `pad_to`):
+    {"inputs_embeds" [B,T,H] model dtype, "attention_mask" long [B,T],
     "input_ids" long [B,T] (placeholders expanded, pad id at padding), "position_ids" long
     ([B,T], or [3,B,T] for M-RoPE families: `adapter.position_ids`), "decoder_kwargs" (extra
     decoder inputs, `adapter.decoder_kwargs`: {} but for Qwen3-VL's deepstack)}."""
     if len(prompts) != len(features):
         raise ValueError(f"{len(prompts)} prompts but {len(features)} feature tensors")
     ids = [adapter.encode_prompt(p, f.shape[0]) for p, f in zip(prompts, features)]
-    t = max(len(x) for x in ids)
+    t = -(-max(len(x) for x in ids) // pad_to) * pad_to
     pad = adapter.tokenizer.pad_token_id
     input_ids = torch.full((len(ids), t), pad, dtype=torch.long)
     mask = torch.zeros((len(ids), t), dtype=torch.long)
@@ -99,15 +100,27 @@ def generate(adapter, prompts: list[str], features: list[torch.Tensor], *, max_n
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
             fs = features[start:start + batch_size]
-            inputs = adapter.generate_inputs(prompt_batch(adapter, prompts[start:start + batch_size], fs), fs)
+            inputs = adapter.generate_inputs(prompt_batch(adapter, prompts[start:start + batch_size], fs,
+                                                          pad_to=adapter.prompt_pad_to), fs)
             # Given position_ids (M-RoPE), HF generate extends them by last + 1 per new token.
-            seqs = model.generate(**inputs, **kw)
+            seqs = model.generate(**inputs, **kw, **cache_kwargs(adapter))
             if "input_ids" in inputs:
                 seqs = seqs[:, inputs["input_ids"].shape[1]:]
             # With inputs_embeds and no input_ids, HF returns only the new tokens.
             texts = [adapter.decode(row.tolist()) for row in seqs]
             out.extend(texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
     return out
+
+
+def cache_kwargs(adapter) -> dict:
+    """HF generate's cache arguments for `adapter.kv_cache`: {} (dynamic), or a static cache,
+    preallocated for the prompt plus max_new_tokens, whose decode step HF compiles on CUDA
+    (torch.compile; a new prompt length or batch size compiles again: `adapter.prompt_pad_to`)."""
+    if adapter.kv_cache == "dynamic":
+        return {}
+    if adapter.kv_cache != "static":
+        raise ValueError(f"sampling.kv_cache: {adapter.kv_cache!r} is not one of dynamic, static")
+    return {"cache_implementation": "static"}
 
 
 def _generate_row_seeded(adapter, prompts, features, seeds, *, max_new_tokens, temperature, top_p,
@@ -122,12 +135,13 @@ def _generate_row_seeded(adapter, prompts, features, seeds, *, max_new_tokens, t
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         fs = [features[i] for i, _ in chunk]
-        inputs = adapter.generate_inputs(prompt_batch(adapter, [prompts[i] for i, _ in chunk], fs), fs)
+        inputs = adapter.generate_inputs(prompt_batch(adapter, [prompts[i] for i, _ in chunk], fs,
+                                                      pad_to=adapter.prompt_pad_to), fs)
         warp = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p),
                                     _RowSeededSampler([_row_seed(seeds[i], k) for i, k in chunk], adapter.device)])
         seqs = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               logits_processor=warp, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                              use_cache=True)
+                              use_cache=True, **cache_kwargs(adapter))
         if "input_ids" in inputs:
             seqs = seqs[:, inputs["input_ids"].shape[1]:]
         texts.extend(adapter.decode(row.tolist()) for row in seqs)

@@ -190,9 +190,16 @@ class SamplingConfig:
     # (isrt.stages.pick_pair), so a rare right answer reaches the judge against the answer the
     # policy usually gives (docs/demo_model.md, "Best of n").
     candidates: int = 2
+    # the KV cache of generation: dynamic (HF's default, grows per token) or static (preallocated;
+    # HF generate compiles its decode step on CUDA); prompts are left-padded to a multiple of
+    # prompt_pad_to tokens, so a static cache meets few shapes (each compiles once)
+    kv_cache: str = "dynamic"
+    prompt_pad_to: int = 1
 
     def __post_init__(self):
         _check(self.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
+        _one_of(self.kv_cache, "sampling.kv_cache", ("dynamic", "static"))
+        _check(self.prompt_pad_to >= 1, "sampling.prompt_pad_to", f"must be >= 1 (1: no rounding), got {self.prompt_pad_to}")
         _check(self.context_max_new_tokens >= 1, "sampling.context_max_new_tokens", "must be >= 1")
         _check(self.temperature > 0, "sampling.temperature", f"must be > 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}")

@@ -246,6 +246,7 @@ class Run:
                                num_frames=m.num_frames, seed=self.cfg.model_seed,
                                attn_implementation=self.cfg.attn_implementation)
         adapter.freeze_vision()
+        adapter.kv_cache, adapter.prompt_pad_to = self.cfg.sampling.kv_cache, self.cfg.sampling.prompt_pad_to
         return adapter
 
     # ---- the loop -----------------------------------------------------------------------

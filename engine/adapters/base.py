@@ -77,7 +77,11 @@ class VideoLMAdapter:
     """Base class; see the module docstring. Attributes set by `__init__`:
 
     model (HF PreTrainedModel, the whole VLM), tokenizer, device, dtype, num_frames,
-    attn_implementation, image_size, image_mean, image_std, video_token, video_token_id.
+    attn_implementation, image_size, image_mean, image_std, video_token, video_token_id;
+    and how `generation.generate` decodes (set them after loading; `sampling.kv_cache`,
+    `sampling.prompt_pad_to`): kv_cache "dynamic" (HF's growing cache) or "static" (a
+    preallocated one, whose decode step HF generate compiles on CUDA), prompt_pad_to (prompts
+    left-padded to a multiple of it, so a static cache sees few shapes; 1: no rounding).
     """
 
     family: str = ""
@@ -93,6 +97,7 @@ class VideoLMAdapter:
         self.image_size = int(image_size)
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
+        self.kv_cache, self.prompt_pad_to = "dynamic", 1
         self.video_token = self._video_token()
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         if self.video_token_id is None or self.video_token_id == tokenizer.unk_token_id:

@@ -151,3 +151,23 @@ def test_row_seeded_sampler_draws_from_the_softmax():
     want = torch.softmax(logits[0].double(), dim=0)
     assert freq[4] == 0  # a filtered token is never drawn
     assert torch.allclose(freq, want, atol=4 * (want * (1 - want) / n).sqrt().max().item())
+
+
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def test_a_static_cache_and_rounded_prompt_padding_change_no_token(family):
+    """sampling.kv_cache=static (what HF compiles the decode step for on CUDA) with prompts
+    left-padded to a multiple of 16: greedy, seeded and row-seeded sampling give the tokens of
+    the dynamic cache. On the CPU nothing compiles; the cache and the padding are the same."""
+    a = load_adapter(family, "tiny", num_frames=F, seed=0)
+    prompts = [a.chat_prompt(q) for q in QUESTIONS]
+    feats = [f for _, f in random_videos(a, len(QUESTIONS), seed=0, height=36, width=44)]
+    runs = [dict(do_sample=False), dict(do_sample=True, temperature=1.0, seed=3, num_return_sequences=2),
+            dict(do_sample=True, temperature=1.0, seeds=[5, 6, 7], num_return_sequences=2)]
+    want = [generate(a, prompts, feats, max_new_tokens=8, batch_size=3, **kw) for kw in runs]
+    a.kv_cache, a.prompt_pad_to = "static", 16
+    assert prompt_batch(a, prompts, feats, pad_to=16)["attention_mask"].shape[1] % 16 == 0
+    got = [generate(a, prompts, feats, max_new_tokens=8, batch_size=3, **kw) for kw in runs]
+    assert got == want
+    a.kv_cache = "paged"
+    with pytest.raises(ValueError, match="sampling.kv_cache"):
+        generate(a, prompts, feats, max_new_tokens=2, do_sample=False)

@@ -38,6 +38,8 @@ def test_presets_load_and_overrides_apply():
     (["dpo.max_length=-1"], "dpo.max_length"),
     (["dpo.shared_prefix=true", "model.attn_implementation=flash_attention_2"], "dpo.shared_prefix"),
     (["keep_checkpoints=-1"], "keep_checkpoints"),
+    (["sampling.kv_cache=paged"], "sampling.kv_cache"),
+    (["sampling.prompt_pad_to=0"], "sampling.prompt_pad_to"),
     (["data.synthetic_ask_first=[size]"], "data.synthetic_ask_first"),
     (["data.synthetic_ask_first=[count,count]", "data.synthetic_questions_per_video=2"], "data.synthetic_ask_first"),
     (["data.synthetic_ask_first=[count,shape]"], "data.synthetic_ask_first"),  # more than questions per clip
