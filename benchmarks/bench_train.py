@@ -298,9 +298,10 @@ def device_info(dev: str, override: float | None) -> tuple[str, float]:
     return name, override if override else peak
 
 
-def run_in_child(c: dict, world: int, limit_s: float) -> dict:
-    """The case in a fresh process (or `world` under torchrun); its JSON row, or a status."""
-    script = [os.path.abspath(__file__), "--_case", json.dumps(c)]
+def run_in_child(c: dict, world: int, limit_s: float, script: str | None = None) -> dict:
+    """The case in a fresh process (or `world` under torchrun) of `script --_case` (default this
+    file); its JSON row, or a status."""
+    script = [script or os.path.abspath(__file__), "--_case", json.dumps(c)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", *script]
            if world > 1 else [sys.executable, *script])
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")

@@ -17,6 +17,11 @@
 #              case in its own process under T_TRAIN_CASE s, OOM recorded as "oom"; fsdp2 rows
 #              need >= 2 GPUs (n/a on one); T_TRAIN total budget, TRAIN_CASES the --case list
 #              (FAMILY:FRAMES:MODE:STRATEGY:CKPT:BATCH, space separated), TRAIN_ARGS extra options
+#              (e.g. "--layouts duplicated,shared": dpo.shared_prefix against two rows per pair)
+#     sampling benchmarks/bench_sampling.py: stage-1 sampling of random 7B Qwen2.5-VL / Video-LLaVA
+#              (8 frames, 16 prompts x 2 samples, 128 new tokens), dynamic vs static KV cache
+#              (the static one compiles its decode step in the warm-up); T_SAMPLING total budget,
+#              SAMPLING_ARGS extra options
 #
 # Knobs (environment): T_TESTS / T_BENCH (kernel tests / benchmark seconds), OTHER_TESTS=0 (skip
 # gpu tests outside tests/kernels in the kernel section), PYTEST_K (a -k filter for the kernel
@@ -36,6 +41,7 @@ T_VIDEO_TESTS=${T_VIDEO_TESTS:-240}
 T_VIDEO_BENCH=${T_VIDEO_BENCH:-150}
 T_TRAIN=${T_TRAIN:-420}      # seconds of training-step cases (the rest is skipped, recorded)
 T_TRAIN_CASE=${T_TRAIN_CASE:-150}  # limit of one case: model build + warmup + timed steps
+T_SAMPLING=${T_SAMPLING:-420}  # seconds of sampling cases (the rest is skipped, recorded)
 # The one-GPU plan (FAMILY:FRAMES:MODE:STRATEGY:CKPT:PAIRS[:ACCUM]), in priority order (a budget
 # cut drops the last): the issue-13 targets first (Qwen2.5-VL 8 frames: full with checkpointing,
 # LoRA, full without checkpointing, full with 4 micro-batches a step), then 32 frames,
@@ -266,6 +272,23 @@ EOF
   fi
 }
 
+section_sampling() {
+  echo
+  echo "######## sampling: stage-1 generation at the 7B shapes (random weights), dynamic vs static cache"
+  mkdir -p benchmarks/results
+  local SCSV=benchmarks/results/sampling-gpu-$STAMP.csv t0=$(date +%s)
+  timeout $((T_SAMPLING + 460)) python3 -P benchmarks/bench_sampling.py --csv "$SCSV" \
+    --time-budget-s "$T_SAMPLING" ${SAMPLING_ARGS:-} 2>&1 | tee "$LOGDIR/bench_sampling.log" | tail -20
+  [ "${PIPESTATUS[0]}" = 124 ] && note "sampling benchmark: TIMED OUT"
+  if [ -f "$SCSV" ]; then
+    [ -n "${OUT:-}" ] && cp "$SCSV" "$OUT/"
+    note "sampling benchmark ($(( $(date +%s) - t0 )) s, $SCSV):"
+    while IFS= read -r line; do note "  $line"; done < <(grep -E "ms/step|oom|ERR|SKIPPED|timeout" "$LOGDIR/bench_sampling.log")
+  else
+    note "sampling benchmark: no CSV (see $LOGDIR/bench_sampling.log)"
+  fi
+}
+
 # ---------------------------------------------------------------------------------------------
 
 probe
@@ -280,8 +303,9 @@ for s in "${SECS[@]}"; do
     kernels) section_kernels ;;
     dali-scaling) section_dali_scaling ;;
     train) section_train ;;
+    sampling) section_sampling ;;
     engine-tests) section_engine_tests ;;
-    *) echo "unknown section '$s' (probe, video, kernels, engine-tests, dali-scaling, train)"; exit 2 ;;
+    *) echo "unknown section '$s' (probe, video, kernels, engine-tests, dali-scaling, train, sampling)"; exit 2 ;;
   esac
 done
 
