@@ -149,7 +149,7 @@ def gemm_floor(h, w):
     from isrt.kernels.triton_logprobs import mm_acc_
     h2 = h.detach().reshape(-1, h.shape[-1])
     wd = w.detach()
-    mode, rows = memory_plan(w, h2, KernelOptions())
+    mode, rows, _ = memory_plan(w, h2, KernelOptions())
     buf = torch.empty(min(rows, h2.shape[0]) * w.shape[0], dtype=h.dtype, device=h.device)
     dh = torch.empty_like(h2)
     dw = None

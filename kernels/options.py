@@ -28,6 +28,11 @@ class KernelOptions:
     chunk_bytes        two-pass schedule: bytes of one [rows, vocabulary chunk] logits buffer.
     single_pass_bytes  single-pass schedule: extra memory of one call (logits chunk, row copies
                        and, when chosen, the fp32 dW accumulator).
+    single_pass_max_bytes  single-pass schedule: how far that may grow so that the longest pair
+                       fits one chunk whole (its logits kept: 6NHV, where the two-pass route
+                       would recompute them, 8NHV). Rows of 2,048 tokens make pairs of 4,096
+                       label rows: 1.2 GiB of bf16 logits at V = 152,064. A pair that needs more
+                       takes the two-pass route alone; single_pass_bytes or less: never grow.
     dw_accum           single-pass dW across chunks: "fp32" (an fp32 [V, H] accumulator),
                        "compensated" (bf16 + an int8 residual: one rounding, 1 byte per weight),
                        "native" (in the weight's dtype, one rounding per chunk), "auto" (fp32 when
@@ -39,6 +44,7 @@ class KernelOptions:
     schedule: str = "single"
     chunk_bytes: int = 512 << 20
     single_pass_bytes: int = 960 << 20
+    single_pass_max_bytes: int = 2560 << 20
     dw_accum: str = "auto"
     tile_config: dict | None = field(default=None, hash=False)  # a dict cannot be hashed
 
@@ -46,7 +52,7 @@ class KernelOptions:
         for name, allowed in (("impl", IMPLS), ("schedule", SCHEDULES), ("dw_accum", DW_ACCUMS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
-        for name in ("chunk_bytes", "single_pass_bytes"):
+        for name in ("chunk_bytes", "single_pass_bytes", "single_pass_max_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 

@@ -29,8 +29,10 @@ chunks in an fp32 [V, H] buffer ("fp32": exact, 4VH bytes), as bf16 plus an int8
 ("compensated", `triton_compensated`: VH bytes and one fp32 slab, one rounding like eager), or
 in the gradient's own dtype ("native": one rounding per chunk, no extra memory; at 6 chunks 1.7-
 2.4x eager's error). "auto" takes fp32 when it needs at most half the budget, else compensated.
-A pair with more valid rows than fit one chunk takes the two-pass route alone (the loss is a sum
-of per-pair terms); the other pairs stay in the single pass. Sequence sums are written once per
+A pair with more valid rows than fit one chunk grows the chunks to hold it whole, up to
+`single_pass_max_bytes` (its logits kept: 6MHV, not the two-pass route's 8MHV; rows of 2,048 and
+4,096 tokens make such pairs); a pair that needs more takes the two-pass route alone (the loss is
+a sum of per-pair terms), and the other pairs stay in the single pass. Sequence sums are written once per
 sequence, each by one program that adds its contiguous run of rows in a fixed order
 (`triton_segments`), never with atomics, so two identical calls give the same bits.
 """
@@ -73,9 +75,10 @@ SLAB_BYTES = 64 << 20  # compensated dW: the fp32 product of one slab of vocabul
 
 
 def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
-                options: KernelOptions = DEFAULT_OPTIONS) -> tuple[str, int]:
-    """(how dW accumulates across chunks, rows per chunk) for a single-pass call within
-    `options.single_pass_bytes`. "fp32": an fp32 accumulator (4 bytes per weight; the only kind
+                options: KernelOptions = DEFAULT_OPTIONS) -> tuple[str, int, int]:
+    """(how dW accumulates across chunks, rows per chunk, rows one chunk may grow to) for a
+    single-pass call within `options.single_pass_bytes`, growing to at most
+    `options.single_pass_max_bytes` for a pair longer than a chunk. "fp32": an fp32 accumulator (4 bytes per weight; the only kind
     for fp32/fp64 weights, where it costs nothing extra); "compensated": bf16 + an int8 residual
     (1 byte per weight plus one fp32 slab, `triton_compensated`); "native": the weight's dtype,
     one rounding per chunk. "auto" takes the first of fp32 (if it needs at most half the budget)
@@ -98,9 +101,10 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
         choice = "native"
     if choice == "compensated" and weight.dtype != torch.bfloat16:
         raise ValueError(f"dw_accum='compensated' keeps a bf16 sum; the weight is {weight.dtype}")
-    left = budget - (extra[choice] if mode == "auto" and half and weight.requires_grad else 0)
+    charged = extra[choice] if mode == "auto" and half and weight.requires_grad else 0
     per_row = hidden.element_size() * (v + 2 * hdim) + 64  # logits, gathered h, dH rows, vectors
-    return choice, max(1, left // per_row)
+    rows = max(1, (budget - charged) // per_row)
+    return choice, rows, max(rows, (options.single_pass_max_bytes - charged) // per_row)
 
 
 @no_autocast
@@ -229,7 +233,7 @@ def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
     together (host ints that size the chunks); every other quantity stays on the device, so
     nothing else waits for the GPU."""
     b, v = flat.n_pairs, weight.shape[0]
-    dw_mode, max_rows = memory_plan(weight, flat.hidden, options)
+    dw_mode, max_rows, grow_rows = memory_plan(weight, flat.hidden, options)
     labels = flat.labels
     keep = labels != ignore_index
     n_tok = label_counts(flat, keep)
@@ -237,6 +241,8 @@ def plan(flat: Flat, weight, options: KernelOptions, ignore_index: int):
     if bad:
         raise label_range_error(labels, keep, ignore_index, v)
     per_pair = [c + r for c, r in zip(counts[:b], counts[b:])]
+    # long pairs: the chunks grow to hold whole every pair that fits single_pass_max_bytes
+    max_rows = max([max_rows] + [n for n in per_pair if n <= grow_rows])
     own_list = [n <= max_rows for n in per_pair]
     pair_of = flat.segment % b
     own = (n_tok[:b] + n_tok[b:]) <= max_rows  # own_list, on the device

@@ -18,15 +18,18 @@ PATHS = [("torch", None, None), ("triton", "two", "cublas"), ("triton", "two", "
 IDS = ["torch", "two-cublas", "two-tile", "single-cublas", "single-tile"]
 
 
-def dpo(path, h, w, y, rc, rr, *, budget=None, dw_accum="auto", loss_type="sigmoid", **kw):
-    """fused_linear_preference on one path; budget = single-pass bytes (None: the default);
-    rc, rr None for the reference-free losses."""
+def dpo(path, h, w, y, rc, rr, *, budget=None, dw_accum="auto", loss_type="sigmoid", grow=None, **kw):
+    """fused_linear_preference on one path; budget = single-pass bytes, and the most a chunk may
+    grow to unless `grow` says otherwise (None: the defaults); rc, rr None for the reference-free
+    losses."""
     backend, schedule, impl = path
     opts = KernelOptions()
     if backend == "triton":
         require_interpreter()
+        d = KernelOptions()
         opts = KernelOptions(schedule=schedule, impl=impl, dw_accum=dw_accum,
-                             single_pass_bytes=budget or KernelOptions().single_pass_bytes)
+                             single_pass_bytes=budget or d.single_pass_bytes,
+                             single_pass_max_bytes=grow or budget or d.single_pass_max_bytes)
     return fused_linear_preference(h, w, y, loss_type=loss_type, ref_chosen_logps=rc, ref_rejected_logps=rr,
                                    backend=backend, options=opts, **kw)
 
@@ -224,6 +227,33 @@ def test_sequence_sums_use_no_atomics_and_repeat_bitwise(path, monkeypatch):
     assert all(torch.equal(first[1][k], again[1][k]) for k in first[1])
 
 
+@pytest.mark.parametrize("single", PATHS[3:], ids=IDS[3:])
+def test_a_long_pair_grows_the_chunk_within_single_pass_max_bytes(single, monkeypatch):
+    """Rows of 2,048 or 4,096 tokens make every pair longer than the default chunk: they used to
+    take the two-pass route, recomputing the logits (8NHV). Within single_pass_max_bytes the
+    chunk grows to hold the longest pair whole, so the single pass keeps it (6NHV)."""
+    h, w, bb, y, rc, rr = make(4, 12, 16, 50, torch.float32, seed=16)
+    y[:, :] = torch.where(torch.arange(12) < 6, y, -100)
+    y[1] = torch.randint(0, 50, (12,))  # pair 1: 12 + 6 label rows
+    y[5] = torch.randint(0, 50, (12,))
+    whole = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb), [h, w, bb])
+    per_row = 4 * (50 + 2 * 16) + 64
+    two_pass_rows, plans = [], []
+    real, real_plan = TD.triton_linear_logprobs, TD.plan_chunks
+    monkeypatch.setattr(TD, "triton_linear_logprobs",
+                        lambda h, *a, **k: two_pass_rows.append(h.shape[0]) or real(h, *a, **k))
+    monkeypatch.setattr(TD, "plan_chunks", lambda c, m: plans.append((c, m)) or real_plan(c, m))
+    for grow, fallback in ((30 * per_row, []), (20 * per_row, [24])):  # room for 30 rows; for 20
+        two_pass_rows.clear()
+        got = run(lambda h, w, bb: dpo(single, h, w, y, rc, rr, bias=bb, budget=16 * per_row, grow=grow),
+                  [h, w, bb])
+        assert two_pass_rows == fallback
+        assert plans[-1][1] == (24 if not fallback else 16)  # the chunk: the long pair's rows, or the budget's
+        assert abs(got[0].item() - whole[0].item()) <= 1e-6 * max(1.0, abs(whole[0].item()))
+        for a, r in zip(got[2], whole[2]):
+            assert (a - r).abs().max() <= 2e-6 * r.abs().max()
+
+
 def test_plan_chunks_keeps_pairs_whole():
     counts = [3, 1, 4, 2, 0]  # label rows of pairs 0..4
     chunks = TD.plan_chunks(counts, 4)
@@ -239,12 +269,17 @@ def test_memory_plan_picks_the_dw_accumulator():
     def plan(mode, budget, weight=w):
         return TD.memory_plan(weight, h, KernelOptions(dw_accum=mode, single_pass_bytes=budget))
     big = 2 * 4 * w.numel()  # fp32 fits half of it
-    assert plan("auto", big) == ("fp32", (big - 4 * w.numel()) // per_row)
+    assert plan("auto", big)[:2] == ("fp32", (big - 4 * w.numel()) // per_row)
     mid = 7 * w.numel()  # compensated (1 B per weight + a 4 B slab) fits three quarters, fp32 not half
-    assert plan("auto", mid) == ("compensated", (mid - 5 * w.numel()) // per_row)
-    assert plan("auto", 20 * per_row) == ("native", 20)
+    assert plan("auto", mid)[:2] == ("compensated", (mid - 5 * w.numel()) // per_row)
+    assert plan("auto", 20 * per_row)[:2] == ("native", 20)
     for mode in ("fp32", "compensated", "native"):  # explicit: the buffer comes on top of the budget
-        assert plan(mode, 20 * per_row) == (mode, 20)
+        assert plan(mode, 20 * per_row)[:2] == (mode, 20)
+    # the rows a chunk may grow to: single_pass_max_bytes less the same accumulator charge
+    grown = TD.memory_plan(w, h, KernelOptions(single_pass_bytes=big, single_pass_max_bytes=3 * big))
+    assert grown == ("fp32", (big - 4 * w.numel()) // per_row, (3 * big - 4 * w.numel()) // per_row)
+    under = KernelOptions(dw_accum="native", single_pass_bytes=20 * per_row, single_pass_max_bytes=per_row)
+    assert TD.memory_plan(w, h, under)[1:] == (20, 20)  # a maximum under the budget: never grow
     w32 = w.detach().float().requires_grad_()
     assert plan("native", 20 * per_row, w32)[0] == "fp32"  # fp32 weights accumulate in fp32 anyway
     with pytest.raises(ValueError, match="compensated"):
@@ -446,7 +481,8 @@ def test_the_single_pass_sums_the_logit_metrics_as_it_reads_the_logits(impl, sof
     real = triton_dpo.mean_logit_totals
     monkeypatch.setattr(triton_dpo, "mean_logit_totals", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     # 14 rows per chunk: the pairs have 15, 14 and 15 label rows, so pairs 0 and 2 are oversized
-    small = KernelOptions(impl=impl, single_pass_bytes=14 * (4 * (40 + 32) + 64))
+    small = KernelOptions(impl=impl, single_pass_bytes=14 * (4 * (40 + 32) + 64),
+                          single_pass_max_bytes=14 * (4 * (40 + 32) + 64))
     for options, n_calls in ((KernelOptions(impl=impl), 0), (small, 1)):
         got = fused_linear_preference(h, w, y, backend="triton", options=options, **kw)[1]
         assert len(calls) == n_calls
