@@ -30,9 +30,11 @@ class KernelOptions:
                        and, when chosen, the fp32 dW accumulator).
     single_pass_max_bytes  single-pass schedule: how far that may grow so that the longest pair
                        fits one chunk whole (its logits kept: 6NHV, where the two-pass route
-                       would recompute them, 8NHV). Rows of 2,048 tokens make pairs of 4,096
-                       label rows: 1.2 GiB of bf16 logits at V = 152,064. A pair that needs more
-                       takes the two-pass route alone; single_pass_bytes or less: never grow.
+                       would recompute them, 8NHV). At V = 152,064, H = 4096, bf16, rows of
+                       4,096 tokens make pairs of 8,192 label rows: 2.45 GiB of logits and row
+                       copies, plus the 0.64 GiB compensated dW accumulator, which the default
+                       3,328 MiB holds. A pair that needs more takes the two-pass route alone;
+                       single_pass_bytes or less: never grow.
     dw_accum           single-pass dW across chunks: "fp32" (an fp32 [V, H] accumulator),
                        "compensated" (bf16 + an int8 residual: one rounding, 1 byte per weight),
                        "native" (in the weight's dtype, one rounding per chunk), "auto" (fp32 when
@@ -44,7 +46,7 @@ class KernelOptions:
     schedule: str = "single"
     chunk_bytes: int = 512 << 20
     single_pass_bytes: int = 960 << 20
-    single_pass_max_bytes: int = 2560 << 20
+    single_pass_max_bytes: int = 3328 << 20
     dw_accum: str = "auto"
     tile_config: dict | None = field(default=None, hash=False)  # a dict cannot be hashed
 

@@ -254,6 +254,17 @@ def test_a_long_pair_grows_the_chunk_within_single_pass_max_bytes(single, monkey
             assert (a - r).abs().max() <= 2e-6 * r.abs().max()
 
 
+def test_the_default_options_hold_the_target_shapes_pairs_whole():
+    """Issue 15's target shape (V = 152,064, H = 4096, bf16, trainable head) with rows of 512,
+    2,048 and 4,096 tokens: pairs of 1,024, 4,096 and 8,192 label rows. With the compensated dW
+    accumulator charged to it, the 960 MiB budget holds 987 rows, so without growth even the
+    512-token pairs took the two-pass route; the default maximum holds all three."""
+    w = torch.empty(152064, 4096, dtype=torch.bfloat16, device="meta", requires_grad=True)
+    h = torch.empty(16384, 4096, dtype=torch.bfloat16, device="meta")
+    mode, rows, grow_rows = TD.memory_plan(w, h, KernelOptions())
+    assert mode == "compensated" and rows < 1024 and grow_rows >= 8192
+
+
 def test_plan_chunks_keeps_pairs_whole():
     counts = [3, 1, 4, 2, 0]  # label rows of pairs 0..4
     chunks = TD.plan_chunks(counts, 4)
