@@ -149,7 +149,9 @@ def gemm_floor(h, w):
     from isrt.kernels.triton_logprobs import mm_acc_
     h2 = h.detach().reshape(-1, h.shape[-1])
     wd = w.detach()
-    mode, rows, _ = memory_plan(w, h2, KernelOptions())
+    mode, rows, grow = memory_plan(w, h2, KernelOptions())
+    pair = 2 * h.shape[1]  # label rows of one pair (every token is a label here)
+    rows = max(rows, pair if pair <= grow else 0)  # the single pass grows its chunks to hold a pair
     buf = torch.empty(min(rows, h2.shape[0]) * w.shape[0], dtype=h.dtype, device=h.device)
     dh = torch.empty_like(h2)
     dw = None
