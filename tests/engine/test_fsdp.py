@@ -45,6 +45,8 @@ CASES = {  # name: (trainer, config overrides, lm)
     "dpo_lora_ddp": ("dpo", dict(batch_size=2, learning_rate=1e-2, strategy="ddp"), "lora"),
     "dpo_lora_fsdp": ("dpo", dict(batch_size=2, learning_rate=1e-2, strategy="fsdp2"), "lora"),
     "dpo_gc_fsdp": ("dpo", dict(batch_size=1, grad_accum=2, gradient_checkpointing=True, strategy="fsdp2"), "full"),
+    "dpo_shared_gc_fsdp": ("dpo", dict(batch_size=1, grad_accum=2, gradient_checkpointing=True, strategy="fsdp2",
+                                       shared_prefix=True), "full"),
     "sft_ddp": ("sft", dict(strategy="ddp"), "lora"),
     "sft_fsdp": ("sft", dict(strategy="fsdp2"), "lora"),
 }
@@ -161,6 +163,16 @@ def test_fsdp2_gradient_checkpointing_equals_plain_fsdp2(two_ranks):
     _, res = two_ranks
     assert res["dpo_gc_fsdp"]["losses"] == pytest.approx(res["dpo_fsdp"]["losses"], rel=1e-5)
     _assert_same_state(res["dpo_gc_fsdp"]["state"], res["dpo_fsdp"]["state"])
+
+
+def test_fsdp2_shared_prefix_with_checkpointing_equals_two_rows_per_pair(two_ranks):
+    """dpo.shared_prefix (one row per pair, a 4-D mask) under FSDP2 and gradient checkpointing:
+    the losses and weights of the duplicated layout, up to rounding."""
+    _, res = two_ranks
+    shared, plain = res["dpo_shared_gc_fsdp"], res["dpo_fsdp"]
+    assert shared["sharded"] == [True, True]
+    assert shared["losses"] == pytest.approx(plain["losses"], rel=1e-5)
+    _assert_same_state(shared["state"], plain["state"])
 
 
 def test_fsdp2_sft_equals_ddp(two_ranks):
