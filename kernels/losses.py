@@ -207,7 +207,7 @@ def _reads(spec: PreferenceLoss, sc, sr, ref_c, ref_r, chosen_tokens, rejected_t
     return _read(spec, sc, chosen_tokens), _read(spec, sr, rejected_tokens), rc, rr
 
 
-def _nll_total(spec: PreferenceLoss, chosen_token_total, like: torch.Tensor) -> torch.Tensor:
+def _nll_total(chosen_token_total, like: torch.Tensor) -> torch.Tensor:
     """The NLL term's denominator, all chosen labels of the batch (at least 1)."""
     return torch.as_tensor(chosen_token_total, dtype=like.dtype, device=like.device).clamp(min=1)
 
@@ -222,7 +222,7 @@ def pair_terms(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_sums: t
     lc, lr, rc, rr = _reads(spec, chosen_sums, rejected_sums, ref_c, ref_r, chosen_tokens, rejected_tokens)
     terms = spec.pair_losses(lc, lr, rc, rr) / n_pairs
     if spec.nll_weight:
-        terms = terms - spec.nll_weight * chosen_sums / _nll_total(spec, chosen_token_total, chosen_sums)
+        terms = terms - spec.nll_weight * chosen_sums / _nll_total(chosen_token_total, chosen_sums)
     return terms
 
 
@@ -323,7 +323,7 @@ def terms_and_grads(spec: PreferenceLoss, chosen_sums: torch.Tensor, rejected_su
         gc = gc / chosen_tokens.to(gc.dtype).clamp(min=1)
         gr = gr / rejected_tokens.to(gr.dtype).clamp(min=1)
     if spec.nll_weight:
-        total = _nll_total(spec, chosen_token_total, sc)
+        total = _nll_total(chosen_token_total, sc)
         terms = terms - spec.nll_weight * sc / total
         gc = gc - spec.nll_weight / total
     return terms, gc, gr

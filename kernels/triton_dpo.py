@@ -32,8 +32,8 @@ in the gradient's own dtype ("native": one rounding per chunk, no extra memory; 
 A pair with more valid rows than fit one chunk grows the chunks to hold it whole, up to
 `single_pass_max_bytes` (its logits kept: 6MHV, not the two-pass route's 8MHV; rows of 2,048 and
 4,096 tokens make such pairs); a pair that needs more takes the two-pass route alone (the loss is
-a sum of per-pair terms), and the other pairs stay in the single pass. Sequence sums are written once per
-sequence, each by one program that adds its contiguous run of rows in a fixed order
+a sum of per-pair terms), and the other pairs stay in the single pass. Each sequence's sum is
+written once, by one program that adds its contiguous run of rows in a fixed order
 (`triton_segments`), never with atomics, so two identical calls give the same bits.
 """
 from __future__ import annotations
@@ -78,12 +78,13 @@ def memory_plan(weight: torch.Tensor, hidden: torch.Tensor,
                 options: KernelOptions = DEFAULT_OPTIONS) -> tuple[str, int, int]:
     """(how dW accumulates across chunks, rows per chunk, rows one chunk may grow to) for a
     single-pass call within `options.single_pass_bytes`, growing to at most
-    `options.single_pass_max_bytes` for a pair longer than a chunk. "fp32": an fp32 accumulator (4 bytes per weight; the only kind
-    for fp32/fp64 weights, where it costs nothing extra); "compensated": bf16 + an int8 residual
-    (1 byte per weight plus one fp32 slab, `triton_compensated`); "native": the weight's dtype,
-    one rounding per chunk. "auto" takes the first of fp32 (if it needs at most half the budget)
-    and compensated (bf16, at most three quarters) that fits, and pays for it out of the budget;
-    an explicit mode adds its buffer on top."""
+    `options.single_pass_max_bytes` for a pair longer than a chunk. "fp32": an fp32 accumulator
+    (4 bytes per weight; the only kind for fp32/fp64 weights, where it costs nothing extra);
+    "compensated": bf16 + an int8 residual (1 byte per weight plus one fp32 slab,
+    `triton_compensated`); "native": the weight's dtype, one rounding per chunk. "auto" takes
+    the first of fp32 (if it needs at most half the budget) and compensated (bf16, at most three
+    quarters) that fits, and pays for it out of the budget; an explicit mode adds its buffer on
+    top."""
     budget, mode = options.single_pass_bytes, options.dw_accum
     v, hdim = weight.shape
     n = weight.numel()
