@@ -171,3 +171,4 @@ def test_a_static_cache_and_rounded_prompt_padding_change_no_token(family):
     a.kv_cache = "paged"
     with pytest.raises(ValueError, match="sampling.kv_cache"):
         generate(a, prompts, feats, max_new_tokens=2, do_sample=False)
+

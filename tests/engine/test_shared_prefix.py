@@ -115,3 +115,26 @@ def test_flash_attention_is_a_clear_error():
     adapter.model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="dpo.shared_prefix needs model.attn_implementation sdpa or eager"):
         SP.pair_logps(adapter, prompts, CHOSEN, REJECTED, feats)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_shared_prefix_equals_the_duplicated_layout(dtype):
+    """On CUDA the mask goes through SDPA's memory-efficient kernel (a dense bias; the Triton head
+    kernel under "auto"): the same log-probs and loss as two rows per pair, within the dtype's
+    rounding, and finite gradients."""
+    adapter = load_adapter("qwen2_5_vl", "tiny", num_frames=F, seed=0, device="cuda", dtype=dtype)
+    adapter.freeze_vision()
+    prompts, feats = _inputs(adapter)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=3e-2, atol=0.5)
+    with torch.no_grad():
+        want_c = sequence_logps(adapter, prompts, CHOSEN, feats)
+        got_c, _ = SP.pair_logps(adapter, prompts, CHOSEN, REJECTED, feats)
+    torch.testing.assert_close(got_c, want_c, **tol)
+    ref_c, ref_r = (x.detach() for x in SP.pair_logps(adapter, prompts, CHOSEN, REJECTED, feats))
+    loss, _ = SP.pair_preference_step(adapter, prompts, CHOSEN, REJECTED, feats, ref_c, ref_r, beta=0.1,
+                                      loss_type="sigmoid")
+    loss.backward()
+    assert abs(loss.item() - math.log(2)) <= (1e-5 if dtype == torch.float32 else 1e-2)
+    grads = [p.grad for p in adapter.model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
