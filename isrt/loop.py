@@ -337,11 +337,12 @@ class Run:
             index = self.dir.previous_contexts(t)
             video_of = {r["video_path"]: r["video"] for r in described}
             previous = {v: index.get(video_of[v]) for v in videos}
+            # seeded per video and per record, not per rank: the same samples on any number of ranks
             contexts = stages.generate_contexts(adapter, self.cache, videos, previous, self.cfg,
-                                                seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
+                                                seed_key=(self.cfg.seed, t), show=self.d.is_main, names=video_of)
             _crash_point(f"iter_{t:02d}/stage1")
             samples = stages.generate_responses(adapter, self.cache, good, self.cfg,
-                                                seed_key=(self.cfg.seed, t, self.d.rank), show=self.d.is_main)
+                                                seed_key=(self.cfg.seed, t), show=self.d.is_main)
             rows = [dict(public(r), context=contexts[r["video_path"]], previous_context=previous[r["video_path"]])
                     for r in good]
             if self.cfg.sampling.candidates == 2:

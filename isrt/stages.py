@@ -44,34 +44,40 @@ def load_features(adapter, cache, records: list[dict], *, show: bool, room: int 
 
 
 def generate_contexts(adapter, cache, videos: list[str], previous: dict[str, str | None], cfg, *,
-                      seed_key, show: bool) -> dict[str, str]:
-    """c_t for each video, conditioned on its c_{t-1} (None: the first-context prompt)."""
+                      seed_key, show: bool, names: dict[str, str] | None = None) -> dict[str, str]:
+    """c_t for each video, conditioned on its c_{t-1} (None: the first-context prompt). Sampled
+    per video (seed_key and the video's pool name, `names`, else its path), so c_t does not
+    depend on the batch or the rank a video falls into."""
     s = cfg.sampling
     temperature = s.temperature if s.context_temperature is None else s.context_temperature
+    names = names or {}
     out = {}
-    for b, chunk in _batches(videos, s.batch_size):
+    for _, chunk in _batches(videos, s.batch_size):
         texts = generate(adapter, [adapter.chat_prompt(prompts.context_prompt(previous.get(v))) for v in chunk],
                          [cache.get(adapter, v) for v in chunk], max_new_tokens=s.context_max_new_tokens,
                          do_sample=temperature > 0, temperature=temperature or 1.0, top_p=s.top_p, num_return_sequences=1,
-                         seed=stable_seed(seed_key, "context", b), batch_size=s.batch_size)
+                         seeds=[stable_seed(seed_key, "context", names.get(v, v)) for v in chunk],
+                         batch_size=s.batch_size)
         out.update({v: t[0].strip() for v, t in zip(chunk, texts)})
     return out
 
 
 def generate_responses(adapter, cache, records: list[dict], cfg, *, seed_key, show: bool) -> dict[str, list[str]]:
     """`sampling.candidates` sampled responses per prompt id (2: the pair y1, y2); a prompt whose
-    samples all agree is re-sampled up to `sampling.resample_identical` times."""
+    samples all agree is re-sampled up to `sampling.resample_identical` times. Sampled per record
+    (seed_key, attempt and the prompt id), so they do not depend on the batch or the rank."""
     s = cfg.sampling
     samples: dict[str, list[str]] = {}
     todo = records
     for attempt in range(1 + s.resample_identical):
         bar = tqdm(total=len(todo), desc="stage 1 responses", unit="prompt", disable=not show, leave=False)
-        for b, chunk in _batches(todo, s.batch_size):
+        for _, chunk in _batches(todo, s.batch_size):
             texts = generate(adapter, [prompts.policy_prompt(adapter, r["prompt"]) for r in chunk],
                              [cache.get(adapter, r["video_path"]) for r in chunk], max_new_tokens=s.max_new_tokens,
                              do_sample=True, temperature=s.temperature, top_p=s.top_p,
                              num_return_sequences=s.candidates,
-                             seed=stable_seed(seed_key, "responses", attempt, b), batch_size=s.batch_size)
+                             seeds=[stable_seed(seed_key, "responses", attempt, r["id"]) for r in chunk],
+                             batch_size=s.batch_size)
             samples.update({r["id"]: [y.strip() for y in t] for r, t in zip(chunk, texts)})
             bar.update(len(chunk))
         bar.close()

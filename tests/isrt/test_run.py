@@ -277,9 +277,16 @@ def test_every_family_runs_the_loop_and_its_checkpoints_load_with_plain_transfor
             assert s3["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
-def test_two_ranks_cover_every_prompt_exactly_once(pool, tmp_path):
+def test_two_ranks_cover_every_prompt_exactly_once(full_run, pool, tmp_path):
+    """... and sample what one rank samples: contexts, responses and verdicts of iteration 0
+    (pi_0 on both) are the one-rank run's, record by record (../shared/DESIGN.md, seeded per
+    record)."""
     out = tmp_path / "ddp"
     run_isrt(out, pool, nproc=2)
+    for name, key in (("responses.jsonl", "responses"), ("contexts.jsonl", "context"), ("judgments.jsonl", "verdicts")):
+        ids = "video" if name == "contexts.jsonl" else "id"
+        one, two = ({r[ids]: r[key] for r in read_jsonl(o / "iter_00" / name)} for o in (full_run[0], out))
+        assert two == one, name
     for t in range(2):
         it = out / f"iter_{t:02d}"
         assert (it / "stage1.shard0of2.json").exists() and (it / "stage1.shard1of2.json").exists()

@@ -247,3 +247,26 @@ def test_contrast_needs_the_likelihood_judge():
     from isrt.config import ConfigError
     with pytest.raises(ConfigError, match="judge.contrast"):
         load_config("smoke", ["judge.contrast=true", "judge.mode=score"])
+
+
+def test_contexts_and_responses_do_not_depend_on_batching_or_order(setup):
+    """../shared/DESIGN.md: sampling is seeded per record, so the same config gives the same
+    samples on any number of ranks, whichever records a rank gets and in whatever batches."""
+    from isrt.stages import generate_contexts, generate_responses
+    adapter, cache, records = setup
+    cfg = load_config("smoke", ["sampling.temperature=1.0", "sampling.context_max_new_tokens=8",
+                                "sampling.max_new_tokens=6", "sampling.batch_size=3"])
+    one = load_config("smoke", ["sampling.temperature=1.0", "sampling.context_max_new_tokens=8",
+                                "sampling.max_new_tokens=6", "sampling.batch_size=1"])
+    videos = list(dict.fromkeys(r["video_path"] for r in records))
+    whole = generate_contexts(adapter, cache, videos, {}, cfg, seed_key=(0, 1), show=False)
+    split = {}
+    for part in (videos[::2], videos[1::2][::-1]):  # two "ranks", one in reverse order, batches of 1
+        split.update(generate_contexts(adapter, cache, part, {}, one, seed_key=(0, 1), show=False))
+    assert split == whole
+    resp = generate_responses(adapter, cache, records, cfg, seed_key=(0, 1), show=False)
+    parts = {}
+    for part in (records[1::2], records[::2][::-1]):
+        parts.update(generate_responses(adapter, cache, part, one, seed_key=(0, 1), show=False))
+    assert parts == resp
+    assert generate_responses(adapter, cache, records, cfg, seed_key=(1, 1), show=False) != resp
