@@ -59,20 +59,18 @@ def flat_layout(hidden: torch.Tensor, labels: torch.Tensor, segment_ids: torch.T
     return Flat(hidden.reshape(-1, hdim), y, seg.clamp(min=0), b, None)
 
 
-def segment_sums(values: torch.Tensor, segment: torch.Tensor, n_seq: int, width: int | None = None) -> torch.Tensor:
+def segment_sums(values: torch.Tensor, segment: torch.Tensor, n_seq: int) -> torch.Tensor:
     """[n_seq] sums of values [M] by segment [M] (ids in [0, n_seq)), bit for bit the same on every
     call: each value gets its own slot of a [n_seq, width] table, so no two writes meet (an
     index_add would use atomics on CUDA, whose order varies between calls), then one row sum.
-    `width`: the largest count of one segment, when the caller knows it; else it is read from the
-    device (one host sync). Differentiable w.r.t. values."""
+    `width`, the largest count of one segment, is read from the device (one host sync; the single
+    pass sums contiguous runs instead, `triton_segments`). Differentiable w.r.t. values."""
     if values.numel() == 0:  # still a function of values, so a fully masked batch backpropagates zeros
         return values.new_zeros(n_seq) + values.sum()
     seg_sorted, order = torch.sort(segment, stable=True)
     starts = torch.searchsorted(seg_sorted, torch.arange(n_seq, device=segment.device, dtype=seg_sorted.dtype))
     pos = torch.arange(segment.numel(), device=segment.device) - starts[seg_sorted]
-    if width is None:
-        width = int(pos.max()) + 1
-    table = values.new_zeros(n_seq, width)
+    table = values.new_zeros(n_seq, int(pos.max()) + 1)
     return table.index_put((seg_sorted, pos), values[order]).sum(1)
 
 

@@ -3,10 +3,10 @@ design, and the single-pass DPO schedule that keeps one chunk of logits).
 
 - `row_lse_kernel`: for each row of Z [R, n] (vocabulary columns v0..v0+n, bias added here in
   fp32), an online max / sum-exp merged into running (m, s) [R] from earlier column chunks, and
-  the target logit z_{y} when the row's label falls in this chunk. LSE = m + log s. Optionally
-  also the running sum of the row's (mapped) logits, for TRL's `logits/*` metrics at no extra
-  read of Z or W. `row_lse` is the one-chunk case (the columns are the whole vocabulary): it
-  reads nothing back and writes LSE itself, so its buffers need no initialisation launches.
+  the target logit z_{y} when the row's label falls in this chunk. LSE = m + log s. `row_lse`
+  is the one-chunk case (WHOLE: the columns are the whole vocabulary): it reads nothing back,
+  writes LSE itself, so its buffers need no initialisation launches, and also the sum of the
+  row's (mapped) logits, for TRL's `logits/*` metrics at no extra read of Z or W.
 - `row_grad_kernel`: in place, Z <- g (onehot(y) - exp(z + b - LSE)) = dZ, in Z's dtype, ready for
   the cuBLAS products dH = dZ W and dW = dZ^T H.
 
@@ -58,7 +58,7 @@ def tl_map_grad(du, u, cap, inv_t, SOFTCAP: tl.constexpr, TEMPER: tl.constexpr):
 @triton.jit
 def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, ZSUM, n, v0, cap, inv_t,
                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                   SOFTCAP: tl.constexpr, TEMPER: tl.constexpr, HAS_SUM: tl.constexpr, WHOLE: tl.constexpr):
+                   SOFTCAP: tl.constexpr, TEMPER: tl.constexpr, WHOLE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(Y + row) - v0
     zrow = Z + row * stride_z
@@ -78,16 +78,13 @@ def row_lse_kernel(Z, stride_z, Bias, Y, MRUN, SRUN, TGT, ZSUM, n, v0, cap, inv_
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
         t += tl.sum(tl.where(cols == y, z, 0.0), axis=0)
-        if HAS_SUM:
+        if WHOLE:
             zs += tl.sum(tl.where(ok, z, 0.0), axis=0)
     if WHOLE:  # MRUN <- LSE; ZSUM, TGT written, not added to
         tl.store(MRUN + row, m + tl.log(s))
         tl.store(TGT + row, t)
-        if HAS_SUM:
-            tl.store(ZSUM + row, zs)
+        tl.store(ZSUM + row, zs)
         return
-    if HAS_SUM:
-        tl.store(ZSUM + row, tl.load(ZSUM + row) + zs)
     m0 = tl.load(MRUN + row)
     s0 = tl.load(SRUN + row)
     mm = tl.maximum(m0, m)
@@ -125,18 +122,14 @@ def tl_acc(t: torch.Tensor):
     return tl.float64 if acc_dtype(t) == torch.float64 else tl.float32
 
 
-def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int, logit_map: LogitMap = IDENTITY,
-                   zsum: torch.Tensor | None = None) -> None:
-    """Merge chunk z [R, n] (columns v0..v0+n) into running max/sum-exp and targets, all [R];
-    with `zsum` [R], also add each row's sum of (mapped) logits to it."""
+def row_lse_update(z: torch.Tensor, b, y, mrun, srun, tgt, v0: int, logit_map: LogitMap = IDENTITY) -> None:
+    """Merge chunk z [R, n] (columns v0..v0+n) into running max/sum-exp and targets, all [R]."""
     r, n = z.shape
     if r == 0:
         return
-    row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, mrun, srun, tgt,
-                         zsum if zsum is not None else mrun, n, v0,
+    row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, mrun, srun, tgt, mrun, n, v0,
                          HAS_BIAS=b is not None, ACC=tl_acc(mrun),
-                         BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), HAS_SUM=zsum is not None,
-                         WHOLE=False, **logit_map.kernel_args())
+                         BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), WHOLE=False, **logit_map.kernel_args())
 
 
 def row_lse(z: torch.Tensor, b, y, acc: torch.dtype, logit_map: LogitMap = IDENTITY):
@@ -147,7 +140,7 @@ def row_lse(z: torch.Tensor, b, y, acc: torch.dtype, logit_map: LogitMap = IDENT
     if r:
         row_lse_kernel[(r,)](z, z.stride(0), b if b is not None else z, y, lse, lse, tgt, zsum, n, 0,
                              HAS_BIAS=b is not None, ACC=tl_acc(lse),
-                             BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), HAS_SUM=True, WHOLE=True,
+                             BLOCK=min(BLOCK_V, triton.next_power_of_2(n)), WHOLE=True,
                              **logit_map.kernel_args())
     return lse, tgt, zsum
 
