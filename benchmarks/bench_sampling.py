@@ -99,8 +99,7 @@ def child_main(spec: str) -> int:
     try:
         out = run_case(json.loads(spec))
     except Exception as e:  # an OOM or a failed compile is a result
-        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-        out = {"status": "oom" if oom else f"ERR {type(e).__name__}: {str(e)[:200]}"}
+        out = BT.failure_status(e)
     print(json.dumps(out), flush=True)
     return 0
 

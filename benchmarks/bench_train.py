@@ -261,15 +261,20 @@ def run_case(c: dict) -> dict:
     return out if d.is_main else {}
 
 
+def failure_status(e: Exception) -> dict:
+    """A case's row when it raised: an OOM (or any error) is a result, not a crash of the run."""
+    oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+    return {"status": "oom" if oom else f"ERR {type(e).__name__}: {str(e)[:200]}"}
+
+
 def child_main(spec: str) -> int:
     c = json.loads(spec)
     try:
         out = run_case(c)
-    except Exception as e:  # an OOM is a result
-        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+    except Exception as e:
         if int(os.environ.get("RANK", "0")) != 0:
             raise
-        out = {"status": "oom" if oom else f"ERR {type(e).__name__}: {str(e)[:200]}"}
+        out = failure_status(e)
     if out:
         print(json.dumps(out), flush=True)
     return 0
